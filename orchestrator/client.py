@@ -1,0 +1,286 @@
+"""The public Python API: :class:`OrchestratorClient` and :class:`AsyncOrchestratorClient`.
+
+Clients enqueue tasks by name over Celery; they import no worker code and no
+docker. Requests are validated here first, so bad input fails at once with
+:class:`~orchestrator.errors.InvalidRequest` and nothing is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from celery import Celery
+from celery.exceptions import TaskRevokedError
+from celery.exceptions import TimeoutError as CeleryTimeout
+from celery.result import AsyncResult
+
+from orchestrator.errors import OrchestratorTimeout
+from orchestrator.models import (
+    AggregateStats,
+    CleanupReport,
+    ContainerStats,
+    RelicInfo,
+    RelicStartRequest,
+    ToolExecutionRequest,
+    ToolExecutionResult,
+    parse_request,
+)
+from orchestrator.redis_conn import redis_client
+from orchestrator.routing import RELICS_QUEUE, TOOLS_QUEUE, queue_for
+from orchestrator.settings import Settings
+
+__all__ = ["OrchestratorClient", "AsyncOrchestratorClient", "ExecutionHandle", "ExecutionProgress"]
+
+T = TypeVar("T")
+FINAL_CELERY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+
+class ExecutionProgress(dict[str, Any]):
+    """The state of an execution that has not finished: ``{"execution_id", "state", ...}``."""
+
+
+def _unwrap(async_result: AsyncResult, timeout: float | None) -> Any:
+    try:
+        return async_result.get(timeout=timeout, propagate=True, disable_sync_subtasks=False)
+    except CeleryTimeout as exc:
+        raise OrchestratorTimeout(
+            f"no result for task {async_result.id} after {timeout} s; is a worker running? "
+            "(`orchestrator doctor` checks)"
+        ) from exc
+
+
+class ExecutionHandle:
+    """A tool execution that was enqueued; ``id`` is its execution id."""
+
+    def __init__(
+        self, client: OrchestratorClient, async_result: AsyncResult, tool_name: str, session_id: str
+    ) -> None:
+        self.client = client
+        self.async_result = async_result
+        self.id: str = async_result.id
+        self.tool_name = tool_name
+        self.session_id = session_id
+
+    @property
+    def state(self) -> str:
+        """The Celery state: PENDING, STARTED, PULLING, BUILDING, RUNNING, SUCCESS, ..."""
+        return str(self.async_result.state)
+
+    def result(self, timeout: float | None = None) -> ToolExecutionResult:
+        """Wait for the run to finish and return its result.
+
+        Raises:
+            OrchestratorTimeout: no result within ``timeout`` seconds.
+            InvalidRequest: the worker refused the request.
+        """
+        try:
+            data = _unwrap(self.async_result, timeout)
+        except TaskRevokedError:
+            return self.client._cancelled_result(self.id, self.tool_name, self.session_id)
+        return ToolExecutionResult.model_validate(data)
+
+
+class OrchestratorClient:
+    """Synchronous client.
+
+    Args:
+        settings: connections; read from ``ORCHESTRATOR_*`` variables when omitted.
+        app: an existing Celery app to send through (its configuration is used as is).
+    """
+
+    def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        if app is None:
+            from celeryconfig import client_config  # top-level module; imported late (cycle)
+
+            app = Celery("orchestrator-client", set_as_current=False)
+            app.conf.update(client_config(self.settings))
+        self.app = app
+        self._redis: Any = None
+
+    @property
+    def redis(self) -> Any:
+        """The registry's Redis client (for routing and live logs)."""
+        if self._redis is None:
+            self._redis = redis_client(self.settings)
+        return self._redis
+
+    def _send(
+        self, name: str, args: list[Any], queue: str | None = None, **options: Any
+    ) -> AsyncResult:
+        return self.app.send_task(name, args=args, queue=queue, **options)
+
+    def _call(
+        self, name: str, args: list[Any], timeout: float | None, queue: str | None = None
+    ) -> Any:
+        return _unwrap(self._send(name, args, queue=queue), timeout)
+
+    # -- tools ---------------------------------------------------------------------------
+
+    def execute_tool(self, request: ToolExecutionRequest | dict[str, Any]) -> ExecutionHandle:
+        """Enqueue a tool run and return at once; ``handle.id`` is the execution id."""
+        req = parse_request(ToolExecutionRequest, request)
+        queue = TOOLS_QUEUE
+        if req.network_mode == "session":
+            queue = queue_for(self.redis, req.session_id, TOOLS_QUEUE)
+        async_result = self._send(
+            "orchestrator.tools.execute",
+            [req.model_dump(mode="json")],
+            queue=queue,
+            argsrepr=repr([req.redacted()]),
+        )
+        return ExecutionHandle(self, async_result, req.tool_name, req.session_id)
+
+    def run_tool(
+        self, request: ToolExecutionRequest | dict[str, Any], timeout: float | None = None
+    ) -> ToolExecutionResult:
+        """Enqueue a tool run and wait for its result (``timeout`` in seconds)."""
+        return self.execute_tool(request).result(timeout=timeout)
+
+    def cancel_tool(self, execution_id: str, timeout: float | None = 30) -> dict[str, Any]:
+        """Cancel a run on any host: ``{"execution_id", "cancelled", "status"}``."""
+        return dict(self._call("orchestrator.tools.cancel", [execution_id], timeout))
+
+    def get_execution(self, execution_id: str) -> ToolExecutionResult | ExecutionProgress:
+        """The final result, or an ExecutionProgress while the run is queued or running."""
+        async_result = AsyncResult(execution_id, app=self.app)
+        state = async_result.state
+        if state == "SUCCESS":
+            return ToolExecutionResult.model_validate(async_result.result)
+        if state == "REVOKED":
+            return self._cancelled_result(execution_id, "", "")
+        if state == "FAILURE":
+            error = async_result.result
+            return ExecutionProgress(
+                execution_id=execution_id, state=state, error=f"{type(error).__name__}: {error}"
+            )
+        info = async_result.info if isinstance(async_result.info, dict) else {}
+        return ExecutionProgress(execution_id=execution_id, state=state, **info)
+
+    def get_logs(self, execution_id: str) -> dict[str, str]:
+        """``{"stdout", "stderr"}`` of a run (what has been captured so far while it runs)."""
+        current = self.get_execution(execution_id)
+        if isinstance(current, ToolExecutionResult):
+            return {"stdout": current.stdout, "stderr": current.stderr}
+        return {"stdout": "", "stderr": ""}
+
+    def _cancelled_result(
+        self, execution_id: str, tool_name: str, session_id: str
+    ) -> ToolExecutionResult:
+        return ToolExecutionResult(
+            execution_id=execution_id,
+            tool_name=tool_name,
+            session_id=session_id,
+            status="cancelled",
+            error="cancelled before it started",
+        )
+
+    # -- relics --------------------------------------------------------------------------
+
+    def start_relic(
+        self, request: RelicStartRequest | dict[str, Any], timeout: float | None = None
+    ) -> RelicInfo:
+        """Start a relic and wait until it is healthy."""
+        req = parse_request(RelicStartRequest, request)
+        queue = queue_for(self.redis, req.session_id, RELICS_QUEUE)
+        data = self._call(
+            "orchestrator.relics.start", [req.model_dump(mode="json")], timeout, queue=queue
+        )
+        return RelicInfo.model_validate(data)
+
+    def get_relic(self, relic_id: str, timeout: float | None = 60) -> RelicInfo:
+        """A relic's current info (status kept true to the engine)."""
+        return RelicInfo.model_validate(self._call("orchestrator.relics.info", [relic_id], timeout))
+
+    def list_relics(
+        self, session_id: str | None = None, timeout: float | None = 60
+    ) -> list[RelicInfo]:
+        """Every relic, or those of one session."""
+        data = self._call("orchestrator.relics.list", [session_id], timeout)
+        return [RelicInfo.model_validate(item) for item in data]
+
+    def stop_relic(self, relic_id: str, timeout: float | None = 120) -> RelicInfo:
+        """Stop a relic gracefully (then kill after its grace period)."""
+        return RelicInfo.model_validate(self._call("orchestrator.relics.stop", [relic_id], timeout))
+
+    def remove_relic(self, relic_id: str, timeout: float | None = 120) -> dict[str, Any]:
+        """Remove a relic's container: ``{"relic_id", "removed"}``."""
+        return dict(self._call("orchestrator.relics.remove", [relic_id], timeout))
+
+    # -- stats, sessions, cleanup -----------------------------------------------------------
+
+    def container_stats(self, container: str, timeout: float | None = 60) -> ContainerStats:
+        """Stats of one container by container id, execution id or relic id."""
+        data = self._call("orchestrator.stats.container", [container], timeout)
+        return ContainerStats.model_validate(data)
+
+    def stats(self, timeout: float | None = 60) -> AggregateStats:
+        """Stats of every managed container on every live host."""
+        return AggregateStats.model_validate(self._call("orchestrator.stats.all", [], timeout))
+
+    def touch_session(
+        self, session_id: str, extend_seconds: float = 3600, timeout: float | None = 60
+    ) -> dict[str, Any]:
+        """Keep a session alive: ``{"session_id", "expires_at"}``."""
+        return dict(
+            self._call("orchestrator.sessions.touch", [session_id, extend_seconds], timeout)
+        )
+
+    def cleanup_session(
+        self, session_id: str, force: bool = True, timeout: float | None = 300
+    ) -> CleanupReport:
+        """Stop and remove every container, volume and network of a session."""
+        data = self._call("orchestrator.cleanup.session", [session_id, force], timeout)
+        return CleanupReport.model_validate(data)
+
+    def cleanup_networks(self, timeout: float | None = 300) -> dict[str, Any]:
+        """Remove managed networks that have no containers: ``{"removed", "errors"}``."""
+        return dict(self._call("orchestrator.cleanup.networks", [], timeout))
+
+    def close(self) -> None:
+        """Release connections."""
+        if self._redis is not None:
+            self._redis.close()
+        self.app.close()
+
+
+def _in_thread(method: Callable[..., T]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    async def wrapper(self: AsyncOrchestratorClient, *args: Any, **kwargs: Any) -> T:
+        bound = getattr(self.sync, method.__name__)
+        return await asyncio.to_thread(bound, *args, **kwargs)
+
+    return wrapper
+
+
+class AsyncOrchestratorClient:
+    """The same methods as :class:`OrchestratorClient`, as coroutines.
+
+    Celery's result API is blocking, so each call runs in a worker thread.
+    """
+
+    def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
+        self.sync = OrchestratorClient(settings, app)
+
+    execute_tool = _in_thread(OrchestratorClient.execute_tool)
+    run_tool = _in_thread(OrchestratorClient.run_tool)
+    cancel_tool = _in_thread(OrchestratorClient.cancel_tool)
+    get_execution = _in_thread(OrchestratorClient.get_execution)
+    get_logs = _in_thread(OrchestratorClient.get_logs)
+    start_relic = _in_thread(OrchestratorClient.start_relic)
+    get_relic = _in_thread(OrchestratorClient.get_relic)
+    list_relics = _in_thread(OrchestratorClient.list_relics)
+    stop_relic = _in_thread(OrchestratorClient.stop_relic)
+    remove_relic = _in_thread(OrchestratorClient.remove_relic)
+    container_stats = _in_thread(OrchestratorClient.container_stats)
+    stats = _in_thread(OrchestratorClient.stats)
+    touch_session = _in_thread(OrchestratorClient.touch_session)
+    cleanup_session = _in_thread(OrchestratorClient.cleanup_session)
+    cleanup_networks = _in_thread(OrchestratorClient.cleanup_networks)
+
+    async def close(self) -> None:
+        """Release connections."""
+        await asyncio.to_thread(self.sync.close)

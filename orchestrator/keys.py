@@ -1,0 +1,86 @@
+"""Every Redis key the registry uses, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "orch:"
+
+INFLIGHT = PREFIX + "inflight"
+HOSTS = PREFIX + "hosts"
+
+
+def execution(execution_id: str) -> str:
+    """Hash: state of one tool execution (host, container, status, redacted request)."""
+    return f"{PREFIX}exec:{execution_id}"
+
+
+def execution_result(execution_id: str) -> str:
+    """String: the final ToolExecutionResult as JSON."""
+    return f"{PREFIX}exec:{execution_id}:result"
+
+
+def lease(execution_id: str) -> str:
+    """String with TTL: the token of the worker running an execution."""
+    return f"{PREFIX}lease:{execution_id}"
+
+
+def requeued(execution_id: str) -> str:
+    """String with TTL: an expired execution was re-enqueued (stops double re-enqueue)."""
+    return f"{PREFIX}requeued:{execution_id}"
+
+
+def cancel(execution_id: str) -> str:
+    """String with TTL: cancellation was asked for an execution."""
+    return f"{PREFIX}cancel:{execution_id}"
+
+
+def logs(execution_id: str) -> str:
+    """Stream: live stdout/stderr lines of an execution."""
+    return f"{PREFIX}logs:{execution_id}"
+
+
+def host(name: str) -> str:
+    """String with TTL: heartbeat of a Docker host's worker."""
+    return f"{PREFIX}host:{name}"
+
+
+def session_owner(session_id: str) -> str:
+    """String: the host that owns a session's network and relics."""
+    return f"{PREFIX}session:{session_id}:owner"
+
+
+def session_hosts(session_id: str) -> str:
+    """Set: every host a session's containers ran on."""
+    return f"{PREFIX}session:{session_id}:hosts"
+
+
+def session_relics(session_id: str) -> str:
+    """Set: relic ids of a session."""
+    return f"{PREFIX}session:{session_id}:relics"
+
+
+def session_expiry(session_id: str) -> str:
+    """Hash: created_at and expires_at of a session (TTL and keepalive)."""
+    return f"{PREFIX}session:{session_id}:expiry"
+
+
+SESSIONS = PREFIX + "sessions"
+
+
+def relic(relic_id: str) -> str:
+    """Hash: a relic's registry entry (name, session, host, container)."""
+    return f"{PREFIX}relic:{relic_id}"
+
+
+def subnet(host_name: str, index: int) -> str:
+    """String: which session holds subnet number ``index`` of a host's pool."""
+    return f"{PREFIX}subnet:{host_name}:{index}"
+
+
+def session_subnet(host_name: str, session_id: str) -> str:
+    """String: the subnet index a session's network uses on a host."""
+    return f"{PREFIX}session-subnet:{host_name}:{session_id}"
+
+
+def lock(name: str) -> str:
+    """A redis-py lock (image pulls and builds per host)."""
+    return f"{PREFIX}lock:{name}"

@@ -1,0 +1,178 @@
+"""A tool's output while it runs: followed from the engine, capped, and published live.
+
+Two follow streams (stdout and stderr, kept apart) are read on daemon threads
+from the moment the container starts, so the head of a large output is kept
+even after the engine's json-file log rotates. Each chunk goes into a
+:class:`~orchestrator.output.CappedBuffer` and, up to a byte budget, into a
+capped Redis stream per execution that clients tail (``orchestrator tool logs
+--follow``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from orchestrator import keys
+from orchestrator.output import CappedBuffer
+
+__all__ = ["LiveLog", "LogFollower", "read_live", "follow_live", "EOF_FIELD"]
+
+log = logging.getLogger(__name__)
+CHUNK_BYTES = 8192
+EOF_FIELD = "eof"
+
+
+class LiveLog:
+    """Appends output chunks of one execution to its Redis stream, within a budget.
+
+    Args:
+        redis: a redis-py client.
+        execution_id: whose output this is.
+        budget_bytes: bytes published per stream name; past it a marker is sent once.
+        ttl_seconds: lifetime of the stream key.
+    """
+
+    def __init__(self, redis: Any, execution_id: str, budget_bytes: int, ttl_seconds: int) -> None:
+        self.redis = redis
+        self.key = keys.logs(execution_id)
+        self.budget_bytes = budget_bytes
+        self.ttl_seconds = ttl_seconds
+        self._sent: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def append(self, stream: str, chunk: bytes) -> None:
+        """Publish a chunk of ``stream`` (``stdout`` or ``stderr``) if the budget allows."""
+        with self._lock:
+            sent = self._sent.get(stream, 0)
+            if sent >= self.budget_bytes:
+                return
+            room = self.budget_bytes - sent
+            data = chunk[: min(room, CHUNK_BYTES * 8)]
+            self._sent[stream] = sent + len(data)
+            over = self._sent[stream] >= self.budget_bytes
+        try:
+            for start in range(0, len(data), CHUNK_BYTES):
+                piece = data[start : start + CHUNK_BYTES]
+                self.redis.xadd(self.key, {"stream": stream, "data": piece}, maxlen=4096)
+            if over:
+                self.redis.xadd(self.key, {"stream": stream, "data": b"", "truncated": b"1"})
+        except Exception:  # noqa: BLE001 - live logs are best effort; the result has the output
+            log.debug("could not publish live output of %s", self.key, exc_info=True)
+
+    def close(self) -> None:
+        """Mark the end of the output and let the stream expire."""
+        try:
+            self.redis.xadd(self.key, {"stream": "", "data": b"", EOF_FIELD: b"1"}, maxlen=4096)
+            self.redis.expire(self.key, self.ttl_seconds)
+        except Exception:  # noqa: BLE001 - see append
+            log.debug("could not close live output of %s", self.key, exc_info=True)
+
+
+class LogFollower:
+    """Follow a started container's stdout and stderr on two daemon threads."""
+
+    def __init__(self, container: Any, cap_bytes: int, live: LiveLog | None = None) -> None:
+        self.container = container
+        self.stdout = CappedBuffer(cap_bytes)
+        self.stderr = CappedBuffer(cap_bytes)
+        self.live = live
+        self._streams: list[Any] = []
+        self._errors: list[BaseException] = []
+        self._threads = [
+            threading.Thread(target=self._follow, args=("stdout", self.stdout), daemon=True),
+            threading.Thread(target=self._follow, args=("stderr", self.stderr), daemon=True),
+        ]
+
+    def start(self) -> LogFollower:
+        """Start both followers."""
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _follow(self, name: str, buffer: CappedBuffer) -> None:
+        try:
+            stream = self.container.logs(
+                stdout=name == "stdout", stderr=name == "stderr", stream=True, follow=True
+            )
+            self._streams.append(stream)
+            for chunk in stream:
+                buffer.write(chunk)
+                if self.live is not None:
+                    self.live.append(name, chunk)
+        except Exception as exc:  # noqa: BLE001 - reported by finish()
+            self._errors.append(exc)
+
+    def finish(self, timeout_seconds: float = 10.0) -> bool:
+        """Wait for both streams to drain after the container stopped.
+
+        Returns:
+            True when both ended by themselves (the output is complete).
+        """
+        for thread in self._threads:
+            thread.join(timeout_seconds)
+        complete = not any(t.is_alive() for t in self._threads) and not self._errors
+        for stream in self._streams:
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001 - already closed
+                pass
+        if self.live is not None:
+            self.live.close()
+        return complete
+
+
+def _decode(entry: dict[Any, Any]) -> dict[str, Any]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): v for k, v in entry.items()
+    }
+
+
+def read_live(redis: Any, execution_id: str) -> dict[str, str]:
+    """Everything published so far: ``{"stdout", "stderr"}``."""
+    parts: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+    for _, entry in redis.xrange(keys.logs(execution_id)):
+        fields = _decode(entry)
+        stream = fields.get("stream", b"")
+        name = stream.decode() if isinstance(stream, bytes) else str(stream)
+        if name in parts:
+            parts[name].append(fields.get("data", b""))
+    return {name: b"".join(chunks).decode("utf-8", errors="replace") for name, chunks in parts.items()}
+
+
+def follow_live(
+    redis: Any, execution_id: str, block_ms: int = 1000, idle_rounds: int | None = None
+) -> Iterator[tuple[str, str]]:
+    """Yield ``(stream, text)`` chunks as they are published, until the end marker.
+
+    Args:
+        redis: a redis-py client.
+        execution_id: whose output to follow.
+        block_ms: how long one read blocks.
+        idle_rounds: stop after this many empty reads (None: wait for the end marker).
+    """
+    last = "0-0"
+    idle = 0
+    key = keys.logs(execution_id)
+    while True:
+        reply = redis.xread({key: last}, block=block_ms, count=512)
+        if not reply:
+            idle += 1
+            if idle_rounds is not None and idle >= idle_rounds:
+                return
+            continue
+        idle = 0
+        for entry_id, entry in reply[0][1]:
+            last = entry_id
+            fields = _decode(entry)
+            if fields.get(EOF_FIELD):
+                return
+            stream = fields.get("stream", b"")
+            name = stream.decode() if isinstance(stream, bytes) else str(stream)
+            if fields.get("truncated"):
+                yield name, "\n[... live output truncated; the result keeps head and tail ...]\n"
+                continue
+            data = fields.get("data", b"")
+            yield name, data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data

@@ -1,0 +1,353 @@
+"""Pydantic models: the wire format of every task's argument and result.
+
+Requests are strict (unknown fields are refused, so ``privileged`` or ``cap_add``
+cannot sneak in) and validated field by field; :func:`parse_request` turns a
+pydantic ``ValidationError`` into :class:`~orchestrator.errors.InvalidRequest`
+whose message names each offending field, because a raw ``ValidationError``
+loses its text in Celery's JSON result backend.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from orchestrator.errors import InvalidRequest
+
+__all__ = [
+    "ResourceLimits",
+    "BuildSpec",
+    "VolumeMount",
+    "ToolExecutionRequest",
+    "ToolRunStats",
+    "ToolExecutionResult",
+    "ExecutionStatus",
+    "FINAL_STATUSES",
+    "RelicStartRequest",
+    "RelicInfo",
+    "ContainerStats",
+    "AggregateStats",
+    "CleanupReport",
+    "parse_request",
+]
+
+# Docker's reference grammar, slightly simplified: [registry[:port]/]path[:tag][@digest].
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = re.compile(
+    rf"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]{{1,5}})?/)?"
+    rf"{_COMPONENT}(?:/{_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+Identifier = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", min_length=1, max_length=64)
+]
+ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+ContainerPath = Annotated[
+    str, StringConstraints(pattern=r"^/[^\x00\n\r]*$", min_length=1, max_length=4096)
+]
+
+ExecutionStatus = Literal["succeeded", "failed", "timed_out", "cancelled", "oom_killed", "error"]
+FINAL_STATUSES: frozenset[str] = frozenset(
+    {"succeeded", "failed", "timed_out", "cancelled", "oom_killed", "error"}
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResourceLimits(_Strict):
+    """Limits of one container; validated here, capped by the server's Settings."""
+
+    memory_mb: int = Field(512, gt=0, description="Memory (and memory+swap) in MiB.")
+    cpu_limit: float = Field(1.0, gt=0, description="CPU cores, applied as nano_cpus.")
+    timeout_seconds: int = Field(300, gt=0, description="Wall-clock limit of a tool run.")
+    pids_limit: int | None = Field(
+        None, gt=0, description="Process limit; server default if unset."
+    )
+
+
+def _relic_limits() -> ResourceLimits:
+    return ResourceLimits(memory_mb=1024, cpu_limit=2.0)
+
+
+class BuildSpec(_Strict):
+    """Build an image instead of using one: a context directory on the worker, or inline text."""
+
+    context: str | None = Field(None, max_length=4096, description="Directory on the worker.")
+    dockerfile: str = Field("Dockerfile", min_length=1, max_length=255)
+    dockerfile_inline: str | None = Field(None, min_length=1, max_length=65536)
+    tag: ImageRef | None = None
+    buildargs: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BuildSpec:
+        if not self.context and not self.dockerfile_inline:
+            raise ValueError("give a context directory or dockerfile_inline")
+        if self.context is not None and not self.context.startswith("/"):
+            raise ValueError("context must be an absolute path on the worker")
+        if self.tag is not None and not IMAGE_REFERENCE.match(self.tag):
+            raise ValueError(f"tag {self.tag!r} is not a valid image reference")
+        return self
+
+
+class VolumeMount(_Strict):
+    """A bind mount (absolute host path under an allowed root) or a named volume."""
+
+    source: str = Field(min_length=1, max_length=4096)
+    target: ContainerPath
+    read_only: bool = False
+
+    @field_validator("source")
+    @classmethod
+    def _source_shape(cls, value: str) -> str:
+        if "\x00" in value or "\n" in value or "\r" in value:
+            raise ValueError("must not contain NUL or newlines")
+        if not value.startswith("/") and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", value):
+            raise ValueError("must be an absolute host path or a volume name")
+        return value
+
+    @property
+    def is_bind(self) -> bool:
+        """True for a host path, False for a named volume."""
+        return self.source.startswith("/")
+
+
+def _check_image(value: str | None) -> str | None:
+    if value is not None and not IMAGE_REFERENCE.match(value):
+        raise ValueError(f"{value!r} is not a valid image reference")
+    return value
+
+
+def _check_env(mapping: dict[str, Any]) -> dict[str, Any]:
+    for name, value in mapping.items():
+        if not ENV_NAME.match(name) or len(name) > 255:
+            raise ValueError(f"{name!r} is not a valid environment variable name")
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError(f"value of {name!r} contains NUL")
+    return mapping
+
+
+class _ContainerRequest(_Strict):
+    session_id: Identifier
+    image: ImageRef | None = None
+    build: BuildSpec | None = None
+    command: list[Annotated[str, StringConstraints(max_length=65536)]] | str | None = None
+    environment: dict[str, str] = Field(default_factory=dict)
+    volumes: list[VolumeMount] = Field(default_factory=list, max_length=32)
+
+    @field_validator("image")
+    @classmethod
+    def _image_ref(cls, value: str | None) -> str | None:
+        return _check_image(value)
+
+    @field_validator("environment")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_env(value)
+
+    @model_validator(mode="after")
+    def _image_or_build(self) -> Any:
+        if (self.image is None) == (self.build is None):
+            raise ValueError("give exactly one of image or build")
+        if isinstance(self.command, str) and ("\x00" in self.command or not self.command.strip()):
+            raise ValueError("command must be non-empty and contain no NUL")
+        return self
+
+
+class ToolExecutionRequest(_ContainerRequest):
+    """Run one tool in an ephemeral container (argument of ``orchestrator.tools.execute``)."""
+
+    tool_name: Identifier
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    secret_parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Env vars never shown in results, logs or Flower."
+    )
+    resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
+    network_mode: Literal["none", "bridge", "session"] = "none"
+    cleanup: bool = True
+
+    @field_validator("parameters", "secret_parameters")
+    @classmethod
+    def _param_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_env(value)
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> ToolExecutionRequest:
+        names = [*self.parameters, *self.secret_parameters, *self.environment]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"variables given twice: {', '.join(dupes)}")
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The request as JSON with secret values replaced (safe to store or show)."""
+        data = self.model_dump(mode="json")
+        data["secret_parameters"] = {name: "***" for name in self.secret_parameters}
+        return data
+
+
+class ToolRunStats(BaseModel):
+    """Resource usage of one tool run, sampled while it ran (None when unknown)."""
+
+    peak_memory_mb: float | None = None
+    cpu_seconds: float | None = None
+    network_rx_mb: float | None = None
+    network_tx_mb: float | None = None
+    disk_read_mb: float | None = None
+    disk_write_mb: float | None = None
+    samples: int = 0
+
+
+class ToolExecutionResult(BaseModel):
+    """Outcome of a tool run (result of ``orchestrator.tools.execute``)."""
+
+    execution_id: str
+    tool_name: str
+    session_id: str
+    status: ExecutionStatus
+    exit_code: int | None = None
+    result: Any = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
+    stats: ToolRunStats = Field(default_factory=ToolRunStats)
+    container_id: str | None = None
+    host: str | None = None
+
+
+class RelicStartRequest(_ContainerRequest):
+    """Start a session-scoped service container (argument of ``orchestrator.relics.start``)."""
+
+    relic_name: Identifier
+    port: int = Field(8000, ge=1, le=65535)
+    ports: dict[int, int] | None = Field(None, description="container port -> host port")
+    health_check_endpoint: str = Field("/health", max_length=2048)
+    health_timeout_seconds: float = Field(60.0, gt=0)
+    create_private_network: bool = True
+    resource_limits: ResourceLimits = Field(default_factory=_relic_limits)
+
+    @field_validator("health_check_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not value.startswith("/") or any(c in value for c in "\x00\r\n "):
+            raise ValueError("must be a path starting with '/' and without spaces")
+        return value
+
+    @field_validator("ports")
+    @classmethod
+    def _port_range(cls, value: dict[int, int] | None) -> dict[int, int] | None:
+        for container_port, host_port in (value or {}).items():
+            if not (1 <= container_port <= 65535 and 1 <= host_port <= 65535):
+                raise ValueError(f"port {container_port}:{host_port} is out of range 1-65535")
+        return value
+
+
+class RelicInfo(BaseModel):
+    """A relic as the engine sees it (result of the relic tasks)."""
+
+    relic_id: str
+    relic_name: str
+    session_id: str
+    container_id: str | None = None
+    container_name: str
+    status: str
+    healthy: bool = False
+    internal_url: str | None = None
+    network: str | None = None
+    ip_address: str | None = None
+    host: str | None = None
+    started_at: datetime | None = None
+    ports: dict[str, int] = Field(default_factory=dict)
+
+
+class ContainerStats(BaseModel):
+    """One container's resource usage, computed as ``docker stats`` does."""
+
+    container_id: str
+    name: str
+    status: str
+    cpu_percent: float = 0.0
+    memory_used_mb: float = 0.0
+    memory_limit_mb: float = 0.0
+    memory_percent: float = 0.0
+    network_rx_mb: float = 0.0
+    network_tx_mb: float = 0.0
+    disk_read_mb: float = 0.0
+    disk_write_mb: float = 0.0
+    running_seconds: float = 0.0
+    kind: str | None = None
+    session_id: str | None = None
+    host: str | None = None
+
+
+class AggregateStats(BaseModel):
+    """Stats of every managed container on every live host, merged."""
+
+    containers: list[ContainerStats] = Field(default_factory=list)
+    sessions: dict[str, dict[str, float]] = Field(default_factory=dict)
+    totals: dict[str, float] = Field(default_factory=dict)
+    executions_by_status: dict[str, int] = Field(default_factory=dict)
+    executions_by_tool: dict[str, int] = Field(default_factory=dict)
+    hosts: list[str] = Field(default_factory=list)
+    errors: list[str] = Field(default_factory=list)
+
+
+class CleanupReport(BaseModel):
+    """What a session cleanup removed, merged over every host the session touched."""
+
+    session_id: str
+    containers_removed: int = 0
+    networks_removed: int = 0
+    volumes_removed: int = 0
+    errors: list[str] = Field(default_factory=list)
+    hosts: list[str] = Field(default_factory=list)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """Render a pydantic error as ``field.path: message; ...`` for humans."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "request"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{prefix}{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_request(model: type[M], data: Any) -> M:
+    """Validate ``data`` into ``model``.
+
+    Raises:
+        InvalidRequest: the message names every offending field.
+    """
+    if isinstance(data, model):
+        return data
+    if not isinstance(data, dict):
+        raise InvalidRequest(
+            f"request: expected a JSON object for {model.__name__}, got {type(data).__name__}"
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid {model.__name__}: {describe_validation_error(exc)}") from exc

@@ -1,0 +1,57 @@
+"""Queue names and task routing; session affinity lookups.
+
+Every worker consumes ``celery`` (Celery's default, so a plain client with no
+routing can ``send_task`` by name), ``tools``, ``relics`` and its own
+``host.<name>``. Session-scoped work goes to the queue of the host that owns
+the session.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator import keys
+
+__all__ = [
+    "DEFAULT_QUEUE",
+    "TOOLS_QUEUE",
+    "RELICS_QUEUE",
+    "host_queue",
+    "task_routes",
+    "session_owner",
+    "queue_for",
+]
+
+DEFAULT_QUEUE = "celery"
+TOOLS_QUEUE = "tools"
+RELICS_QUEUE = "relics"
+
+
+def host_queue(host_name: str) -> str:
+    """The queue consumed only by workers of ``host_name``."""
+    return f"host.{host_name}"
+
+
+def task_routes() -> dict[str, dict[str, str]]:
+    """Default routes by task name (explicit ``queue=`` wins)."""
+    return {
+        "orchestrator.tools.*": {"queue": TOOLS_QUEUE},
+        "orchestrator.relics.*": {"queue": RELICS_QUEUE},
+    }
+
+
+def session_owner(redis: Any, session_id: str) -> str | None:
+    """The host that owns a session, or None before its first relic or session tool."""
+    value = redis.get(keys.session_owner(session_id))
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def queue_for(redis: Any, session_id: str | None, default: str) -> str:
+    """Where session-scoped work should go: the owner's host queue, else ``default``."""
+    if session_id:
+        owner = session_owner(redis, session_id)
+        if owner:
+            return host_queue(owner)
+    return default

@@ -1,0 +1,148 @@
+"""A worker's runtime: its settings, clients and housekeeping thread.
+
+One :class:`Runtime` per worker process holds the Redis and Docker clients,
+the lease keeper and the registries, and runs one daemon thread that
+heartbeats the host, renews leases and re-enqueues executions whose worker died.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from orchestrator import engine
+from orchestrator.leases import LeaseKeeper
+from orchestrator.registry import ExecutionRegistry, HostRegistry
+from orchestrator.settings import Settings
+
+__all__ = ["Runtime", "Enqueue"]
+
+log = logging.getLogger(__name__)
+
+# enqueue(execution_id, request_json, queue): send orchestrator.tools.execute again.
+Enqueue = Callable[[str, dict[str, Any], str], None]
+
+
+class Runtime:
+    """Everything a task needs on this worker, created once per process.
+
+    Args:
+        settings: the operator's settings.
+        redis: a redis-py client (fakeredis in unit tests).
+        docker_client: a docker-py client, or None to connect lazily.
+        enqueue: how to send an execution again (given by the tasks layer).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Any,
+        docker_client: Any = None,
+        enqueue: Enqueue | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self._docker = docker_client
+        self._docker_lock = threading.Lock()
+        self.enqueue = enqueue
+        self.leases = LeaseKeeper(redis, settings.lease_seconds)
+        self.executions = ExecutionRegistry(redis, settings.result_ttl_seconds)
+        self.hosts = HostRegistry(redis, settings.host_ttl_seconds)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def host_name(self) -> str:
+        """This worker's Docker host name."""
+        return self.settings.host_name
+
+    @property
+    def docker(self) -> Any:
+        """The docker-py client, connecting on first use.
+
+        Raises:
+            DockerUnavailable: the engine does not answer yet.
+        """
+        if self._docker is None:
+            with self._docker_lock:
+                if self._docker is None:
+                    self._docker = engine.connect(self.settings)
+        return self._docker
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def start_housekeeping(self) -> None:
+        """Start the heartbeat / lease renewal / reaper thread (idempotent)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
+        self._thread.start()
+
+    def stop_housekeeping(self) -> None:
+        """Stop the housekeeping thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _housekeeping(self) -> None:
+        period = min(
+            self.settings.heartbeat_seconds,
+            self.settings.lease_seconds / 3,
+            self.settings.reaper_interval_seconds,
+        )
+        next_reap = 0.0
+        while not self._stop.is_set():
+            try:
+                self.heartbeat()
+                self.leases.renew_all()
+                if time.monotonic() >= next_reap:
+                    self.reap_expired()
+                    next_reap = time.monotonic() + self.settings.reaper_interval_seconds
+            except Exception:  # noqa: BLE001 - housekeeping must survive Redis outages
+                log.exception("housekeeping round failed; retrying")
+            self._stop.wait(period)
+
+    def heartbeat(self) -> None:
+        """Tell the registry this host has a live worker."""
+        self.hosts.beat(
+            self.host_name,
+            {"queue": self.settings.host_queue, "concurrency": self.settings.worker_concurrency},
+        )
+
+    def reap_expired(self) -> list[str]:
+        """Re-enqueue in-flight executions whose lease expired (their worker died).
+
+        Returns:
+            The ids that were re-enqueued.
+        """
+        requeued = []
+        for execution_id in self.executions.inflight():
+            if self.leases.holder(execution_id) is not None:
+                continue
+            entry = self.executions.get(execution_id)
+            if not entry or entry.get("state") == "finished":
+                self.executions.forget(execution_id)
+                continue
+            if self._requeue(execution_id, entry):
+                requeued.append(execution_id)
+        return requeued
+
+    def _requeue(self, execution_id: str, entry: dict[str, str]) -> bool:
+        if self.enqueue is None or "request" not in entry:
+            return False
+        hold = self.settings.lease_seconds * 3
+        if not self.executions.mark_requeued(execution_id, hold):
+            return False
+        request = json.loads(entry["request"])
+        owner = entry.get("host", "")
+        if owner and self.hosts.alive(owner):
+            queue = f"host.{owner}"
+        else:
+            queue = "tools"  # a session tool then fails there with HostUnavailable
+        log.warning("execution %s lost its worker; re-enqueued on %s", execution_id, queue)
+        self.enqueue(execution_id, request, queue)
+        return True

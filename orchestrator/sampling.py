@@ -1,0 +1,85 @@
+"""Resource usage of a tool while it runs, sampled from the engine's stats stream.
+
+A container's cgroup disappears when it exits, so usage is sampled while it
+runs: one streaming stats request per run, read on a background thread, keeping
+the peak memory and the latest counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator import stats
+from orchestrator.models import ToolRunStats
+
+__all__ = ["UsageSampler"]
+
+log = logging.getLogger(__name__)
+MB = 1024 * 1024
+
+
+class UsageSampler:
+    """Follow a container's stats stream on a daemon thread until it ends."""
+
+    def __init__(self, container: Any) -> None:
+        self.container = container
+        self._peak_memory = 0
+        self._last: Mapping[str, Any] | None = None
+        self._samples = 0
+        self._stream: Any = None
+        self._thread = threading.Thread(target=self._run, name="usage-sampler", daemon=True)
+
+    def start(self) -> UsageSampler:
+        """Start sampling."""
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self._stream = self.container.stats(stream=True, decode=True)
+            for raw in self._stream:
+                if str(raw.get("read", "")).startswith("0001-"):
+                    break  # the container stopped: the engine now sends empty samples
+                self.add(raw)
+        except Exception as exc:  # noqa: BLE001 - sampling is best effort, never fatal
+            log.debug("stats stream of %s ended: %s", self.container.name, exc)
+
+    def add(self, raw: Mapping[str, Any]) -> None:
+        """Fold one stats payload into the running figures."""
+        if not raw.get("memory_stats"):
+            return
+        peak = stats.peak_memory_bytes(raw) or 0
+        self._peak_memory = max(self._peak_memory, peak, stats.memory_used_bytes(raw))
+        self._last = raw
+        self._samples += 1
+
+    def stop(self, join_seconds: float = 0.5) -> ToolRunStats:
+        """Stop following (the container has exited) and return what was seen."""
+        stream = self._stream
+        if stream is not None and hasattr(stream, "close"):
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001 - closing a finished stream may fail
+                pass
+        self._thread.join(join_seconds)
+        return self.summary()
+
+    def summary(self) -> ToolRunStats:
+        """The figures so far as ToolRunStats (None where nothing was sampled)."""
+        raw = self._last
+        if raw is None:
+            return ToolRunStats()
+        rx, tx = stats.network_bytes(raw)
+        read, write = stats.block_io_bytes(raw)
+        return ToolRunStats(
+            peak_memory_mb=round(self._peak_memory / MB, 3),
+            cpu_seconds=round(stats.cpu_total_seconds(raw), 3),
+            network_rx_mb=round(rx / MB, 3),
+            network_tx_mb=round(tx / MB, 3),
+            disk_read_mb=round(read / MB, 3),
+            disk_write_mb=round(write / MB, 3),
+            samples=self._samples,
+        )

@@ -1,0 +1,1 @@
+"""Cleanup tasks (see orchestrator.cleanup)."""

@@ -1,0 +1,1 @@
+"""Relic tasks (see orchestrator.relics)."""

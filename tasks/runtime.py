@@ -1,0 +1,45 @@
+"""The worker process's single :class:`~orchestrator.runtime.Runtime`, made on first use."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from celery import current_app
+
+from orchestrator.redis_conn import redis_client
+from orchestrator.runtime import Runtime
+from orchestrator.settings import Settings
+
+__all__ = ["get_runtime", "reset_runtime"]
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def _enqueue(execution_id: str, request: dict[str, Any], queue: str) -> None:
+    current_app.send_task(
+        "orchestrator.tools.execute",
+        args=[request],
+        kwargs={"requeued": True},
+        task_id=execution_id,
+        queue=queue,
+    )
+
+
+def get_runtime() -> Runtime:
+    """This process's Runtime, built from the environment on first call."""
+    global _runtime
+    if _runtime is None:
+        with _lock:
+            if _runtime is None:
+                settings = Settings.from_env()
+                _runtime = Runtime(settings, redis_client(settings), enqueue=_enqueue)
+    return _runtime
+
+
+def reset_runtime(runtime: Runtime | None = None) -> None:
+    """Replace the process's Runtime (tests inject one with fakes)."""
+    global _runtime
+    with _lock:
+        _runtime = runtime

@@ -1,0 +1,1 @@
+"""Session tasks (see orchestrator.sessions)."""

@@ -1,0 +1,169 @@
+"""Real processes for integration tests: workers on Docker hosts, service checks, leak checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = os.environ.get("ORCHESTRATOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_IMAGE = "orchestrator-test/busybox:latest"
+MANAGED = "orchestrator.managed=true"
+
+
+def require(ok: bool, what: str) -> None:
+    """Fail when CI is set, skip otherwise, if a needed service is missing."""
+    if ok:
+        return
+    message = f"{what} is not available; run `make setup` (scripts/setup.sh) first"
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def redis_ok(url: str = REDIS_URL) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+def docker_ok(base_url: str | None = None) -> bool:
+    try:
+        client = docker.DockerClient(base_url=base_url) if base_url else docker.from_env()
+        client.ping()
+        client.images.get(TEST_IMAGE)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not usable"
+        return False
+
+
+def settings_env(host_name: str, **extra: str) -> dict[str, str]:
+    """Environment for a worker or client in the tests: fast leases and heartbeats."""
+    env = {
+        "ORCHESTRATOR_BROKER_URL": REDIS_URL,
+        "ORCHESTRATOR_RESULT_BACKEND": REDIS_URL,
+        "ORCHESTRATOR_HOST_NAME": host_name,
+        "ORCHESTRATOR_WORKER_CONCURRENCY": "16",
+        "ORCHESTRATOR_LEASE_SECONDS": "6",
+        "ORCHESTRATOR_REAPER_INTERVAL_SECONDS": "1",
+        "ORCHESTRATOR_HEARTBEAT_SECONDS": "1",
+        "ORCHESTRATOR_HOST_TTL_SECONDS": "5",
+        "ORCHESTRATOR_MAX_MEMORY_MB": "2048",
+        "ORCHESTRATOR_MAX_TIMEOUT_SECONDS": "600",
+    }
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """A real ``celery -A worker worker`` process, optionally inside a network namespace."""
+
+    def __init__(
+        self,
+        host_name: str,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        netns: str | None = None,
+        docker_host: str | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
+        self.host_name = host_name
+        self.log_path = log_dir / f"worker-{host_name}-{uuid.uuid4().hex[:6]}.log"
+        self.env = {**os.environ, **settings_env(host_name), **(env or {})}
+        if docker_host:
+            self.env["DOCKER_HOST"] = docker_host
+        self.netns = netns
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_seconds: float = 30) -> WorkerProcess:
+        command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-l", "info"]
+        command += list(self.args)
+        if self.netns:
+            command = ["nsenter", f"--net=/var/run/netns/{self.netns}", *command]
+        log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_ready(wait_seconds)
+        return self
+
+    def wait_ready(self, wait_seconds: float) -> None:
+        """Wait for this host's heartbeat and the 'ready' line in the log."""
+        r = redis.Redis.from_url(REDIS_URL)
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early; log:\n{self.log()}")
+            if r.exists(f"orch:host:{self.host_name}") and b"ready." in self.log_bytes():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"worker {self.host_name} not ready; log:\n{self.log()}")
+
+    def log_bytes(self) -> bytes:
+        return self.log_path.read_bytes() if self.log_path.exists() else b""
+
+    def log(self) -> str:
+        return self.log_bytes().decode(errors="replace")[-5000:]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker process group (a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def managed_leftovers(client: Any, host_label: str | None = None) -> dict[str, list[str]]:
+    """Managed containers, networks and volumes still on an engine (optionally one host's)."""
+    filters = [MANAGED] + ([f"orchestrator.host={host_label}"] if host_label else [])
+    containers = client.containers.list(all=True, filters={"label": filters})
+    networks = client.networks.list(filters={"label": filters})
+    volumes = client.volumes.list(filters={"label": filters})
+    return {
+        "containers": [c.name for c in containers],
+        "networks": [n.name for n in networks],
+        "volumes": [v.name for v in volumes],
+    }
+
+
+def force_remove_managed(client: Any, host_label: str) -> None:
+    """Teardown: remove whatever a test host left (after the leak was recorded)."""
+    label = {"label": [MANAGED, f"orchestrator.host={host_label}"]}
+    for container in client.containers.list(all=True, filters=label):
+        container.remove(force=True, v=True)
+    for network in client.networks.list(filters=label):
+        network.remove()
+    for volume in client.volumes.list(filters=label):
+        volume.remove(force=True)
+
+
+def have(command: str) -> bool:
+    return shutil.which(command) is not None
