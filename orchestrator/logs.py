@@ -125,9 +125,7 @@ class LogFollower:
 
 
 def _decode(entry: dict[Any, Any]) -> dict[str, Any]:
-    return {
-        (k.decode() if isinstance(k, bytes) else k): v for k, v in entry.items()
-    }
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in entry.items()}
 
 
 def read_live(redis: Any, execution_id: str) -> dict[str, str]:
@@ -139,7 +137,9 @@ def read_live(redis: Any, execution_id: str) -> dict[str, str]:
         name = stream.decode() if isinstance(stream, bytes) else str(stream)
         if name in parts:
             parts[name].append(fields.get("data", b""))
-    return {name: b"".join(chunks).decode("utf-8", errors="replace") for name, chunks in parts.items()}
+    return {
+        name: b"".join(chunks).decode("utf-8", errors="replace") for name, chunks in parts.items()
+    }
 
 
 def follow_live(

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -40,6 +41,7 @@ __all__ = [
     "AggregateStats",
     "CleanupReport",
     "parse_request",
+    "check_identifier",
 ]
 
 # Docker's reference grammar, slightly simplified: [registry[:port]/]path[:tag][@digest].
@@ -351,3 +353,18 @@ def parse_request(model: type[M], data: Any) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidRequest(f"invalid {model.__name__}: {describe_validation_error(exc)}") from exc
+
+
+_IDENTIFIER = TypeAdapter(Identifier)
+
+
+def check_identifier(value: Any, field: str) -> str:
+    """Validate a bare id argument (session, relic or execution id).
+
+    Raises:
+        InvalidRequest: naming ``field``.
+    """
+    try:
+        return _IDENTIFIER.validate_python(value)
+    except ValidationError as exc:
+        raise InvalidRequest(f"{field}: {exc.errors()[0]['msg']} (got {value!r})") from exc

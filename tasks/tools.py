@@ -8,9 +8,14 @@ from celery import shared_task
 from celery.exceptions import Ignore
 
 from orchestrator import execution, sessions
-from orchestrator.errors import DockerUnavailable, InvalidRequest, WrongHost
-from orchestrator.models import FINAL_STATUSES, ToolExecutionRequest, parse_request
-from orchestrator.routing import host_queue
+from orchestrator.errors import DockerUnavailable, WrongHost
+from orchestrator.models import (
+    FINAL_STATUSES,
+    ToolExecutionRequest,
+    check_identifier,
+    parse_request,
+)
+from tasks.forwarding import forward
 from tasks.runtime import get_runtime
 
 RETRY = {
@@ -42,8 +47,7 @@ def execute(
     except execution.DuplicateDelivery:
         raise Ignore() from None
     except WrongHost as exc:
-        forward = self.signature(args=[req.model_dump(mode="json")], kwargs={"requeued": requeued})
-        raise self.replace(forward.set(queue=host_queue(exc.owner))) from None
+        forward(self, exc, [req.model_dump(mode="json")], {"requeued": requeued})
     return result.model_dump(mode="json")
 
 
@@ -54,8 +58,7 @@ def cancel(self: Any, execution_id: str) -> dict[str, Any]:
     Sets the flag the wait loop checks and revokes the task if it has not started.
     Returns ``{"execution_id", "cancelled", "status"}``.
     """
-    if not isinstance(execution_id, str) or not execution_id or len(execution_id) > 255:
-        raise InvalidRequest("execution_id: must be a non-empty string")
+    check_identifier(execution_id, "execution_id")
     rt = get_runtime()
     done = rt.executions.result(execution_id)
     if done is not None and done.status in FINAL_STATUSES:

@@ -95,7 +95,11 @@ class WorkerProcess:
             command = ["nsenter", f"--net=/var/run/netns/{self.netns}", *command]
         log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            command,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.wait_ready(wait_seconds)

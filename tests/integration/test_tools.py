@@ -46,7 +46,7 @@ def containers_of(docker_client: docker.DockerClient, execution_id: str) -> list
 def test_json_result_stdout_and_stderr_come_back_apart(
     client: OrchestratorClient, session_id: str
 ) -> None:
-    script = 'echo starting; echo warn >&2; echo \'{"answer": 42}\''
+    script = "echo starting; echo warn >&2; echo '{\"answer\": 42}'"
     result = client.run_tool(tool(session_id, script), timeout=60)
     assert result.status == "succeeded"
     assert result.exit_code == 0
@@ -213,7 +213,9 @@ def test_concurrent_runs_each_get_their_own_result(
     client: OrchestratorClient, session_id: str
 ) -> None:
     handles = [
-        client.execute_tool(tool(session_id, f'sleep 1; echo \'{{"n": {n}}}\'', parameters={"N": n}))
+        client.execute_tool(
+            tool(session_id, f"sleep 1; echo '{{\"n\": {n}}}'", parameters={"N": n})
+        )
         for n in range(12)
     ]
     results = [h.result(timeout=120) for h in handles]
@@ -235,7 +237,9 @@ def test_output_is_capped_keeping_head_and_tail(
 def test_plain_celery_client_without_routing_is_served(worker: Any, session_id: str) -> None:
     plain = Celery(broker=REDIS_URL, backend=REDIS_URL)
     try:
-        outcome = plain.send_task("orchestrator.tools.execute", args=[tool(session_id, "echo plain")])
+        outcome = plain.send_task(
+            "orchestrator.tools.execute", args=[tool(session_id, "echo plain")]
+        )
         assert outcome.get(timeout=60)["stdout"] == "plain\n"
     finally:
         plain.close()

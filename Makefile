@@ -1,0 +1,35 @@
+# The README and CI call these targets.
+.PHONY: demo test unit integration lint typecheck bench setup stop hostb-up hostb-down
+
+demo:           ## install what is missing, start a worker and Flower, run a sample tool
+	bash scripts/demo.sh
+
+test:           ## the whole suite from a fresh machine (what .ci/run calls)
+	bash scripts/test.sh
+
+setup:          ## install and start Redis, the Docker engine, the package, test images
+	bash scripts/setup.sh
+
+unit:           ## unit tests only: no servers needed
+	python -m pytest -p no:cacheprovider tests/unit
+
+integration:    ## integration tests (real Redis, Docker engine, workers)
+	python -m pytest -p no:cacheprovider tests/integration
+
+lint:
+	ruff check . && ruff format --check .
+
+typecheck:
+	mypy
+
+bench:          ## benchmarks against raw docker-py, ratios printed
+	python bench/run_overhead.py
+
+stop:           ## stop the demo's worker, beat and Flower
+	bash scripts/stop.sh
+
+hostb-up:       ## a second Docker host in a network namespace (multi-host tests)
+	bash scripts/hostb.sh up
+
+hostb-down:
+	bash scripts/hostb.sh down

@@ -1,0 +1,398 @@
+"""Relics: session-scoped service containers, started in the session network and
+waited on until their health endpoint answers.
+
+A relic's container is named from its session and name (``orch-relic-<session>-<name>``)
+and carries the network alias ``<name>``, so other containers of the session reach
+it at ``http://<container name>:<port>`` (its ``internal_url``) or by its short name.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import time
+from typing import Any
+
+from orchestrator import containers, keys, networks, sessions
+from orchestrator.config import (
+    check_limits,
+    check_volumes,
+    labels,
+    limit_options,
+    sandbox_options,
+)
+from orchestrator.engine import docker_errors
+from orchestrator.errors import (
+    ContainerConflict,
+    ContainerNotFound,
+    OrchestratorError,
+    RelicConflict,
+    RelicExited,
+    RelicNotFound,
+    RelicUnhealthy,
+    WrongHost,
+)
+from orchestrator.images import resolve_image
+from orchestrator.models import RelicInfo, RelicStartRequest, VolumeMount
+from orchestrator.registry import text
+from orchestrator.runtime import Runtime
+from orchestrator.stats import parse_docker_time
+
+__all__ = [
+    "relic_container_name",
+    "volume_name",
+    "start_relic",
+    "relic_info",
+    "local_relics",
+    "stop_relic",
+    "remove_relic",
+    "lookup",
+    "probe",
+]
+
+log = logging.getLogger(__name__)
+ENGINE_TO_STATUS = {"exited": "stopped", "created": "created", "dead": "dead"}
+LOG_TAIL_LINES = 20
+
+
+def relic_container_name(session_id: str, relic_name: str) -> str:
+    """The relic's container name: unique per session and relic name."""
+    return f"orch-relic-{session_id}-{relic_name}"
+
+
+def volume_name(session_id: str, name: str) -> str:
+    """The engine-side name of a relic's named volume, scoped to its session."""
+    return f"orch-{session_id}-{name}"
+
+
+# -- registry ---------------------------------------------------------------------------
+
+
+def _register(rt: Runtime, relic_id: str, request: RelicStartRequest, name: str) -> None:
+    pipe = rt.redis.pipeline()
+    pipe.hset(
+        keys.relic(relic_id),
+        mapping={
+            "relic_name": request.relic_name,
+            "session_id": request.session_id,
+            "host": rt.host_name,
+            "container_name": name,
+            "port": request.port,
+            "health": request.health_check_endpoint,
+        },
+    )
+    pipe.sadd(keys.session_relics(request.session_id), relic_id)
+    pipe.execute()
+
+
+def lookup(redis: Any, relic_id: str) -> dict[str, str]:
+    """The registry entry of a relic.
+
+    Raises:
+        RelicNotFound: no relic has this id.
+    """
+    raw = redis.hgetall(keys.relic(relic_id))
+    if not raw:
+        raise RelicNotFound(f"relic_id: no relic {relic_id!r} (cleaned up, or never started)")
+    return {text(k) or "": text(v) or "" for k, v in raw.items()}
+
+
+def _unregister(redis: Any, relic_id: str, session_id: str) -> None:
+    pipe = redis.pipeline()
+    pipe.delete(keys.relic(relic_id))
+    pipe.srem(keys.session_relics(session_id), relic_id)
+    pipe.execute()
+
+
+def _require_local(rt: Runtime, entry: dict[str, str]) -> None:
+    owner = entry.get("host", "")
+    if owner and owner != rt.host_name:
+        raise WrongHost(f"relic lives on host {owner}", owner=owner)
+
+
+# -- health -----------------------------------------------------------------------------
+
+
+def probe(address: str, port: int, path: str, timeout_seconds: float = 1.0) -> bool:
+    """True when ``GET http://address:port/path`` answers with a status below 400."""
+    connection = http.client.HTTPConnection(address, port, timeout=timeout_seconds)
+    try:
+        connection.request("GET", path, headers={"Connection": "close"})
+        return connection.getresponse().status < 400
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def _address(container: Any, network: str | None) -> str | None:
+    nets = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    chosen = nets.get(network) if network else next(iter(nets.values()), None)
+    return (chosen or {}).get("IPAddress") or None
+
+
+def _logs_tail(container: Any) -> str:
+    try:
+        with docker_errors("read relic logs"):
+            raw = container.logs(tail=LOG_TAIL_LINES)
+        return bytes(raw).decode("utf-8", errors="replace").strip()
+    except OrchestratorError:
+        return ""
+
+
+def wait_healthy(container: Any, network: str | None, request: RelicStartRequest) -> str:
+    """Poll the health endpoint with a short adaptive interval until it answers.
+
+    Returns:
+        The container's address.
+
+    Raises:
+        RelicExited: the container stopped during the wait (its log tail is in the message).
+        RelicUnhealthy: no healthy answer within ``health_timeout_seconds``.
+    """
+    deadline = time.monotonic() + request.health_timeout_seconds
+    interval = 0.005
+    address: str | None = None
+    while True:
+        with docker_errors(f"inspect relic {container.name}"):
+            container.reload()
+        state = containers.state(container)
+        if state.get("Status") in ("exited", "dead"):
+            raise RelicExited(
+                f"relic {request.relic_name!r} exited with code {state.get('ExitCode')} before "
+                f"it was healthy; last log lines:\n{_logs_tail(container)}"
+            )
+        address = address or _address(container, network)
+        if address and probe(address, request.port, request.health_check_endpoint, 0.5):
+            return address
+        if time.monotonic() >= deadline:
+            raise RelicUnhealthy(
+                f"relic {request.relic_name!r} did not answer GET "
+                f"{request.health_check_endpoint} on port {request.port} within "
+                f"{request.health_timeout_seconds} s; last log lines:\n{_logs_tail(container)}"
+            )
+        time.sleep(interval)
+        interval = min(interval * 1.5, 0.2)
+
+
+# -- start ------------------------------------------------------------------------------
+
+
+def _volumes(rt: Runtime, request: RelicStartRequest) -> dict[str, dict[str, str]]:
+    """Bind mounts as given; named volumes created per session and labelled."""
+    mounts: dict[str, dict[str, str]] = {}
+    for mount in request.volumes:
+        source = mount.source if mount.is_bind else _session_volume(rt, request, mount)
+        mounts[source] = {"bind": mount.target, "mode": "ro" if mount.read_only else "rw"}
+    return mounts
+
+
+def _session_volume(rt: Runtime, request: RelicStartRequest, mount: VolumeMount) -> str:
+    name = volume_name(request.session_id, mount.source)
+    try:
+        with docker_errors(f"inspect volume {name}"):
+            rt.docker.volumes.get(name)
+    except ContainerNotFound:
+        volume_labels = labels("volume", request.session_id, 0, rt.host_name)
+        with docker_errors(f"create volume {name}"):
+            rt.docker.volumes.create(name=name, labels=volume_labels)
+    return name
+
+
+def _config(
+    rt: Runtime, request: RelicStartRequest, relic_id: str, image: str, network: str | None
+) -> dict[str, Any]:
+    limits = check_limits(request.resource_limits, rt.settings)
+    expires = sessions.expiry(rt.redis, request.session_id).get("expires_at", 0)
+    config: dict[str, Any] = {
+        "image": image,
+        "command": request.command,
+        "name": relic_container_name(request.session_id, request.relic_name),
+        "environment": dict(request.environment),
+        "labels": labels(
+            "relic",
+            request.session_id,
+            expires,
+            rt.host_name,
+            relic=relic_id,
+            relic_name=request.relic_name,
+            port=str(request.port),
+        ),
+        "volumes": _volumes(rt, request),
+        "detach": True,
+        **limit_options(limits),
+        **sandbox_options(rt.settings, cap_add=rt.settings.relic_cap_add),
+    }
+    if network:
+        config["network"] = network
+        config["networking_config"] = {
+            network: rt.docker.api.create_endpoint_config(aliases=[request.relic_name])
+        }
+    else:
+        config["network_mode"] = "bridge"
+    if request.ports:
+        config["ports"] = {f"{cport}/tcp": hport for cport, hport in request.ports.items()}
+    return config
+
+
+def start_relic(rt: Runtime, request: RelicStartRequest, relic_id: str) -> RelicInfo:
+    """Start a relic (or resume one this relic id already started) and wait until healthy.
+
+    Raises:
+        WrongHost: another host owns the session (the task forwards itself).
+        RelicConflict: a different relic of this session has the same name.
+        RelicExited / RelicUnhealthy: it never became healthy; nothing is left behind.
+    """
+    check_limits(request.resource_limits, rt.settings)
+    check_volumes(request.volumes, rt.settings)
+    if request.health_timeout_seconds > rt.settings.relic_max_health_timeout_seconds:
+        raise RelicUnhealthy(
+            f"health_timeout_seconds: above the server maximum "
+            f"{rt.settings.relic_max_health_timeout_seconds}"
+        )
+    sessions.require_owner(rt, request.session_id)
+    sessions.record_host(rt, request.session_id)
+    name = relic_container_name(request.session_id, request.relic_name)
+    container = _existing(rt, name, relic_id)
+    network = None
+    if request.create_private_network:
+        network = networks.ensure_network(rt.docker, rt.redis, rt.settings, request.session_id)
+        network = str(network.name)
+    if container is None:
+        image = resolve_image(
+            rt.docker, rt.redis, rt.settings, request.image, request.build, request.relic_name
+        )
+        container = _create(rt, _config(rt, request, relic_id, image, network), relic_id)
+    _register(rt, relic_id, request, name)
+    try:
+        if containers.state(container).get("Status") == "created":
+            with docker_errors(f"start relic {name}"):
+                container.start()
+        wait_healthy(container, network, request)
+    except BaseException:
+        containers.remove(rt.docker, name)
+        _unregister(rt.redis, relic_id, request.session_id)
+        raise
+    return describe(rt, container, relic_id, healthy=True)
+
+
+def _existing(rt: Runtime, name: str, relic_id: str) -> Any | None:
+    found = containers.find(rt.docker, name)
+    if found is None:
+        return None
+    owner = found.labels.get("orchestrator.relic")
+    if owner != relic_id:
+        raise RelicConflict(
+            f"relic_name: the session already has relic {owner} under this name; "
+            "stop and remove it first"
+        )
+    if containers.state(found).get("Status") in ("exited", "dead"):
+        containers.remove(rt.docker, name)
+        return None
+    return found
+
+
+def _create(rt: Runtime, config: dict[str, Any], relic_id: str) -> Any:
+    try:
+        return containers.create(rt.docker, config)
+    except ContainerConflict:
+        found = _existing(rt, config["name"], relic_id)
+        if found is None:
+            raise
+        return found
+
+
+# -- info, list, stop, remove --------------------------------------------------------------
+
+
+def describe(rt: Runtime, container: Any, relic_id: str, healthy: bool | None = None) -> RelicInfo:
+    """RelicInfo from an inspected container; health probed when not given."""
+    labels_ = container.labels
+    state = containers.state(container)
+    status = ENGINE_TO_STATUS.get(state.get("Status", ""), state.get("Status", "unknown"))
+    nets = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    network = next((n for n in nets if n.startswith("session_")), None)
+    address = _address(container, network)
+    port = int(labels_.get("orchestrator.port", "8000"))
+    if healthy is None:
+        entry = rt.redis.hget(keys.relic(relic_id), "health")
+        path = text(entry) or "/health"
+        healthy = status == "running" and bool(address) and probe(address or "", port, path, 0.5)
+    ports = {
+        cport: int(bindings[0]["HostPort"])
+        for cport, bindings in (
+            (container.attrs.get("NetworkSettings") or {}).get("Ports") or {}
+        ).items()
+        if bindings
+    }
+    return RelicInfo(
+        relic_id=relic_id,
+        relic_name=labels_.get("orchestrator.relic_name", ""),
+        session_id=labels_.get("orchestrator.session", ""),
+        container_id=container.id,
+        container_name=container.name,
+        status=status,
+        healthy=healthy,
+        internal_url=f"http://{container.name}:{port}" if network else f"http://{address}:{port}",
+        network=network,
+        ip_address=address,
+        host=rt.host_name,
+        started_at=parse_docker_time(state.get("StartedAt")),
+        ports=ports,
+    )
+
+
+def relic_info(rt: Runtime, relic_id: str) -> RelicInfo:
+    """The relic's state as the engine sees it.
+
+    Raises:
+        RelicNotFound / WrongHost.
+    """
+    entry = lookup(rt.redis, relic_id)
+    _require_local(rt, entry)
+    container = containers.find(rt.docker, entry["container_name"])
+    if container is None:
+        return RelicInfo(
+            relic_id=relic_id,
+            relic_name=entry.get("relic_name", ""),
+            session_id=entry.get("session_id", ""),
+            container_name=entry["container_name"],
+            status="removed",
+            host=rt.host_name,
+        )
+    return describe(rt, container, relic_id)
+
+
+def local_relics(rt: Runtime, session_id: str | None) -> list[RelicInfo]:
+    """Relics whose containers are on this host (all, or one session's)."""
+    filters = ["orchestrator.managed=true", "orchestrator.kind=relic"]
+    if session_id:
+        filters.append(f"orchestrator.session={session_id}")
+    with docker_errors("list relics"):
+        found = rt.docker.containers.list(all=True, filters={"label": filters})
+    return [describe(rt, c, c.labels.get("orchestrator.relic", "")) for c in found]
+
+
+def stop_relic(rt: Runtime, relic_id: str, timeout_seconds: int = 10) -> RelicInfo:
+    """Stop gracefully (SIGTERM), killing after ``timeout_seconds``."""
+    entry = lookup(rt.redis, relic_id)
+    _require_local(rt, entry)
+    container = containers.find(rt.docker, entry["container_name"])
+    if container is None:
+        return relic_info(rt, relic_id)
+    with docker_errors(f"stop relic {container.name}"):
+        container.stop(timeout=timeout_seconds)
+        container.reload()
+    return describe(rt, container, relic_id, healthy=False)
+
+
+def remove_relic(rt: Runtime, relic_id: str) -> dict[str, Any]:
+    """Remove the relic's container (its session volumes stay until session cleanup)."""
+    entry = lookup(rt.redis, relic_id)
+    _require_local(rt, entry)
+    try:
+        removed = containers.remove(rt.docker, entry["container_name"])
+    except ContainerNotFound:
+        removed = False
+    _unregister(rt.redis, relic_id, entry.get("session_id", ""))
+    return {"relic_id": relic_id, "removed": removed}

@@ -1,0 +1,405 @@
+"""Behaviour of :mod:`orchestrator.config`: requests + Settings -> docker-py create kwargs."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from orchestrator.config import (
+    check_limits,
+    check_volumes,
+    tool_container_config,
+    tool_environment,
+)
+from orchestrator.errors import InvalidRequest, LimitExceeded
+from orchestrator.models import ResourceLimits, ToolExecutionRequest, VolumeMount
+from orchestrator.settings import Settings
+
+NOW = 1_700_000_000.0
+
+
+def make_settings(**overrides: Any) -> Settings:
+    return Settings(host_name="host-a", **overrides)
+
+
+def make_request(**fields: Any) -> ToolExecutionRequest:
+    data: dict[str, Any] = {"tool_name": "grep", "session_id": "sess-1", "image": "busybox"}
+    data.update(fields)
+    return ToolExecutionRequest.model_validate(data)
+
+
+def build(request: ToolExecutionRequest, settings: Settings | None = None, **kw: Any):
+    return tool_container_config(
+        request,
+        execution_id=kw.pop("execution_id", "exec-42"),
+        image=kw.pop("image", "busybox:latest"),
+        settings=settings or make_settings(),
+        now=kw.pop("now", NOW),
+        **kw,
+    )
+
+
+# -- name, labels, limits, sandbox -------------------------------------------------------------
+
+
+def test_container_is_named_after_the_execution_and_uses_the_resolved_image():
+    config = build(make_request(command=["echo", "hi"]), execution_id="abc123", image="img@x")
+
+    assert config["name"] == "orch-tool-abc123"
+    assert config["image"] == "img@x"
+    assert config["command"] == ["echo", "hi"]
+    assert config["detach"] is True
+
+
+def test_labels_mark_a_managed_tool_with_its_session_execution_tool_host_and_deadline():
+    request = make_request(resource_limits={"timeout_seconds": 30})
+    settings = make_settings(grace_seconds=15)
+
+    config = build(request, settings, execution_id="e-1", now=1000.9)
+
+    assert config["labels"] == {
+        "orchestrator.managed": "true",
+        "orchestrator.kind": "tool",
+        "orchestrator.session": "sess-1",
+        "orchestrator.execution": "e-1",
+        "orchestrator.tool": "grep",
+        "orchestrator.deadline": "1045",  # int(1000.9 + 30 + 15)
+        "orchestrator.host": "host-a",
+    }
+
+
+def test_deadline_uses_the_default_timeout_and_grace():
+    config = build(make_request(), now=NOW)
+
+    assert config["labels"]["orchestrator.deadline"] == str(int(NOW) + 300 + 60)
+
+
+@pytest.mark.parametrize(
+    ("memory_mb", "cpu_limit", "nano_cpus"),
+    [
+        (512, 1.0, 1_000_000_000),
+        (64, 0.5, 500_000_000),
+        (8192, 4.0, 4_000_000_000),
+        (4, 0.25, 250_000_000),
+    ],
+)
+def test_memory_equals_memswap_and_cpus_become_nano_cpus(memory_mb, cpu_limit, nano_cpus):
+    request = make_request(resource_limits={"memory_mb": memory_mb, "cpu_limit": cpu_limit})
+
+    config = build(request)
+
+    assert config["mem_limit"] == f"{memory_mb}m"
+    assert config["memswap_limit"] == config["mem_limit"]
+    assert config["nano_cpus"] == nano_cpus
+    assert isinstance(config["nano_cpus"], int)
+
+
+def test_pids_limit_defaults_to_the_server_setting():
+    config = build(make_request(), make_settings(default_pids_limit=99))
+
+    assert config["pids_limit"] == 99
+
+
+def test_requested_pids_limit_is_kept():
+    config = build(make_request(resource_limits={"pids_limit": 17}))
+
+    assert config["pids_limit"] == 17
+
+
+def test_sandbox_drops_all_capabilities_forbids_privilege_gain_and_caps_logs():
+    config = build(make_request(), make_settings(container_log_max_size="5m"))
+
+    assert config["cap_drop"] == ["ALL"]
+    assert "cap_add" not in config
+    assert config["security_opt"] == ["no-new-privileges:true"]
+    assert config["privileged"] is False
+    assert config["log_config"] == {
+        "type": "json-file",
+        "config": {"max-size": "5m", "max-file": "1"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("mode", "network", "expected"),
+    [
+        ("none", None, "none"),
+        ("bridge", None, "bridge"),
+        ("session", "session_sess-1", "session_sess-1"),
+        ("none", "session_sess-1", "none"),  # a network given for another mode is ignored
+    ],
+)
+def test_network_mode_maps_to_none_bridge_or_the_session_network(mode, network, expected):
+    config = build(make_request(network_mode=mode), network=network)
+
+    assert config["network_mode"] == expected
+
+
+def test_session_network_mode_without_a_network_is_rejected():
+    with pytest.raises(InvalidRequest, match=r"^network_mode: 'session' needs the session network"):
+        build(make_request(network_mode="session"))
+
+
+def test_volumes_become_docker_py_bind_mappings(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    request = make_request(
+        volumes=[
+            {"source": str(data), "target": "/data", "read_only": True},
+            {"source": "cache", "target": "/cache"},
+        ]
+    )
+
+    config = build(request, make_settings(allowed_volume_roots=[str(tmp_path)]))
+
+    assert config["volumes"] == {
+        str(data): {"bind": "/data", "mode": "ro"},
+        "cache": {"bind": "/cache", "mode": "rw"},
+    }
+
+
+# -- environment -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "encoded"),
+    [
+        ("plain text", "plain text"),
+        ("", ""),
+        ('{"already":"json"}', '{"already":"json"}'),
+        ({"k": 1}, '{"k":1}'),
+        ({"a": [1, 2], "b": {"c": None}}, '{"a":[1,2],"b":{"c":null}}'),
+        ([1, "x"], '[1,"x"]'),
+        (3, "3"),
+        (2.5, "2.5"),
+        (True, "true"),
+        (False, "false"),
+        (None, "null"),
+        ("héllo", "héllo"),
+    ],
+)
+def test_parameter_strings_pass_as_is_and_other_values_are_compact_json(value, encoded):
+    request = make_request(parameters={"P": value})
+
+    assert tool_environment(request) == {"P": encoded}
+    assert build(request)["environment"] == {"P": encoded}
+
+
+def test_environment_holds_parameters_then_secrets_then_plain_environment():
+    request = make_request(
+        parameters={"B_PARAM": 1, "A_PARAM": "x"},
+        secret_parameters={"TOKEN": "s3cr3t", "PIN": 1234},
+        environment={"LANG": "C", "HOME": "/tmp"},
+    )
+
+    env = build(request)["environment"]
+
+    assert env == {
+        "B_PARAM": "1",
+        "A_PARAM": "x",
+        "TOKEN": "s3cr3t",
+        "PIN": "1234",
+        "LANG": "C",
+        "HOME": "/tmp",
+    }
+    assert list(env) == ["B_PARAM", "A_PARAM", "TOKEN", "PIN", "LANG", "HOME"]
+
+
+def test_json_encoding_never_puts_a_raw_nul_in_the_environment():
+    request = make_request(parameters={"P": {"k": "a\x00b"}})
+
+    assert tool_environment(request) == {"P": '{"k":"a\\u0000b"}'}
+
+
+# -- limits against server caps ---------------------------------------------------------------
+
+CAPS = {
+    "max_memory_mb": 1024,
+    "max_cpu_limit": 2.0,
+    "max_timeout_seconds": 600,
+    "max_pids_limit": 100,
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "maximum"),
+    [
+        ("memory_mb", 1025, 1024),
+        ("cpu_limit", 2.01, 2.0),
+        ("timeout_seconds", 601, 600),
+        ("pids_limit", 101, 100),
+    ],
+)
+def test_limit_above_server_maximum_is_rejected_naming_the_field(field, value, maximum):
+    limits = ResourceLimits(**{field: value})
+
+    with pytest.raises(LimitExceeded) as info:
+        check_limits(limits, make_settings(**CAPS))
+
+    assert str(info.value) == (
+        f"resource_limits.{field}: {value} is above the server maximum {maximum}"
+    )
+    assert isinstance(info.value, InvalidRequest)
+
+
+def test_limit_above_server_maximum_is_rejected_by_the_container_config_too():
+    request = make_request(resource_limits={"memory_mb": 9000})
+
+    with pytest.raises(LimitExceeded, match=r"^resource_limits\.memory_mb: 9000"):
+        build(request, make_settings(max_memory_mb=8192))
+
+
+def test_limits_exactly_at_the_maxima_are_accepted():
+    limits = ResourceLimits(memory_mb=1024, cpu_limit=2.0, timeout_seconds=600, pids_limit=100)
+
+    assert check_limits(limits, make_settings(**CAPS)) == limits
+
+
+def test_check_limits_fills_in_the_default_pids_limit_without_mutating_the_request():
+    limits = ResourceLimits()
+
+    checked = check_limits(limits, make_settings(default_pids_limit=64))
+
+    assert checked.pids_limit == 64
+    assert limits.pids_limit is None
+
+
+# -- bind mounts -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def roots(tmp_path):
+    """An allowed root with a file and a sibling directory outside it."""
+    base = tmp_path.resolve()
+    allowed = base / "allowed"
+    outside = base / "outside"
+    (allowed / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (allowed / "sub" / "file.txt").write_text("x")
+    (outside / "secret.txt").write_text("x")
+    return allowed, outside
+
+
+def mounts(*sources: str) -> list[VolumeMount]:
+    return [VolumeMount(source=s, target=f"/mnt/{i}") for i, s in enumerate(sources)]
+
+
+def test_bind_mounts_are_refused_when_no_roots_are_allowed(roots):
+    allowed, _ = roots
+
+    with pytest.raises(InvalidRequest) as info:
+        check_volumes(mounts(str(allowed)), make_settings())
+
+    assert str(info.value).startswith("volumes.0.source: bind mounts are disabled")
+    assert "ORCHESTRATOR_ALLOWED_VOLUME_ROOTS" in str(info.value)
+
+
+@pytest.mark.parametrize("relative", ["", "sub", "sub/file.txt", "sub/../sub/file.txt", "new/dir"])
+def test_bind_mount_under_an_allowed_root_is_accepted(roots, relative):
+    allowed, _ = roots
+    source = os.path.join(str(allowed), relative) if relative else str(allowed)
+    settings = make_settings(allowed_volume_roots=[str(allowed)])
+
+    assert check_volumes(mounts(source), settings) is None
+
+
+def test_bind_mount_is_accepted_under_any_of_several_roots(roots, tmp_path):
+    allowed, outside = roots
+    settings = make_settings(allowed_volume_roots=[str(tmp_path / "nope"), str(outside)])
+
+    assert check_volumes(mounts(str(outside / "secret.txt")), settings) is None
+
+
+def test_bind_mount_outside_the_allowed_roots_is_refused(roots):
+    allowed, outside = roots
+    settings = make_settings(allowed_volume_roots=[str(allowed)])
+
+    with pytest.raises(InvalidRequest, match=r"^volumes\.0\.source: .*outside the allowed roots"):
+        check_volumes(mounts(str(outside / "secret.txt")), settings)
+
+
+def test_bind_mount_escaping_the_root_with_dotdot_is_refused(roots):
+    allowed, outside = roots
+    settings = make_settings(allowed_volume_roots=[str(allowed)])
+    sneaky = f"{allowed}/sub/../../outside/secret.txt"
+
+    with pytest.raises(InvalidRequest) as info:
+        check_volumes(mounts(sneaky), settings)
+
+    assert f"resolves to '{outside / 'secret.txt'}'" in str(info.value)
+
+
+def test_bind_mount_through_a_symlink_pointing_outside_is_refused(roots):
+    allowed, outside = roots
+    (allowed / "link").symlink_to(outside)
+    settings = make_settings(allowed_volume_roots=[str(allowed)])
+
+    with pytest.raises(InvalidRequest, match="outside the allowed roots"):
+        check_volumes(mounts(str(allowed / "link" / "secret.txt")), settings)
+
+
+def test_bind_mount_through_a_symlink_staying_inside_is_accepted(roots):
+    allowed, _ = roots
+    (allowed / "inner-link").symlink_to(allowed / "sub")
+    settings = make_settings(allowed_volume_roots=[str(allowed)])
+
+    assert check_volumes(mounts(str(allowed / "inner-link" / "file.txt")), settings) is None
+
+
+def test_allowed_root_that_is_a_symlink_is_resolved_before_comparing(roots, tmp_path):
+    allowed, _ = roots
+    alias = tmp_path / "alias"
+    alias.symlink_to(allowed)
+    settings = make_settings(allowed_volume_roots=[str(alias)])
+
+    assert check_volumes(mounts(str(allowed / "sub")), settings) is None
+
+
+def test_sibling_directory_sharing_the_root_prefix_is_refused(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data-evil").mkdir()
+    settings = make_settings(allowed_volume_roots=[str(tmp_path / "data")])
+
+    with pytest.raises(InvalidRequest, match="outside the allowed roots"):
+        check_volumes(mounts(str(tmp_path / "data-evil")), settings)
+
+
+def test_only_the_offending_mount_index_is_named(roots):
+    allowed, outside = roots
+    settings = make_settings(allowed_volume_roots=[str(allowed)])
+
+    with pytest.raises(InvalidRequest, match=r"^volumes\.2\.source: "):
+        check_volumes(mounts(str(allowed), "named", str(outside)), settings)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "/var/run/docker.sock",
+        "/run/docker.sock",
+        "/var/run/../run/docker.sock",
+        "//run/docker.sock",
+    ],
+)
+def test_docker_socket_is_refused_even_when_its_directory_is_allowed(source):
+    settings = make_settings(allowed_volume_roots=["/"])
+
+    with pytest.raises(InvalidRequest, match="mounting the Docker socket is never allowed"):
+        check_volumes(mounts(source), settings)
+
+
+def test_symlink_to_the_docker_socket_is_refused(roots):
+    allowed, _ = roots
+    (allowed / "sock").symlink_to("/var/run/docker.sock")
+    settings = make_settings(allowed_volume_roots=[str(allowed)])
+
+    with pytest.raises(InvalidRequest, match="Docker socket"):
+        check_volumes(mounts(str(allowed / "sock")), settings)
+
+
+@pytest.mark.parametrize("roots_setting", [[], ["/nonexistent-root"]])
+def test_named_volumes_are_allowed_whatever_the_roots(roots_setting):
+    settings = make_settings(allowed_volume_roots=roots_setting)
+
+    assert check_volumes(mounts("cache", "pip_cache-1"), settings) is None
