@@ -67,7 +67,10 @@ def check_volumes(volumes: list[VolumeMount], settings: Settings) -> None:
             continue
         field = f"volumes.{index}.source"
         real = os.path.realpath(mount.source)
-        if real in FORBIDDEN_BIND_SOURCES or mount.source in FORBIDDEN_BIND_SOURCES:
+        if any(
+            _contains(real, sock) or _contains(mount.source, sock)
+            for sock in FORBIDDEN_BIND_SOURCES
+        ):
             raise InvalidRequest(f"{field}: mounting the Docker socket is never allowed")
         if not roots:
             raise InvalidRequest(
@@ -77,6 +80,12 @@ def check_volumes(volumes: list[VolumeMount], settings: Settings) -> None:
             raise InvalidRequest(
                 f"{field}: {mount.source!r} resolves to {real!r}, outside the allowed roots"
             )
+
+
+def _contains(directory: str, path: str) -> bool:
+    """True when ``path`` is ``directory`` or lies under it."""
+    directory = directory.rstrip("/") or "/"
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 def tool_container_name(execution_id: str) -> str:
@@ -118,7 +127,7 @@ def limit_options(limits: ResourceLimits) -> dict[str, Any]:
     return {
         "mem_limit": memory,
         "memswap_limit": memory,
-        "nano_cpus": int(limits.cpu_limit * 1_000_000_000),
+        "nano_cpus": int(round(limits.cpu_limit * 1_000_000_000)),
         "pids_limit": limits.pids_limit,
     }
 

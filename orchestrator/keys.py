@@ -65,6 +65,16 @@ def session_expiry(session_id: str) -> str:
 
 SESSIONS = PREFIX + "sessions"
 
+METRICS_BY_STATUS = PREFIX + "metrics:by_status"  # hash: status -> count of finished runs
+METRICS_BY_TOOL = PREFIX + "metrics:by_tool"  # hash: tool_name -> count of finished runs
+METRICS_DURATIONS = PREFIX + "metrics:durations"  # list: last durations (seconds), newest first
+DURATIONS_KEPT = 1000
+
+
+def subnet_cursor(host_name: str) -> str:
+    """Counter: where the next subnet search of a host starts."""
+    return f"{PREFIX}subnet-cursor:{host_name}"
+
 
 def relic(relic_id: str) -> str:
     """Hash: a relic's registry entry (name, session, host, container)."""

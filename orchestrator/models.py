@@ -74,8 +74,8 @@ class _Strict(BaseModel):
 class ResourceLimits(_Strict):
     """Limits of one container; validated here, capped by the server's Settings."""
 
-    memory_mb: int = Field(512, gt=0, description="Memory (and memory+swap) in MiB.")
-    cpu_limit: float = Field(1.0, gt=0, description="CPU cores, applied as nano_cpus.")
+    memory_mb: int = Field(512, ge=6, strict=True, description="Memory (and swap) in MiB.")
+    cpu_limit: float = Field(1.0, ge=0.01, description="CPU cores, applied as nano_cpus.")
     timeout_seconds: int = Field(300, gt=0, description="Wall-clock limit of a tool run.")
     pids_limit: int | None = Field(
         None, gt=0, description="Process limit; server default if unset."
@@ -101,7 +101,7 @@ class BuildSpec(_Strict):
             raise ValueError("give a context directory or dockerfile_inline")
         if self.context is not None and not self.context.startswith("/"):
             raise ValueError("context must be an absolute path on the worker")
-        if self.tag is not None and not IMAGE_REFERENCE.match(self.tag):
+        if self.tag is not None and not IMAGE_REFERENCE.fullmatch(self.tag):
             raise ValueError(f"tag {self.tag!r} is not a valid image reference")
         return self
 
@@ -129,14 +129,14 @@ class VolumeMount(_Strict):
 
 
 def _check_image(value: str | None) -> str | None:
-    if value is not None and not IMAGE_REFERENCE.match(value):
+    if value is not None and not IMAGE_REFERENCE.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid image reference")
     return value
 
 
 def _check_env(mapping: dict[str, Any]) -> dict[str, Any]:
     for name, value in mapping.items():
-        if not ENV_NAME.match(name) or len(name) > 255:
+        if not ENV_NAME.fullmatch(name) or len(name) > 255:
             raise ValueError(f"{name!r} is not a valid environment variable name")
         if isinstance(value, str) and "\x00" in value:
             raise ValueError(f"value of {name!r} contains NUL")
@@ -167,6 +167,8 @@ class _ContainerRequest(_Strict):
             raise ValueError("give exactly one of image or build")
         if isinstance(self.command, str) and ("\x00" in self.command or not self.command.strip()):
             raise ValueError("command must be non-empty and contain no NUL")
+        if isinstance(self.command, list) and any("\x00" in part for part in self.command):
+            raise ValueError("command arguments must not contain NUL")
         return self
 
 

@@ -112,7 +112,7 @@ class SubnetPool:
         held = self.current(session_id)
         if held is not None and not (skip and held in skip):
             return held
-        start = int(self.redis.incr(keys.subnet(self.host_name, -1))) % max(self.size, 1)
+        start = int(self.redis.incr(keys.subnet_cursor(self.host_name))) % max(self.size, 1)
         for offset in range(self.size):
             index = (start + offset) % self.size
             if skip and index in skip:
@@ -121,11 +121,17 @@ class SubnetPool:
                 continue
             if self.redis.set(keys.subnet(self.host_name, index), session_id, nx=True):
                 self.redis.set(keys.session_subnet(self.host_name, session_id), index)
+                if held is not None and held != index:
+                    self._free(held, session_id)
                 return index
         raise NetworkPoolExhausted(
             f"no free subnet in {self.pool} (/{self.prefix}) on host {self.host_name}; "
             "clean up sessions or widen ORCHESTRATOR_SESSION_SUBNET_POOL"
         )
+
+    def _free(self, index: int, session_id: str) -> None:
+        if text(self.redis.get(keys.subnet(self.host_name, index))) == session_id:
+            self.redis.delete(keys.subnet(self.host_name, index))
 
     def release(self, session_id: str) -> None:
         """Give a session's subnet back to the pool."""

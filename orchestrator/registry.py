@@ -58,6 +58,11 @@ class ExecutionRegistry:
             keys.execution(execution_id), mapping={"state": "finished", "status": result.status}
         )
         pipe.srem(keys.INFLIGHT, execution_id)
+        pipe.hincrby(keys.METRICS_BY_STATUS, result.status, 1)
+        pipe.hincrby(keys.METRICS_BY_TOOL, result.tool_name, 1)
+        if result.duration_seconds is not None:
+            pipe.lpush(keys.METRICS_DURATIONS, result.duration_seconds)
+            pipe.ltrim(keys.METRICS_DURATIONS, 0, keys.DURATIONS_KEPT - 1)
         pipe.execute()
 
     def result(self, execution_id: str) -> ToolExecutionResult | None:

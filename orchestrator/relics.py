@@ -266,6 +266,7 @@ def start_relic(rt: Runtime, request: RelicStartRequest, relic_id: str) -> Relic
     _register(rt, relic_id, request, name)
     try:
         if containers.state(container).get("Status") == "created":
+            _publish(rt, container, request, network)
             with docker_errors(f"start relic {name}"):
                 container.start()
         wait_healthy(container, network, request)
@@ -274,6 +275,14 @@ def start_relic(rt: Runtime, request: RelicStartRequest, relic_id: str) -> Relic
         _unregister(rt.redis, relic_id, request.session_id)
         raise
     return describe(rt, container, relic_id, healthy=True)
+
+
+def _publish(rt: Runtime, container: Any, request: RelicStartRequest, network: str | None) -> None:
+    """Published ports need a non-internal network: join the default bridge as well."""
+    if not request.ports or not network:
+        return
+    with docker_errors(f"connect {container.name} to the default bridge"):
+        rt.docker.networks.get("bridge").connect(container)
 
 
 def _existing(rt: Runtime, name: str, relic_id: str) -> Any | None:

@@ -9,12 +9,20 @@ Settings with :meth:`Settings.from_env` and pass it along.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.errors import InvalidRequest
 
@@ -92,6 +100,21 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("session_subnet_pool")
+    @classmethod
+    def _pool(cls, value: str) -> str:
+        ipaddress.IPv4Network(value)  # raises ValueError with the reason
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        pool = ipaddress.IPv4Network(self.session_subnet_pool)
+        if self.session_subnet_prefix < pool.prefixlen:
+            raise ValueError("session_subnet_prefix must be at least the pool's prefix length")
+        if self.default_pids_limit > self.max_pids_limit:
+            raise ValueError("default_pids_limit must not exceed max_pids_limit")
+        return self
 
     @property
     def registry_url(self) -> str:

@@ -82,7 +82,7 @@ def test_deadline_uses_the_default_timeout_and_grace():
         (512, 1.0, 1_000_000_000),
         (64, 0.5, 500_000_000),
         (8192, 4.0, 4_000_000_000),
-        (4, 0.25, 250_000_000),
+        (8, 0.25, 250_000_000),
     ],
 )
 def test_memory_equals_memswap_and_cpus_become_nano_cpus(memory_mb, cpu_limit, nano_cpus):
@@ -219,6 +219,7 @@ CAPS = {
     "max_cpu_limit": 2.0,
     "max_timeout_seconds": 600,
     "max_pids_limit": 100,
+    "default_pids_limit": 64,
 }
 
 

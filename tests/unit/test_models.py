@@ -350,22 +350,12 @@ def test_every_offending_field_is_named_in_one_message():
         pytest.param({"image": "busybox\n"}, "image", id="image_trailing_newline"),
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: ENV_NAME/IMAGE_REFERENCE use re.match with '$', which also matches "
-    "before a trailing newline (use re.fullmatch or \\Z)",
-)
 def test_trailing_newline_in_env_name_or_image_is_rejected(data, field):
     message = rejection(ToolExecutionRequest, with_changes(TOOL, data))
 
     assert f"{field}:" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: cpu_limit 1e-10 passes gt=0 but becomes nano_cpus=0, which Docker "
-    "reads as 'no CPU limit'; Docker's own minimum is 0.01 cores",
-)
 def test_cpu_limit_below_docker_minimum_is_rejected():
     data = with_changes(TOOL, {"resource_limits": {"cpu_limit": 1e-10}})
 
