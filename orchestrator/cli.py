@@ -930,26 +930,32 @@ complete -F _{parser.prog} {parser.prog}
 # -- entry point -------------------------------------------------------------------------
 
 
-def _is_connection_error(exc: BaseException) -> bool:
-    """True when ``exc`` (or what caused it) says Redis or the broker cannot be reached."""
+def _unreachable_part(exc: BaseException) -> str:
+    """``broker`` or ``backend`` when ``exc`` (or its cause) is a failed connection, else ''."""
+    chain: list[BaseException] = []
     node: BaseException | None = exc
-    seen: set[int] = set()
-    while node is not None and id(node) not in seen:
-        if isinstance(node, OperationalError | redis.exceptions.ConnectionError):
-            return True
-        seen.add(id(node))
+    while node is not None and node not in chain:
+        chain.append(node)
         node = node.__cause__ or node.__context__
-    return False
+    if any(isinstance(e, OperationalError) for e in chain):
+        return "broker"
+    if any(isinstance(e, redis.exceptions.ConnectionError) for e in chain):
+        return "backend"
+    return ""
 
 
-def _unreachable(args: argparse.Namespace, settings: Settings | None) -> str:
-    broker = _sanitize(settings.broker_url) if settings else args.broker or "the configured URL"
-    backend = _sanitize(settings.result_backend) if settings else broker
-    also = "" if backend == broker else f" (result backend {backend})"
+def _unreachable(part: str, settings: Settings | None) -> str:
+    if part == "broker":
+        url = _sanitize(settings.broker_url) if settings else "the configured URL"
+        what, option = "broker", "--broker (ORCHESTRATOR_BROKER_URL)"
+    else:
+        url = _sanitize(settings.result_backend) if settings else "the configured URL"
+        if settings and settings.registry_url != settings.result_backend:
+            url += f" or the registry at {_sanitize(settings.registry_url)}"
+        what, option = "result backend", "--backend (ORCHESTRATOR_RESULT_BACKEND)"
     return (
-        f"cannot reach the broker at {broker}{also}: is Redis running? start it "
-        "(`redis-server`, or `docker run -d -p 6379:6379 redis:7`) or point --broker/--backend "
-        "(ORCHESTRATOR_BROKER_URL/ORCHESTRATOR_RESULT_BACKEND) at a running one"
+        f"cannot reach the {what} at {url}: is Redis running? start it (`redis-server`, or "
+        f"`docker run -d -p 6379:6379 redis:7`) or point {option} at a running one"
     )
 
 
@@ -962,7 +968,8 @@ def _error_message(exc: Exception, args: argparse.Namespace, settings: Settings 
     if isinstance(exc, OrchestratorError):
         return f"{type(exc).__name__}: {exc}"
     if isinstance(exc, OperationalError | redis.exceptions.RedisError | RuntimeError):
-        return _unreachable(args, settings) if _is_connection_error(exc) else ""
+        part = _unreachable_part(exc)
+        return _unreachable(part, settings) if part else ""
     return ""
 
 
