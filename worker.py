@@ -9,9 +9,12 @@ With no further flags the worker consumes ``celery``, ``tools``, ``relics`` and
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 from typing import Any
 
+import click
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
@@ -26,6 +29,29 @@ app.conf.update(worker_config(settings))
 app.conf.imports = TASK_MODULES
 
 log = logging.getLogger("orchestrator.worker")
+
+
+def _celery_subcommand() -> str | None:
+    """The ``celery`` subcommand loading this module (``worker``, ``flower``...), if any."""
+    context = click.get_current_context(silent=True)
+    return None if context is None else context.invoked_subcommand
+
+
+def _prepare_flower() -> None:
+    """Flower reads its options from ``FLOWER_*`` variables, a ``flowerconfig.py`` in the
+    working directory, then its command line, each overriding the one before. Basic auth
+    from Settings goes in as the lowest of these (an explicit ``FLOWER_BASIC_AUTH`` or
+    ``--basic_auth`` wins), so Flower never starts without authentication, which also
+    turns its ``/api`` on. Its API applies tasks by name from its app's registry, so the
+    task modules are imported here as a worker would.
+    """
+    os.environ.setdefault("FLOWER_BASIC_AUTH", settings.flower_basic_auth)
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+
+
+if _celery_subcommand() == "flower":
+    _prepare_flower()
 
 
 @worker_ready.connect

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -163,7 +164,7 @@ def _default_tool_name(request: dict[str, Any]) -> str:
     if not isinstance(image, str) or not image:
         return "tool"
     name = image.split("@")[0].rsplit("/", 1)[-1].split(":")[0]
-    return name or "tool"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name).strip("-_.")[:64] or "tool"
 
 
 def _merge_env(request: dict[str, Any], field: str, values: dict[str, Any]) -> None:
@@ -332,9 +333,9 @@ def _is_unknown(current: ToolExecutionResult | dict[str, Any]) -> bool:
 
 def _unknown(execution_id: str) -> CliError:
     return CliError(
-        f"unknown execution id {execution_id!r}: no worker has reported on it (results expire "
-        "after ORCHESTRATOR_RESULT_TTL_SECONDS). Check the id; a run still waiting in the "
-        f"queue looks the same, so if you just started it, is a worker running? {START_WORKER_HINT}"
+        f"unknown execution id {execution_id!r}: check the id (results expire after "
+        "ORCHESTRATOR_RESULT_TTL_SECONDS); a run that no worker has picked up yet looks the "
+        "same: is a worker running? run `orchestrator doctor`"
     )
 
 

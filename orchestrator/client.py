@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 from celery import Celery
@@ -18,6 +18,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
 from orchestrator.errors import OrchestratorTimeout
+from orchestrator.logs import follow_live, read_live
 from orchestrator.models import (
     AggregateStats,
     CleanupReport,
@@ -158,14 +159,20 @@ class OrchestratorClient:
                 execution_id=execution_id, state=state, error=f"{type(error).__name__}: {error}"
             )
         info = async_result.info if isinstance(async_result.info, dict) else {}
-        return ExecutionProgress(execution_id=execution_id, state=state, **info)
+        return ExecutionProgress({**info, "execution_id": execution_id, "state": state})
 
     def get_logs(self, execution_id: str) -> dict[str, str]:
         """``{"stdout", "stderr"}`` of a run (what has been captured so far while it runs)."""
         current = self.get_execution(execution_id)
         if isinstance(current, ToolExecutionResult):
             return {"stdout": current.stdout, "stderr": current.stderr}
-        return {"stdout": "", "stderr": ""}
+        return read_live(self.redis, execution_id)
+
+    def follow_logs(
+        self, execution_id: str, idle_rounds: int | None = None
+    ) -> Iterator[tuple[str, str]]:
+        """Yield ``(stream, text)`` chunks of a run's output as it prints them, until it ends."""
+        yield from follow_live(self.redis, execution_id, idle_rounds=idle_rounds)
 
     def _cancelled_result(
         self, execution_id: str, tool_name: str, session_id: str
@@ -280,6 +287,16 @@ class AsyncOrchestratorClient:
     touch_session = _in_thread(OrchestratorClient.touch_session)
     cleanup_session = _in_thread(OrchestratorClient.cleanup_session)
     cleanup_networks = _in_thread(OrchestratorClient.cleanup_networks)
+
+    async def follow_logs(self, execution_id: str) -> AsyncIterator[tuple[str, str]]:
+        """Async iterator over ``(stream, text)`` chunks of a run's output, live."""
+        chunks = self.sync.follow_logs(execution_id)
+        done = object()
+        while True:
+            item = await asyncio.to_thread(next, chunks, done)
+            if item is done:
+                return
+            yield item  # type: ignore[misc]
 
     async def close(self) -> None:
         """Release connections."""

@@ -28,6 +28,7 @@ from orchestrator.errors import InvalidRequest
 
 __all__ = [
     "ResourceLimits",
+    "RelicResourceLimits",
     "BuildSpec",
     "VolumeMount",
     "ToolExecutionRequest",
@@ -82,8 +83,11 @@ class ResourceLimits(_Strict):
     )
 
 
-def _relic_limits() -> ResourceLimits:
-    return ResourceLimits(memory_mb=1024, cpu_limit=2.0)
+class RelicResourceLimits(ResourceLimits):
+    """Limits of a relic: the same fields, with larger defaults (1024 MB, 2.0 cores)."""
+
+    memory_mb: int = Field(1024, ge=6, strict=True, description="Memory (and swap) in MiB.")
+    cpu_limit: float = Field(2.0, ge=0.01, description="CPU cores, applied as nano_cpus.")
 
 
 class BuildSpec(_Strict):
@@ -247,7 +251,7 @@ class RelicStartRequest(_ContainerRequest):
     health_check_endpoint: str = Field("/health", max_length=2048)
     health_timeout_seconds: float = Field(60.0, gt=0)
     create_private_network: bool = True
-    resource_limits: ResourceLimits = Field(default_factory=_relic_limits)
+    resource_limits: RelicResourceLimits = Field(default_factory=RelicResourceLimits)
 
     @field_validator("health_check_endpoint")
     @classmethod

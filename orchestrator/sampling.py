@@ -56,8 +56,12 @@ class UsageSampler:
         self._last = raw
         self._samples += 1
 
-    def stop(self, join_seconds: float = 0.5) -> ToolRunStats:
-        """Stop following (the container has exited) and return what was seen."""
+    def stop(self, join_seconds: float = 0.0) -> ToolRunStats:
+        """Stop following (the container has exited) and return what was seen.
+
+        The reader thread is not waited for by default: it ends by itself on the
+        engine's next (empty) sample, and everything it saw before is already folded in.
+        """
         stream = self._stream
         if stream is not None and hasattr(stream, "close"):
             try:

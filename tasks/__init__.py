@@ -9,4 +9,5 @@ TASK_MODULES = [
     "tasks.relics",
     "tasks.cleanup",
     "tasks.sessions",
+    "tasks.stats",
 ]

@@ -72,7 +72,7 @@ def test_run_json_gives_the_parsed_result(worker: WorkerProcess, session_id: str
     assert result["status"] == "succeeded"
     assert result["result"] == {"x": 1}
     assert result["exit_code"] == 0
-    assert result["host"] == worker.host_name
+    assert result["host"]  # any worker on this broker may take it (tools queue is shared)
     assert "Traceback" not in done.stderr
 
 
@@ -116,7 +116,7 @@ def test_follow_prints_the_first_line_before_the_run_ends(
     try:
         assert follower.stdout is not None
         arrivals = [(line, time.monotonic()) for line in follower.stdout]
-        assert follower.wait(30) == 0
+        assert follower.wait(30) == 0, follower.stderr.read() if follower.stderr else ""
     finally:
         if follower.poll() is None:
             follower.kill()

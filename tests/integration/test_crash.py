@@ -1,0 +1,129 @@
+"""Crash safety: a worker killed mid-run, and a run that outlives the visibility timeout."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from orchestrator import OrchestratorClient
+from tests.integration.conftest import USED_HOSTS
+from tests.integration.harness import TEST_IMAGE, WorkerProcess, force_remove_managed
+
+
+def counting_tool(session_id: str, runs: Path, seconds: int) -> dict[str, Any]:
+    runs.mkdir(exist_ok=True)
+    runs.chmod(0o777)
+    return {
+        "tool_name": "counted",
+        "session_id": session_id,
+        "image": TEST_IMAGE,
+        "command": [
+            "sh",
+            "-c",
+            f"echo start >> /runs/count; sleep {seconds}; echo '{{\"ok\": 1}}'",
+        ],
+        "volumes": [{"source": str(runs), "target": "/runs"}],
+    }
+
+
+def creations(engine: docker.DockerClient, execution_id: str, since: float) -> int:
+    events = engine.events(
+        since=int(since),
+        until=int(time.time()) + 1,
+        decode=True,
+        filters={
+            "type": "container",
+            "event": "create",
+            "label": f"orchestrator.execution={execution_id}",
+        },
+    )
+    return sum(1 for _ in events)
+
+
+def wait_running(client: OrchestratorClient, execution_id: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.app.AsyncResult(execution_id).state == "RUNNING":
+            return
+        time.sleep(0.1)
+    raise AssertionError("the run never reached RUNNING")
+
+
+@pytest.fixture
+def crash_host(docker_client: docker.DockerClient) -> Any:
+    name = f"it-crash-{uuid.uuid4().hex[:6]}"
+    USED_HOSTS.add(name)
+    yield name
+    force_remove_managed(docker_client, name)
+
+
+def test_worker_killed_mid_run_resumes_and_runs_the_tool_once(
+    client: OrchestratorClient,
+    docker_client: docker.DockerClient,
+    worker_env: dict[str, str],
+    shared_dir: Path,
+    crash_host: str,
+    tmp_path: Path,
+) -> None:
+    runs = shared_dir / f"crash-{uuid.uuid4().hex[:6]}"
+    since = time.time() - 1
+    first = WorkerProcess(crash_host, tmp_path, env=worker_env).start()
+    try:
+        sent = client.app.send_task(
+            "orchestrator.tools.execute",
+            args=[counting_tool("crash", runs, 6)],
+            queue=f"host.{crash_host}",
+        )
+        wait_running(client, sent.id)
+        first.kill()  # kill -9 the whole worker while the tool runs
+        killed_at = time.monotonic()
+        second = WorkerProcess(crash_host, tmp_path, env=worker_env).start()
+        try:
+            result = sent.get(timeout=90)
+            assert time.monotonic() - killed_at < 60
+        finally:
+            second.stop()
+    finally:
+        first.kill()
+    assert result["status"] == "succeeded"
+    assert result["result"] == {"ok": 1}
+    assert (runs / "count").read_text() == "start\n"  # the tool started exactly once
+    assert creations(docker_client, sent.id, since) == 1  # one container ever created
+    assert (
+        docker_client.containers.list(
+            all=True, filters={"label": f"orchestrator.execution={sent.id}"}
+        )
+        == []
+    )
+
+
+def test_run_outliving_the_visibility_timeout_is_not_run_twice(
+    client: OrchestratorClient,
+    docker_client: docker.DockerClient,
+    worker_env: dict[str, str],
+    shared_dir: Path,
+    crash_host: str,
+    tmp_path: Path,
+) -> None:
+    runs = shared_dir / f"vis-{uuid.uuid4().hex[:6]}"
+    since = time.time() - 1
+    env = {**worker_env, "ORCHESTRATOR_VISIBILITY_TIMEOUT_SECONDS": "10"}
+    process = WorkerProcess(crash_host, tmp_path, env=env).start()
+    try:
+        sent = client.app.send_task(
+            "orchestrator.tools.execute",
+            args=[counting_tool("vis", runs, 25)],
+            queue=f"host.{crash_host}",
+        )
+        result = sent.get(timeout=120)
+        time.sleep(3)  # let any late redelivery show itself
+    finally:
+        process.stop()
+    assert result["status"] == "succeeded"
+    assert (runs / "count").read_text() == "start\n"
+    assert creations(docker_client, sent.id, since) == 1
