@@ -70,4 +70,11 @@ def worker_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_connection_max_retries": None,
+        "beat_schedule": {
+            "orchestrator-janitor": {
+                "task": "orchestrator.janitor.run",
+                "schedule": settings.janitor_interval_seconds,
+                "options": {"expires": settings.janitor_interval_seconds},
+            }
+        },
     }

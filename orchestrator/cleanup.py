@@ -24,6 +24,7 @@ __all__ = [
     "remove_volumes",
     "remove_network",
     "merge_reports",
+    "forget_session",
     "remove_empty_networks",
     "GRACE_SECONDS",
 ]
@@ -159,11 +160,16 @@ def merge_reports(redis: Any, session_id: str, reports: list[Report]) -> Cleanup
         merged.errors.extend(report.get("errors", []))
         if report.get("host"):
             merged.hosts.append(str(report["host"]))
+    forget_session(redis, session_id)
+    merged.hosts.sort()
+    return merged
+
+
+def forget_session(redis: Any, session_id: str) -> None:
+    """Drop a session's registry entries, its relics' included."""
     for relic_id in redis.smembers(keys.session_relics(session_id)):
         redis.delete(keys.relic(text(relic_id) or ""))
     sessions.forget(redis, session_id)
-    merged.hosts.sort()
-    return merged
 
 
 def remove_empty_networks(rt: Runtime) -> dict[str, Any]:

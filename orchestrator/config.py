@@ -184,19 +184,16 @@ def tool_container_config(
     else:
         network_mode = request.network_mode
     deadline = now + limits.timeout_seconds + settings.grace_seconds
+    extra = {"execution": execution_id, "tool": request.tool_name}
+    if not request.cleanup:  # kept on purpose: the janitor leaves it until the results expire
+        deadline += settings.result_ttl_seconds
+        extra["keep"] = "true"
     return {
         "image": image,
         "command": request.command,
         "name": tool_container_name(execution_id),
         "environment": tool_environment(request),
-        "labels": labels(
-            "tool",
-            request.session_id,
-            deadline,
-            settings.host_name,
-            execution=execution_id,
-            tool=request.tool_name,
-        ),
+        "labels": labels("tool", request.session_id, deadline, settings.host_name, **extra),
         "network_mode": network_mode,
         "volumes": volume_options(request.volumes),
         "detach": True,

@@ -89,7 +89,8 @@ def expiry(redis: Any, session_id: str) -> dict[str, float]:
 
 
 def touch(redis: Any, session_id: str, extend_seconds: float, max_lifetime_seconds: float) -> float:
-    """Push the session's expiry to now + extend_seconds, never past its hard maximum.
+    """Push the session's expiry to now + extend_seconds (never earlier than it was),
+    but never past created_at + max_lifetime_seconds.
 
     Returns:
         The new expires_at.
@@ -97,15 +98,14 @@ def touch(redis: Any, session_id: str, extend_seconds: float, max_lifetime_secon
     now = time.time()
     times = expiry(redis, session_id)
     created = times.get("created_at", now)
-    expires = min(now + extend_seconds, created + max_lifetime_seconds)
+    wanted = max(now + extend_seconds, times.get("expires_at", 0.0))
+    expires = min(wanted, created + max_lifetime_seconds)
     pipe = redis.pipeline()
     pipe.hsetnx(keys.session_expiry(session_id), "created_at", created)
-    pipe.hset(
-        keys.session_expiry(session_id), "expires_at", max(expires, times.get("expires_at", 0))
-    )
+    pipe.hset(keys.session_expiry(session_id), "expires_at", expires)
     pipe.sadd(keys.SESSIONS, session_id)
     pipe.execute()
-    return max(expires, times.get("expires_at", 0))
+    return expires
 
 
 def forget(redis: Any, session_id: str) -> None:

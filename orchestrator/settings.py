@@ -86,6 +86,10 @@ class Settings(BaseModel):
     session_max_lifetime_seconds: int = Field(
         86400, ge=10, description="Hard cap on a session's life, keepalive included."
     )
+    janitor_interval_seconds: float = Field(30.0, gt=0, description="How often beat runs it.")
+    network_grace_seconds: float = Field(
+        60.0, ge=0, description="An empty managed network younger than this is kept."
+    )
     relic_max_health_timeout_seconds: int = Field(600, ge=1)
     relic_cap_add: list[str] = Field(
         default_factory=list, description="Capabilities relics may keep (all others dropped)."

@@ -15,6 +15,7 @@ command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need_pkgs+=(busybox-static)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v nsenter >/dev/null || need_pkgs+=(util-linux)
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)  # the Flower dashboard test
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   apt-get update -qq

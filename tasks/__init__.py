@@ -9,5 +9,6 @@ TASK_MODULES = [
     "tasks.relics",
     "tasks.cleanup",
     "tasks.sessions",
+    "tasks.janitor",
     "tasks.stats",
 ]

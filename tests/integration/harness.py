@@ -62,6 +62,7 @@ def settings_env(host_name: str, **extra: str) -> dict[str, str]:
         "ORCHESTRATOR_HOST_TTL_SECONDS": "5",
         "ORCHESTRATOR_MAX_MEMORY_MB": "2048",
         "ORCHESTRATOR_MAX_TIMEOUT_SECONDS": "600",
+        "ORCHESTRATOR_NETWORK_GRACE_SECONDS": "1",
     }
     env.update(extra)
     return env

@@ -9,11 +9,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import docker
 import pytest
 
 from orchestrator import ContainerStats, ExecutionHandle, OrchestratorClient
 from orchestrator.errors import ContainerNotFound, InvalidRequest
-from tests.integration.harness import TEST_IMAGE, have
+from tests.integration.harness import MANAGED, TEST_IMAGE, have
 
 HTTPD = "mkdir -p /www && echo ok > /www/health && exec httpd -f -p 8000 -h /www"
 BUSY_LOOP = "while :; do :; done"
@@ -41,6 +42,15 @@ def tool(session_id: str, script: str, **limits: Any) -> dict[str, Any]:
         "command": ["sh", "-c", script],
         "resource_limits": {"timeout_seconds": 30, **limits},
     }
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(docker_client: docker.DockerClient, session_id: str) -> Iterator[None]:
+    yield
+    label = {"label": [MANAGED, f"orchestrator.session={session_id}"]}
+    assert docker_client.containers.list(all=True, filters=label) == []
+    assert docker_client.networks.list(filters=label) == []
+    assert docker_client.volumes.list(filters=label) == []
 
 
 @pytest.fixture
@@ -175,9 +185,7 @@ def test_aggregate_stats_sum_per_session_and_count_runs(
     assert overview.errors == []
 
 
-def test_finished_tool_reports_its_peak_memory(
-    client: OrchestratorClient, session_id: str
-) -> None:
+def test_finished_tool_reports_its_peak_memory(client: OrchestratorClient, session_id: str) -> None:
     result = client.run_tool(tool(session_id, hold_memory(30, 3)), timeout=60)
     assert result.status == "succeeded"
     assert result.stdout.strip() == "30000000"

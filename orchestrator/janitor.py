@@ -1,0 +1,211 @@
+"""The janitor: removes what crashed workers, expired sessions and finished runs left behind.
+
+Celery beat runs ``orchestrator.janitor.run`` periodically; it fans out
+``orchestrator.janitor.host`` to every live host, which reaps on its own engine:
+
+- managed containers past their ``orchestrator.deadline`` label;
+- tool containers whose execution has a final result (unless kept with ``cleanup=false``);
+- everything of sessions past their TTL or their hard maximum lifetime;
+- managed networks with no container (older than a grace period, so a network made for a
+  relic that is about to start survives) and session volumes of sessions that are gone.
+
+It also fails the messages waiting on the queue of a host that is gone, so callers get a
+clear ``HostUnavailable`` instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from orchestrator import cleanup, keys, sessions
+from orchestrator.config import LABEL_PREFIX
+from orchestrator.engine import docker_errors
+from orchestrator.errors import ContainerNotFound, OrchestratorError
+from orchestrator.registry import text
+from orchestrator.runtime import Runtime
+from orchestrator.stats import parse_docker_time
+
+__all__ = ["reap_host", "expired_sessions", "drain_dead_host_queues", "PRIORITY_SUFFIXES"]
+
+log = logging.getLogger(__name__)
+MANAGED = f"{LABEL_PREFIX}managed=true"
+# kombu's Redis transport keeps one list per priority step: "<queue>", "<queue>\x06\x163", ...
+PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+
+def expired_sessions(redis: Any, now: float, max_lifetime_seconds: float) -> dict[str, str]:
+    """Sessions whose life is over, each with the limit that ended it: ``ttl`` (no keepalive
+    in time) or ``max_lifetime`` (keepalives were capped by the hard maximum)."""
+    ended: dict[str, str] = {}
+    for raw in redis.smembers(keys.SESSIONS):
+        session_id = text(raw) or ""
+        times = sessions.expiry(redis, session_id)
+        expires = times.get("expires_at")
+        if expires is None or expires > now:
+            continue
+        cap = times.get("created_at", 0.0) + max_lifetime_seconds
+        ended[session_id] = "max_lifetime" if expires >= cap - 1 else "ttl"
+    return ended
+
+
+def _reap_container(rt: Runtime, container: Any, reason: str, report: dict[str, Any]) -> None:
+    try:
+        with docker_errors(f"remove {container.name}"):
+            container.remove(force=True, v=True)
+        report["containers_removed"].append({"name": container.name, "reason": reason})
+    except ContainerNotFound:
+        pass
+    except OrchestratorError as exc:
+        report["errors"].append(f"{rt.host_name}: {container.name}: {exc}")
+
+
+def _container_verdict(
+    rt: Runtime, container: Any, now: float, ended: dict[str, str]
+) -> str | None:
+    labels = container.labels
+    session_id = labels.get(f"{LABEL_PREFIX}session", "")
+    if session_id in ended:
+        return f"session {session_id} ended ({ended[session_id]})"
+    kind = labels.get(f"{LABEL_PREFIX}kind")
+    deadline = float(labels.get(f"{LABEL_PREFIX}deadline", "0") or 0)
+    if kind == "relic":
+        expires = sessions.expiry(rt.redis, session_id).get("expires_at")
+        deadline = expires if expires is not None else deadline
+    if deadline and deadline < now:
+        return "past its deadline"
+    execution_id = labels.get(f"{LABEL_PREFIX}execution")
+    keep = labels.get(f"{LABEL_PREFIX}keep") == "true"
+    if kind == "tool" and execution_id and not keep:
+        if (
+            rt.executions.result(execution_id) is not None
+            and rt.leases.holder(execution_id) is None
+        ):
+            return "its execution has a final result"
+    return None
+
+
+def reap_host(
+    rt: Runtime, now: float | None = None, network_grace_seconds: float = 60
+) -> dict[str, Any]:
+    """One janitor pass over this host's engine.
+
+    Returns:
+        ``{"host", "containers_removed": [{name, reason}], "networks_removed",
+        "volumes_removed", "sessions_ended": {id: limit}, "errors"}``.
+    """
+    now = time.time() if now is None else now
+    ended = expired_sessions(rt.redis, now, rt.settings.session_max_lifetime_seconds)
+    report: dict[str, Any] = {
+        "host": rt.host_name,
+        "containers_removed": [],
+        "networks_removed": 0,
+        "volumes_removed": 0,
+        "sessions_ended": ended,
+        "errors": [],
+    }
+    with docker_errors("list managed containers"):
+        found = rt.docker.containers.list(all=True, filters={"label": [MANAGED]})
+    for container in found:
+        reason = _container_verdict(rt, container, now, ended)
+        if reason:
+            _reap_container(rt, container, reason, report)
+    for session_id in ended:
+        host_report = cleanup.new_host_report(rt, session_id, True, False)
+        cleanup.remove_volumes(rt, host_report)
+        cleanup.remove_network(rt, host_report)
+        report["volumes_removed"] += host_report["volumes_removed"]
+        report["networks_removed"] += host_report["networks_removed"]
+        report["errors"].extend(host_report["errors"])
+    report["networks_removed"] += _reap_networks(rt, now, network_grace_seconds, report)
+    report["volumes_removed"] += _reap_volumes(rt, report)
+    return report
+
+
+def _reap_networks(rt: Runtime, now: float, grace_seconds: float, report: dict[str, Any]) -> int:
+    removed = 0
+    with docker_errors("list managed networks"):
+        found = rt.docker.networks.list(filters={"label": [MANAGED]})
+    for network in found:
+        try:
+            with docker_errors(f"inspect network {network.name}"):
+                network.reload()
+            created = parse_docker_time(network.attrs.get("Created"))
+            if network.attrs.get("Containers") or (
+                created and now - created.timestamp() < grace_seconds
+            ):
+                continue
+            with docker_errors(f"remove network {network.name}"):
+                network.remove()
+            removed += 1
+            session_id = (network.attrs.get("Labels") or {}).get(f"{LABEL_PREFIX}session")
+            if session_id:
+                from orchestrator.networks import SubnetPool
+
+                SubnetPool.for_settings(rt.redis, rt.settings).release(session_id)
+        except ContainerNotFound:
+            continue
+        except OrchestratorError as exc:
+            report["errors"].append(f"{rt.host_name}: network {network.name}: {exc}")
+    return removed
+
+
+def _reap_volumes(rt: Runtime, report: dict[str, Any]) -> int:
+    removed = 0
+    with docker_errors("list managed volumes"):
+        found = rt.docker.volumes.list(filters={"label": [MANAGED]})
+    live = {text(s) for s in rt.redis.smembers(keys.SESSIONS)}
+    for volume in found:
+        session_id = (volume.attrs.get("Labels") or {}).get(f"{LABEL_PREFIX}session")
+        if session_id in live:
+            continue
+        try:
+            with docker_errors(f"remove volume {volume.name}"):
+                volume.remove()
+            removed += 1
+        except ContainerNotFound:
+            continue
+        except OrchestratorError as exc:  # in use: keep it
+            log.debug("volume %s kept: %s", volume.name, exc)
+    return removed
+
+
+def drain_dead_host_queues(rt: Runtime, broker_redis: Any, mark_failed: Any) -> list[str]:
+    """Fail the messages waiting on ``host.<name>`` queues of hosts with no live worker.
+
+    Args:
+        rt: the runtime (its host registry says who is alive).
+        broker_redis: a redis-py client on the broker's database.
+        mark_failed: ``mark_failed(task_id, message)`` stores a failure for a task id.
+
+    Returns:
+        The task ids that were failed.
+    """
+    failed = []
+    live = set(rt.hosts.live_hosts())
+    for raw in rt.redis.smembers(keys.HOSTS):
+        host = text(raw) or ""
+        if host in live:
+            continue
+        for suffix in PRIORITY_SUFFIXES:
+            queue = f"host.{host}{suffix}"
+            while (payload := broker_redis.rpop(queue)) is not None:
+                task_id = _task_id(payload)
+                if task_id:
+                    mark_failed(
+                        task_id,
+                        f"host {host!r} has no live worker; this task waited on its queue and "
+                        "was dropped. Start a worker on that host, or clean the session up.",
+                    )
+                    failed.append(task_id)
+    return failed
+
+
+def _task_id(payload: bytes | str) -> str | None:
+    try:
+        message = json.loads(payload)
+        return str(message["headers"]["id"])
+    except (ValueError, KeyError, TypeError):
+        return None
