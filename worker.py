@@ -10,6 +10,7 @@ With no further flags the worker consumes ``celery``, ``tools``, ``relics`` and
 from __future__ import annotations
 
 import importlib
+import importlib
 import logging
 import os
 from typing import Any
@@ -27,6 +28,18 @@ settings = Settings.from_env()
 app = Celery("orchestrator")
 app.conf.update(worker_config(settings))
 app.conf.imports = TASK_MODULES
+
+
+def _apply_retry_policy(celery_app: Celery, policy: Settings) -> None:
+    """Tasks retry on DockerUnavailable as many times as the operator's settings say."""
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    for name, task in celery_app.tasks.items():
+        if name.startswith("orchestrator.") and getattr(task, "autoretry_for", None):
+            task.max_retries = policy.docker_retries  # read at each retry; backoff is 2..30 s
+
+
+_apply_retry_policy(app, settings)
 
 log = logging.getLogger("orchestrator.worker")
 

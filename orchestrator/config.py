@@ -145,6 +145,9 @@ def sandbox_options(settings: Settings, cap_add: list[str] | None = None) -> dic
     }
     if cap_add:
         options["cap_add"] = list(cap_add)
+    if settings.read_only_root:
+        options["read_only"] = True
+        options["tmpfs"] = {"/tmp": f"rw,nosuid,nodev,size={settings.tmpfs_size_mb}m"}
     return options
 
 

@@ -8,6 +8,7 @@ result → remove the container in ``finally``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -205,7 +206,11 @@ class _Run:
         )
         sampler = UsageSampler(container).start()
         live = LiveLog(
-            rt.redis, self.execution_id, rt.settings.log_cap_bytes, rt.settings.result_ttl_seconds
+            rt.redis,
+            self.execution_id,
+            rt.settings.log_cap_bytes,
+            rt.settings.result_ttl_seconds,
+            secrets=self._secrets(),
         )
         self.follower = LogFollower(container, rt.settings.log_cap_bytes, live).start()
         outcome = containers.wait_for_exit(
@@ -267,8 +272,12 @@ class _Run:
         except OrchestratorError:
             log.exception("could not remove %s; the janitor will", self.name)
 
+    def _secrets(self) -> list[str]:
+        values = self.request.secret_parameters.values()
+        return [v if isinstance(v, str) else json.dumps(v, separators=(",", ":")) for v in values]
+
     def _redact(self, result: ToolExecutionResult) -> ToolExecutionResult:
-        secrets = [str(v) for v in self.request.secret_parameters.values() if len(str(v)) >= 4]
+        secrets = [s for s in self._secrets() if len(s) >= 4]
         if not secrets:
             return result
         data = result.model_dump()
@@ -276,6 +285,11 @@ class _Run:
             for secret in secrets:
                 if data[field]:
                     data[field] = data[field].replace(secret, "***")
+        if data["result"] is not None:
+            text = json.dumps(data["result"])
+            for secret in secrets:
+                text = text.replace(secret, "***")
+            data["result"] = json.loads(text)
         return ToolExecutionResult.model_validate(data)
 
 

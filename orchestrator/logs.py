@@ -18,7 +18,7 @@ from typing import Any
 from orchestrator import keys
 from orchestrator.output import CappedBuffer
 
-__all__ = ["LiveLog", "LogFollower", "read_live", "follow_live", "EOF_FIELD"]
+__all__ = ["LiveLog", "LogFollower", "read_live", "follow_live", "redact_bytes", "EOF_FIELD"]
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 8192
@@ -35,8 +35,16 @@ class LiveLog:
         ttl_seconds: lifetime of the stream key.
     """
 
-    def __init__(self, redis: Any, execution_id: str, budget_bytes: int, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        execution_id: str,
+        budget_bytes: int,
+        ttl_seconds: int,
+        secrets: list[str] | None = None,
+    ) -> None:
         self.redis = redis
+        self.secrets = [s.encode() for s in (secrets or []) if s]
         self.key = keys.logs(execution_id)
         self.budget_bytes = budget_bytes
         self.ttl_seconds = ttl_seconds
@@ -50,7 +58,7 @@ class LiveLog:
             if sent >= self.budget_bytes:
                 return
             room = self.budget_bytes - sent
-            data = chunk[: min(room, CHUNK_BYTES * 8)]
+            data = redact_bytes(chunk[: min(room, CHUNK_BYTES * 8)], self.secrets)
             self._sent[stream] = sent + len(data)
             over = self._sent[stream] >= self.budget_bytes
         try:
@@ -122,6 +130,13 @@ class LogFollower:
         if self.live is not None:
             self.live.close()
         return complete
+
+
+def redact_bytes(data: bytes, secrets: list[bytes]) -> bytes:
+    """Replace every secret value in ``data`` by ``***``."""
+    for secret in secrets:
+        data = data.replace(secret, b"***")
+    return data
 
 
 def _decode(entry: dict[Any, Any]) -> dict[str, Any]:

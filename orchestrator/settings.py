@@ -91,6 +91,10 @@ class Settings(BaseModel):
         60.0, ge=0, description="An empty managed network younger than this is kept."
     )
     relic_max_health_timeout_seconds: int = Field(600, ge=1)
+    read_only_root: bool = Field(
+        False, description="Run containers with a read-only root and a tmpfs on /tmp."
+    )
+    tmpfs_size_mb: int = Field(64, ge=1, description="Size of that /tmp tmpfs.")
     relic_cap_add: list[str] = Field(
         default_factory=list, description="Capabilities relics may keep (all others dropped)."
     )

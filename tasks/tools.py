@@ -48,7 +48,20 @@ def execute(
         raise Ignore() from None
     except WrongHost as exc:
         forward(self, exc, [req.model_dump(mode="json")], {"requeued": requeued})
+    except DockerUnavailable:
+        raise  # retried with the real arguments
+    except Exception:
+        _hide_secrets(self, req)
+        raise
+    _hide_secrets(self, req)
     return result.model_dump(mode="json")
+
+
+def _hide_secrets(task: Any, req: ToolExecutionRequest) -> None:
+    """Keep secret values out of the arguments the result backend stores (result_extended)."""
+    if req.secret_parameters:
+        task.request.args = [req.redacted()]
+        task.request.kwargs = {}
 
 
 @shared_task(bind=True, name="orchestrator.tools.cancel")
