@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator import keys
+from orchestrator.errors import HostUnavailable
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -49,9 +50,19 @@ def session_owner(redis: Any, session_id: str) -> str | None:
 
 
 def queue_for(redis: Any, session_id: str | None, default: str) -> str:
-    """Where session-scoped work should go: the owner's host queue, else ``default``."""
+    """Where session-scoped work should go: the owner's host queue, else ``default``.
+
+    Raises:
+        HostUnavailable: the session's host has no live worker (the message would wait
+            forever on its queue).
+    """
     if session_id:
         owner = session_owner(redis, session_id)
         if owner:
+            if not redis.exists(keys.host(owner)):
+                raise HostUnavailable(
+                    f"session_id: session {session_id!r} lives on host {owner!r}, which has no "
+                    "live worker; start a worker there or clean the session up"
+                )
             return host_queue(owner)
     return default

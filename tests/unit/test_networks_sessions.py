@@ -255,9 +255,19 @@ def test_subnets_overlapping_the_docker0_route_are_avoided(fake_route_file, redi
 
 def test_session_work_goes_to_the_owner_hosts_queue(redis):
     redis.set(keys.session_owner("s1"), "dock-2")
+    redis.set(keys.host("dock-2"), "{}")
 
     assert routing.session_owner(redis, "s1") == "dock-2"
     assert routing.queue_for(redis, "s1", "relics") == "host.dock-2"
+
+
+def test_session_work_for_a_dead_owner_fails_at_once_instead_of_waiting(redis):
+    from orchestrator.errors import HostUnavailable
+
+    redis.set(keys.session_owner("s1"), "dock-2")  # no heartbeat for dock-2
+
+    with pytest.raises(HostUnavailable, match="dock-2"):
+        routing.queue_for(redis, "s1", "relics")
 
 
 @pytest.mark.parametrize("session_id", ["unowned", None, ""])
