@@ -185,9 +185,12 @@ def drain_dead_host_queues(rt: Runtime, broker_redis: Any, mark_failed: Any) -> 
     """
     failed = []
     live = set(rt.hosts.live_hosts())
+    # A host counts as gone only after several missed heartbeats: between one worker's
+    # shutdown and another's next beat the host may look dead for a moment.
+    gone_after = 3 * rt.settings.host_ttl_seconds
     for raw in rt.redis.smembers(keys.HOSTS):
         host = text(raw) or ""
-        if host in live:
+        if host in live or rt.hosts.silent_for(host) < gone_after:
             continue
         for suffix in PRIORITY_SUFFIXES:
             queue = f"host.{host}{suffix}"

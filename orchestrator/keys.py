@@ -6,6 +6,7 @@ PREFIX = "orch:"
 
 INFLIGHT = PREFIX + "inflight"
 HOSTS = PREFIX + "hosts"
+HOSTS_LAST_SEEN = PREFIX + "hosts:last-seen"  # hash: host name -> unix time of its last beat
 
 
 def execution(execution_id: str) -> str:

@@ -106,7 +106,17 @@ class HostRegistry:
         pipe = self.redis.pipeline()
         pipe.set(keys.host(host_name), payload, ex=self.ttl_seconds)
         pipe.sadd(keys.HOSTS, host_name)
+        pipe.hset(keys.HOSTS_LAST_SEEN, host_name, time.time())
         pipe.execute()
+
+    def leave(self, host_name: str) -> None:
+        """A worker is stopping: stop advertising the host until another worker beats."""
+        self.redis.delete(keys.host(host_name))
+
+    def silent_for(self, host_name: str) -> float:
+        """Seconds since the host's last heartbeat (infinity when never seen)."""
+        seen = self.redis.hget(keys.HOSTS_LAST_SEEN, host_name)
+        return time.time() - float(seen) if seen is not None else float("inf")
 
     def alive(self, host_name: str) -> bool:
         """True when the host's heartbeat is fresh."""

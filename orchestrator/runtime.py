@@ -87,6 +87,10 @@ class Runtime:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+        try:
+            self.hosts.leave(self.host_name)
+        except Exception:  # noqa: BLE001 - Redis may be gone at shutdown; the key expires anyway
+            log.debug("could not withdraw the heartbeat of %s", self.host_name)
 
     def _housekeeping(self) -> None:
         period = min(

@@ -194,7 +194,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
         if name.startswith("ORCHESTRATOR_"):
             monkeypatch.delenv(name)
     monkeypatch.setattr(cli, "_make_client", factory)
-    monkeypatch.setattr(cli, "POLL_SECONDS", 0)
+    monkeypatch.setattr(cli.tools, "POLL_SECONDS", 0)
     return client
 
 

@@ -1,0 +1,180 @@
+"""``orchestrator stats``, ``cleanup``, ``session touch`` and ``doctor``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from orchestrator.cli.errors import EXIT_FAILED, EXIT_OK, START_WORKER, CliError
+from orchestrator.cli.output import _print_json, _sanitize, _table
+from orchestrator.client import OrchestratorClient
+from orchestrator.models import AggregateStats, ContainerStats
+from orchestrator.registry import HostRegistry
+
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+
+STATS_HEADERS = (
+    "NAME|KIND|SESSION|HOST|CPU %|MEM MB|MEM LIMIT|MEM %|NET RX/TX MB|BLOCK R/W MB|STATUS"
+).split("|")
+
+
+def _stats_row(c: ContainerStats) -> list[Any]:
+    return [
+        c.name,
+        c.kind,
+        c.session_id,
+        c.host,
+        f"{c.cpu_percent:.1f}",
+        f"{c.memory_used_mb:.1f}",
+        f"{c.memory_limit_mb:.0f}",
+        f"{c.memory_percent:.1f}",
+        f"{c.network_rx_mb:.2f}/{c.network_tx_mb:.2f}",
+        f"{c.disk_read_mb:.2f}/{c.disk_write_mb:.2f}",
+        c.status,
+    ]
+
+
+def _totals(containers: Sequence[ContainerStats]) -> ContainerStats:
+    """Sums over every container (memory % is of the summed limits)."""
+    fields = (
+        "cpu_percent memory_used_mb memory_limit_mb network_rx_mb network_tx_mb "
+        "disk_read_mb disk_write_mb"
+    ).split()
+    sums = {f: sum(getattr(c, f) for c in containers) for f in fields}
+    limit = sums["memory_limit_mb"]
+    percent = 100.0 * sums["memory_used_mb"] / limit if limit else 0.0
+    return ContainerStats(
+        container_id="",
+        name="TOTAL",
+        status=f"{len(containers)} containers",
+        memory_percent=percent,
+        **sums,
+    )
+
+
+def _stats_table(stats: AggregateStats) -> str:
+    """Per-container table plus a totals row."""
+    rows = [_stats_row(c) for c in stats.containers]
+    rows.append(_stats_row(_totals(stats.containers)))
+    return _table(rows, STATS_HEADERS, right=range(4, 10))
+
+
+def _show_stats(stats: AggregateStats, as_json: bool) -> None:
+    if as_json:
+        print(stats.model_dump_json(), flush=True)
+        return
+    print(_stats_table(stats))
+    if stats.hosts:
+        print(f"hosts: {', '.join(stats.hosts)}")
+    for error in stats.errors:
+        print(f"warning: {error}", file=sys.stderr)
+
+
+def _cmd_stats(client: OrchestratorClient, args: argparse.Namespace) -> int:
+    if not args.watch:
+        _show_stats(client.stats(timeout=args.call_timeout), args.json)
+        return EXIT_OK
+    try:
+        while True:
+            stats = client.stats(timeout=args.call_timeout)
+            if not args.json:
+                sys.stdout.write(CLEAR_SCREEN)
+            _show_stats(stats, args.json)
+            if not args.json:
+                print(f"\nrefreshing every {args.interval:g} s; Ctrl-C to stop", flush=True)
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _cmd_cleanup_session(client: OrchestratorClient, args: argparse.Namespace) -> int:
+    report = client.cleanup_session(
+        args.session_id, force=not args.graceful, timeout=max(args.call_timeout, 300)
+    )
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        print(
+            f"session {report.session_id}: removed {report.containers_removed} containers, "
+            f"{report.networks_removed} networks, {report.volumes_removed} volumes"
+            + (f" on {', '.join(report.hosts)}" if report.hosts else "")
+        )
+        for error in report.errors:
+            print(f"warning: {error}", file=sys.stderr)
+    return EXIT_FAILED if report.errors else EXIT_OK
+
+
+def _cmd_cleanup_networks(client: OrchestratorClient, args: argparse.Namespace) -> int:
+    reply = client.cleanup_networks(timeout=max(args.call_timeout, 300))
+    if args.json:
+        _print_json(reply)
+    else:
+        print(f"removed {reply.get('removed', 0)} unused networks")
+        for error in reply.get("errors") or []:
+            print(f"warning: {error}", file=sys.stderr)
+    return EXIT_FAILED if reply.get("errors") else EXIT_OK
+
+
+def _cmd_session_touch(client: OrchestratorClient, args: argparse.Namespace) -> int:
+    reply = client.touch_session(args.session_id, args.extend, timeout=args.call_timeout)
+    if args.json:
+        _print_json(reply)
+    else:
+        print(f"session {reply.get('session_id')} expires at {reply.get('expires_at')}")
+    return EXIT_OK
+
+
+def _check_registry(client: OrchestratorClient) -> str:
+    client.redis.ping()
+    return _sanitize(client.settings.registry_url)
+
+
+def _check_broker(client: OrchestratorClient) -> str:
+    with client.app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1)
+    return _sanitize(client.settings.broker_url)
+
+
+def _check_hosts(client: OrchestratorClient) -> str:
+    hosts = HostRegistry(client.redis, client.settings.host_ttl_seconds).live_hosts()
+    if not hosts:
+        raise CliError(f"no live Docker host: {START_WORKER}")
+    return ", ".join(hosts)
+
+
+def _check_workers(client: OrchestratorClient) -> str:
+    replies = client.app.control.ping(timeout=1.0)
+    if not replies:
+        raise CliError(f"no worker answered a ping on this broker: {START_WORKER}")
+    return f"{len(replies)} answered a ping"
+
+
+DOCTOR_CHECKS: list[tuple[str, Callable[[OrchestratorClient], str]]] = [
+    ("registry redis", _check_registry),
+    ("broker", _check_broker),
+    ("docker hosts", _check_hosts),
+    ("workers", _check_workers),
+]
+
+
+def _cmd_doctor(client: OrchestratorClient, args: argparse.Namespace) -> int:
+    results = []
+    for name, check in DOCTOR_CHECKS:
+        try:
+            results.append({"check": name, "ok": True, "detail": check(client)})
+        except Exception as exc:  # noqa: BLE001 - diagnosing failures is the point
+            results.append({"check": name, "ok": False, "detail": _describe(exc)})
+    if args.json:
+        _print_json(results)
+    else:
+        for item in results:
+            print(f"{'ok  ' if item['ok'] else 'FAIL'}  {item['check']:<15} {item['detail']}")
+    return EXIT_OK if all(item["ok"] for item in results) else EXIT_FAILED
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, CliError) else f"{type(exc).__name__}: {exc}"
