@@ -10,7 +10,6 @@ With no further flags the worker consumes ``celery``, ``tools``, ``relics`` and
 from __future__ import annotations
 
 import importlib
-import importlib
 import logging
 import os
 from typing import Any
@@ -55,12 +54,10 @@ def _prepare_flower() -> None:
     working directory, then its command line, each overriding the one before. Basic auth
     from Settings goes in as the lowest of these (an explicit ``FLOWER_BASIC_AUTH`` or
     ``--basic_auth`` wins), so Flower never starts without authentication, which also
-    turns its ``/api`` on. Its API applies tasks by name from its app's registry, so the
-    task modules are imported here as a worker would.
+    turns its ``/api`` on. (Its API applies tasks by name from the app's registry: the
+    task modules are imported above, by ``_apply_retry_policy``.)
     """
     os.environ.setdefault("FLOWER_BASIC_AUTH", settings.flower_basic_auth)
-    for module in TASK_MODULES:
-        importlib.import_module(module)
 
 
 if _celery_subcommand() == "flower":

@@ -1,6 +1,6 @@
 """Stats of 20 containers: ``orchestrator.stats.all`` vs raw docker-py, side by side in one run.
 
-Starts its own worker, then 20 busybox containers (``sleep 120``) labelled as managed tool
+Starts its own worker, then 20 busybox containers (``sleep``) labelled as managed tool
 containers of one bench session on the worker's host. Each round times, over the same 20:
 
 * ``client.stats()``: the ``orchestrator.stats.all`` task, enqueue to merged result;
@@ -40,20 +40,22 @@ from tests.integration.harness import (  # noqa: E402
     settings_env,
 )
 
+SLEEP_SECONDS = 3600  # outlives every round (a sequential sweep alone takes 20-40 s)
+
 
 def start_containers(engine: Any, count: int, session_id: str, host: str) -> list[Any]:
     """``count`` sleeping containers labelled as managed tool runs of ``session_id``."""
     started = []
+    deadline = time.time() + SLEEP_SECONDS
     for index in range(count):
         execution = f"{session_id}-{index}"
+        marks = labels("tool", session_id, deadline, host, execution=execution, tool="bench")
         started.append(
             engine.containers.run(
                 TEST_IMAGE,
-                ["sleep", "120"],
+                ["sleep", str(SLEEP_SECONDS)],
                 name=f"orch-tool-{execution}",
-                labels=labels(
-                    "tool", session_id, time.time() + 300, host, execution=execution, tool="bench"
-                ),
+                labels=marks,
                 mem_limit="64m",
                 network_mode="none",
                 detach=True,
@@ -75,14 +77,18 @@ def orchestrated(client: OrchestratorClient, session_id: str, count: int) -> Non
     assert all(c.memory_used_mb > 0 for c in ours), ours
 
 
+def check_running(payloads: list[dict[str, Any]]) -> None:
+    """A stopped container answers at once with an empty payload: that would not count."""
+    assert all((p.get("memory_stats") or {}).get("usage") for p in payloads), "a container stopped"
+
+
 def raw_sequential(containers: list[Any]) -> None:
-    for container in containers:
-        container.stats(stream=False)
+    check_running([container.stats(stream=False) for container in containers])
 
 
 def raw_parallel(containers: list[Any]) -> None:
     with ThreadPoolExecutor(max_workers=len(containers)) as pool:
-        list(pool.map(lambda c: c.stats(stream=False), containers))
+        check_running(list(pool.map(lambda c: c.stats(stream=False), containers)))
 
 
 def report(name: str, seconds: list[float]) -> float:
@@ -107,8 +113,9 @@ def main() -> int:
         containers = start_containers(engine, args.containers, session_id, host)
         orchestrated(client, session_id, args.containers)  # warm up the worker's clients
         times: dict[str, list[float]] = {"orch": [], "seq": [], "par": []}
+        count = args.containers
         for _ in range(args.rounds):
-            times["orch"].append(timed(lambda: orchestrated(client, session_id, args.containers))[0])
+            times["orch"].append(timed(lambda: orchestrated(client, session_id, count))[0])
             times["seq"].append(timed(lambda: raw_sequential(containers))[0])
             times["par"].append(timed(lambda: raw_parallel(containers))[0])
         print(f"stats of {args.containers} running containers, {args.rounds} rounds")

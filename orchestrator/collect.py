@@ -76,17 +76,24 @@ class HostStats(BaseModel):
 # -- one host ---------------------------------------------------------------------------
 
 
-def sample(container: Any) -> dict[str, Any]:
+def sample(container: Any) -> dict[str, Any] | None:
     """One stats payload of a running container, with a previous reading for CPU.
 
     Blocks for one to two ticks of the engine's stats collector (1-2 s).
+
+    Returns:
+        The payload; None when the container stopped during the request (the engine then
+        answers 200 with an empty body, which docker-py fails to decode as JSON).
 
     Raises:
         ContainerNotFound: the container is gone.
         DockerUnavailable / DockerError: the engine failed.
     """
-    with docker_errors(f"read stats of container {container.name}"):
-        return dict(container.stats(stream=False))
+    try:
+        with docker_errors(f"read stats of container {container.name}"):
+            return dict(container.stats(stream=False))
+    except ValueError:
+        return None
 
 
 def container_stats(rt: Runtime, container: Any) -> ContainerStats:
@@ -99,9 +106,14 @@ def container_stats(rt: Runtime, container: Any) -> ContainerStats:
     Raises:
         ContainerNotFound: the container vanished while being sampled.
     """
+    running = containers.state(container).get("Status") == "running"
+    raw = sample(container) if running else {}
+    if raw is None:  # it stopped meanwhile: report its new state with zeros
+        with docker_errors(f"inspect container {container.name}"):
+            container.reload()
+        raw = {}
     state = containers.state(container)
     status = str(state.get("Status", "unknown"))
-    raw = sample(container) if status == "running" else {}
     labels = container.labels or {}
     return stats.summarize(
         raw,
@@ -125,9 +137,11 @@ def _or_none(rt: Runtime, container: Any) -> ContainerStats | None:
 
 
 def host_stats(rt: Runtime) -> list[ContainerStats]:
-    """Stats of every managed container on this host, running ones sampled in parallel.
+    """Stats of every managed container of this host, running ones sampled in parallel.
 
-    A container removed while it is sampled is left out.
+    Containers are those labelled with this host's name, so hosts that share one engine
+    (as in tests) do not report each other's containers twice. A container removed while
+    it is sampled is left out.
 
     Returns:
         The stats sorted by session, kind and name.
@@ -135,8 +149,9 @@ def host_stats(rt: Runtime) -> list[ContainerStats]:
     Raises:
         DockerUnavailable / DockerError: the engine failed.
     """
+    mine = {"label": [MANAGED, f"{LABEL_PREFIX}host={rt.host_name}"]}
     with docker_errors("list managed containers"):
-        found = rt.docker.containers.list(all=True, filters={"label": [MANAGED]})
+        found = rt.docker.containers.list(all=True, filters=mine, ignore_removed=True)
     workers = max(1, min(MAX_PARALLEL_SAMPLES, len(found)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stats") as pool:
         sampled = list(pool.map(lambda c: _or_none(rt, c), found))

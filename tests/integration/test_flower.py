@@ -179,7 +179,7 @@ def test_api_and_dashboard_refuse_missing_or_wrong_credentials(flower: Flower) -
 def test_api_lists_the_worker_and_its_host_queue(flower: Flower, worker: WorkerProcess) -> None:
     deadline = time.monotonic() + 30
     while True:
-        reply = flower.call("GET", "/api/workers")
+        reply = flower.call("GET", "/api/workers?refresh=1")
         assert reply.status == 200, reply.body
         queues = {
             q["name"] for info in reply.json().values() for q in info.get("active_queues") or []
@@ -252,3 +252,25 @@ def test_cancel_and_stats_through_the_api(flower: Flower, worker: WorkerProcess)
     assert cancel["result"]["cancelled"] is True
     final = flower.result(task_id, lambda r: r["state"] == "SUCCESS")
     assert final["result"]["status"] == "cancelled"
+
+
+def test_secrets_stay_out_of_flower_when_the_caller_sends_argsrepr(flower: Flower) -> None:
+    request = tool_request('echo "${#TOKEN}"', secret_parameters={"TOKEN": "s3cr3t-value"})
+    shown = {**request, "secret_parameters": {"TOKEN": "***"}}
+    body = {"args": [request], "argsrepr": repr([shown])}
+    reply = flower.call("POST", "/api/task/async-apply/orchestrator.tools.execute", body)
+    assert reply.status == 200, reply.body
+    task_id = reply.json()["task-id"]
+
+    done = flower.result(task_id, lambda r: r["state"] == "SUCCESS")
+    assert done["result"]["stdout"] == "12\n"
+    deadline = time.monotonic() + 20
+    while True:
+        info = flower.call("GET", f"/api/task/info/{task_id}")
+        if info.status == 200 and info.json().get("state") == "SUCCESS":
+            break
+        assert time.monotonic() < deadline, info.body
+        time.sleep(0.3)
+    assert "'TOKEN': '***'" in info.json()["args"]
+    assert b"s3cr3t-value" not in info.body
+    assert b"s3cr3t-value" not in flower.call("GET", "/api/tasks").body
