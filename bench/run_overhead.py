@@ -12,6 +12,7 @@ Usage: ``python bench/run_overhead.py [--runs 30] [--throughput-runs 50]``.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -57,20 +58,25 @@ def raw_run(engine: Any, network_mode: str = "none") -> float:
     return time.perf_counter() - started
 
 
-def request(network_mode: str = "none") -> dict[str, Any]:
+def request(network_mode: str = "none", pooled: bool = False) -> dict[str, Any]:
+    # The pool is configured for exactly these limits; other limits run cold.
+    pids = {} if pooled else {"pids_limit": 255}
     return {
         "tool_name": "bench",
         "session_id": "bench",
         "image": TEST_IMAGE,
         "command": COMMAND,
         "network_mode": network_mode,
-        "resource_limits": {"memory_mb": MEMORY_MB, "cpu_limit": CPU},
+        "resource_limits": {"memory_mb": MEMORY_MB, "cpu_limit": CPU, **pids},
     }
 
 
-def orchestrated_run(client: OrchestratorClient, network_mode: str = "none") -> float:
+def orchestrated_run(
+    client: OrchestratorClient, network_mode: str = "none", pooled: bool = False
+) -> float:
+    """One run through the orchestrator (a cold container, or a warm-pool one)."""
     started = time.perf_counter()
-    result = client.run_tool(request(network_mode), timeout=120)
+    result = client.run_tool(request(network_mode, pooled), timeout=120)
     assert result.status == "succeeded", result
     return time.perf_counter() - started
 
@@ -91,8 +97,11 @@ def main() -> int:
     args = parser.parse_args()
 
     host = f"bench-{uuid.uuid4().hex[:6]}"
+    pool = json.dumps([{"image": TEST_IMAGE, "size": 4, "memory_mb": MEMORY_MB, "cpu_limit": CPU}])
     worker = WorkerProcess(
-        host, Path(tempfile.mkdtemp()), env={"ORCHESTRATOR_WORKER_CONCURRENCY": "32"}
+        host,
+        Path(tempfile.mkdtemp()),
+        env={"ORCHESTRATOR_WORKER_CONCURRENCY": "32", "ORCHESTRATOR_POOL": pool},
     ).start()
     client = OrchestratorClient(Settings.from_env(settings_env(host)))
     engine = docker.from_env(max_pool_size=64)
@@ -109,6 +118,17 @@ def main() -> int:
         print(f"  raw docker-py  median {raw_median * 1000:7.1f} ms")
         print(f"  orchestrator   median {orch_median * 1000:7.1f} ms")
         print(f"  ratio orchestrator/raw = {orch_median / raw_median:.3f}")
+
+        raw, pooled = [], []
+        for _ in range(args.runs):
+            raw.append(raw_run(engine))
+            pooled.append(orchestrated_run(client, pooled=True))
+            time.sleep(0.3)  # let the pool refill, as it would between real calls
+        raw_median, pool_median = statistics.median(raw), statistics.median(pooled)
+        print(f"warm pool, {args.runs} interleaved runs each")
+        print(f"  raw docker-py cold  median {raw_median * 1000:7.1f} ms")
+        print(f"  orchestrator pooled median {pool_median * 1000:7.1f} ms")
+        print(f"  ratio pooled/raw cold = {pool_median / raw_median:.3f} (target <= 0.35)")
 
         print(f"throughput, {args.throughput_runs} runs (runs/s by concurrency)")
         best_raw = best_orch = 0.0

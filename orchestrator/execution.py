@@ -16,17 +16,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator import containers, sessions
-from orchestrator.config import check_limits, check_volumes, tool_container_config
+from orchestrator.config import (
+    check_limits,
+    check_volumes,
+    tool_container_config,
+    tool_environment,
+)
 from orchestrator.config import tool_container_name as container_name
 from orchestrator.engine import docker_errors
 from orchestrator.errors import (
     ContainerConflict,
+    ContainerNotFound,
     DockerError,
     DockerUnavailable,
     ImageNotFound,
     OrchestratorError,
     SessionError,
 )
+from orchestrator.exec_run import exec_command, run_exec
 from orchestrator.images import resolve_image
 from orchestrator.logs import LiveLog, LogFollower
 from orchestrator.models import ToolExecutionRequest, ToolExecutionResult, ToolRunStats
@@ -104,6 +111,9 @@ class _Run:
         self.requeued = requeued
         self.name = container_name(execution_id)
         self.container: Any = None
+        self.pooled = False
+        self.exec_started = False
+        self.previous: dict[str, str] = {}
         self.follower: LogFollower
 
     def _result(self, status: str, **fields: Any) -> ToolExecutionResult:
@@ -118,6 +128,7 @@ class _Run:
 
     def run(self) -> ToolExecutionResult:
         rt = self.rt
+        self.previous = rt.executions.get(self.execution_id)
         rt.executions.start(
             self.execution_id,
             {
@@ -133,19 +144,43 @@ class _Run:
             result = self._attempt()
         except (ImageNotFound, DockerError, SessionError) as exc:
             if isinstance(exc, DockerUnavailable):
+                self._abandon()
                 raise
             result = self._result("error", error=str(exc), container_id=self._container_id())
+        except BaseException:
+            self._abandon()
+            raise
         finally:
             self._cleanup()
         result = self._redact(result)
         rt.executions.finish(result)
         return result
 
+    def _abandon(self) -> None:
+        """This attempt ends with an exception: the task fails, or Celery retries it.
+
+        Either way no worker died, so the reaper must not re-enqueue the execution (it would
+        run again beside the retry, or after the failure was reported). A retry registers it
+        again when it starts.
+        """
+        try:
+            self.rt.executions.forget(self.execution_id)
+        except Exception:  # noqa: BLE001 - Redis is down: the reaper may resume it later
+            log.warning("could not drop execution %s from the in-flight set", self.execution_id)
+
     def _container_id(self) -> str | None:
         return getattr(self.container, "id", None)
 
     def _attempt(self) -> ToolExecutionResult:
         rt = self.rt
+        if self.previous.get("pooled") and self.previous.get("container_id"):
+            self.container = containers.find(rt.docker, self.previous["container_id"])
+            self.pooled = True
+            return self._result(
+                "error",
+                error="its worker died during a warm-pool run, whose output cannot be "
+                "recovered; it is not run again (at most once): submit it again",
+            )
         self.container = containers.find(rt.docker, self.name)
         if self.container is None:
             if rt.executions.cancel_requested(self.execution_id):
@@ -156,10 +191,88 @@ class _Run:
                     error="its worker died before the container was made and secret parameters "
                     "are never stored; submit the run again",
                 )
+            pooled = rt.pool.take(self.request) if self.request.cleanup else None
+            if pooled is not None:
+                try:
+                    return self._run_pooled(pooled)
+                except (DockerError, ContainerNotFound) as exc:
+                    if isinstance(exc, DockerUnavailable) or self.exec_started:
+                        raise
+                    log.info("pool container unusable (%s); running cold", exc)
+                    rt.pool.discard(pooled)
+                    self.container, self.pooled = None, False
             self.container = self._create()
         else:
             log.info("execution %s: attaching to existing container", self.execution_id)
         return self._supervise()
+
+    def _run_pooled(self, container: Any) -> ToolExecutionResult:
+        """Run the tool with ``exec`` in a warm-pool container, then discard the container."""
+        rt, request = self.rt, self.request
+        self.container, self.pooled = container, True
+        self.progress(
+            "RUNNING",
+            {"host": rt.host_name, "container_id": container.id, "tool_name": request.tool_name},
+        )
+        image_config: dict[str, Any] = {}
+        if not request.command:
+            with docker_errors(f"inspect image {request.image}"):
+                image_config = rt.docker.images.get(request.image).attrs.get("Config") or {}
+        started = datetime.now(UTC)
+        sampler = UsageSampler(container).start()
+        outcome = run_exec(
+            rt.docker,
+            container,
+            exec_command(request.command, image_config),
+            tool_environment(request),
+            cap_bytes=rt.settings.log_cap_bytes,
+            live=self._live_log(),
+            deadline=time.monotonic() + request.resource_limits.timeout_seconds,
+            slice_seconds=rt.settings.wait_slice_seconds,
+            should_cancel=lambda: rt.executions.cancel_requested(self.execution_id),
+            on_started=self._exec_started,
+        )
+        finished = datetime.now(UTC)
+        usage = sampler.stop()
+        state: dict[str, Any] = {}
+        if outcome.exit_code != 0:  # only then can it have been OOM-killed
+            with docker_errors(f"inspect container {container.id}"):
+                container.reload()
+            state = containers.state(container)
+        exit_info = containers.Exit(outcome.exit_code, outcome.timed_out, outcome.cancelled)
+        status, error = _status(exit_info, state, outcome.exit_code, request)
+        stdout_text = outcome.stdout.text()
+        return self._result(
+            status,
+            exit_code=outcome.exit_code,
+            result=extract_result(stdout_text),
+            stdout=stdout_text,
+            stderr=outcome.stderr.text(),
+            stdout_truncated=outcome.stdout.truncated,
+            stderr_truncated=outcome.stderr.truncated,
+            error=error,
+            started_at=started,
+            finished_at=finished,
+            duration_seconds=round((finished - started).total_seconds(), 3),
+            stats=usage,
+            container_id=container.id,
+        )
+
+    def _exec_started(self) -> None:
+        # The container is not renamed (a round trip saved): from here on a redelivery
+        # finds the run through the registry and must not run the tool again.
+        self.exec_started = True
+        self.rt.executions.update(self.execution_id, container_id=self.container.id, pooled="1")
+
+    def _live_log(self) -> LiveLog:
+        rt = self.rt
+        return LiveLog(
+            rt.redis,
+            self.execution_id,
+            rt.settings.log_cap_bytes,
+            rt.settings.result_ttl_seconds,
+            secrets=self._secrets(),
+        )
 
     def _create(self) -> Any:
         rt = self.rt
@@ -205,14 +318,7 @@ class _Run:
             },
         )
         sampler = UsageSampler(container).start()
-        live = LiveLog(
-            rt.redis,
-            self.execution_id,
-            rt.settings.log_cap_bytes,
-            rt.settings.result_ttl_seconds,
-            secrets=self._secrets(),
-        )
-        self.follower = LogFollower(container, rt.settings.log_cap_bytes, live).start()
+        self.follower = LogFollower(container, rt.settings.log_cap_bytes, self._live_log()).start()
         outcome = containers.wait_for_exit(
             container,
             deadline=deadline,
@@ -265,7 +371,12 @@ class _Run:
         )
 
     def _cleanup(self) -> None:
-        if not self.request.cleanup or self.container is None:
+        if self.container is None:
+            return
+        if self.pooled:  # a pool container serves one run: discard it, off the hot path
+            self.rt.pool.discard(self.container)
+            return
+        if not self.request.cleanup:
             return
         try:
             containers.remove(self.rt.docker, self.name)

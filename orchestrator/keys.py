@@ -95,3 +95,8 @@ def session_subnet(host_name: str, session_id: str) -> str:
 def lock(name: str) -> str:
     """A redis-py lock (image pulls and builds per host)."""
     return f"{PREFIX}lock:{name}"
+
+
+def pool(host_name: str, spec_key: str) -> str:
+    """Set: ids of idle warm-pool containers of one pool on one host."""
+    return f"{PREFIX}pool:{host_name}:{spec_key}"

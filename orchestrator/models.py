@@ -9,6 +9,7 @@ loses its text in Celery's JSON result backend.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -33,6 +34,7 @@ __all__ = [
     "VolumeMount",
     "ToolExecutionRequest",
     "ToolRunStats",
+    "PoolSpec",
     "ToolExecutionResult",
     "ExecutionStatus",
     "FINAL_STATUSES",
@@ -206,6 +208,46 @@ class ToolExecutionRequest(_ContainerRequest):
         data = self.model_dump(mode="json")
         data["secret_parameters"] = {name: "***" for name in self.secret_parameters}
         return data
+
+
+class PoolSpec(BaseModel):
+    """One pool: an image and the limits its containers are made with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str = Field(min_length=1)
+    size: int = Field(2, ge=1, le=64, description="Idle containers kept per host.")
+    memory_mb: int = Field(512, ge=6)
+    cpu_limit: float = Field(1.0, ge=0.01)
+    pids_limit: int | None = Field(None, ge=8)
+    max_age_seconds: int = Field(3600, ge=60, description="Idle containers older are reaped.")
+
+    @property
+    def key(self) -> str:
+        """A short stable id of the spec (image and limits)."""
+        raw = f"{self.image}|{self.memory_mb}|{self.cpu_limit}|{self.pids_limit}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+    def limits(self, default_pids: int) -> ResourceLimits:
+        """The resource limits of this pool's containers."""
+        return ResourceLimits(
+            memory_mb=self.memory_mb,
+            cpu_limit=self.cpu_limit,
+            pids_limit=self.pids_limit or default_pids,
+        )
+
+    def matches(self, request: ToolExecutionRequest, default_pids: int) -> bool:
+        """True when a run of ``request`` may use a container of this pool."""
+        wanted = request.resource_limits
+        return (
+            request.image == self.image
+            and request.build is None
+            and request.network_mode == "none"
+            and not request.volumes
+            and wanted.memory_mb == self.memory_mb
+            and wanted.cpu_limit == self.cpu_limit
+            and (wanted.pids_limit or default_pids) == (self.pids_limit or default_pids)
+        )
 
 
 class ToolRunStats(BaseModel):

@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator import engine
 from orchestrator.leases import LeaseKeeper
+from orchestrator.pool import WarmPool
 from orchestrator.registry import ExecutionRegistry, HostRegistry
 from orchestrator.settings import Settings
 
@@ -52,6 +53,7 @@ class Runtime:
         self.leases = LeaseKeeper(redis, settings.lease_seconds)
         self.executions = ExecutionRegistry(redis, settings.result_ttl_seconds)
         self.hosts = HostRegistry(redis, settings.host_ttl_seconds)
+        self.pool = WarmPool(self)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -88,6 +90,10 @@ class Runtime:
         if self._thread is not None:
             self._thread.join(5)
         try:
+            self.pool.drain()
+        except Exception:  # noqa: BLE001 - the janitor reaps idle pool containers anyway
+            log.warning("could not drain the warm pool of %s", self.host_name)
+        try:
             self.hosts.leave(self.host_name)
         except Exception:  # noqa: BLE001 - Redis may be gone at shutdown; the key expires anyway
             log.debug("could not withdraw the heartbeat of %s", self.host_name)
@@ -103,6 +109,7 @@ class Runtime:
             try:
                 self.heartbeat()
                 self.leases.renew_all()
+                self.pool.refill_soon()
                 if time.monotonic() >= next_reap:
                     self.reap_expired()
                     next_reap = time.monotonic() + self.settings.reaper_interval_seconds

@@ -10,6 +10,7 @@ Settings with :meth:`Settings.from_env` and pass it along.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from pydantic import (
 )
 
 from orchestrator.errors import InvalidRequest
+from orchestrator.models import PoolSpec
 
 __all__ = ["Settings", "ENV_PREFIX"]
 
@@ -95,6 +97,11 @@ class Settings(BaseModel):
         False, description="Run containers with a read-only root and a tmpfs on /tmp."
     )
     tmpfs_size_mb: int = Field(64, ge=1, description="Size of that /tmp tmpfs.")
+    pool: list[PoolSpec] = Field(
+        default_factory=list,
+        description='Warm pools as JSON: [{"image": "...", "size": 2, "memory_mb": 512, '
+        '"cpu_limit": 1.0}]',
+    )
     relic_cap_add: list[str] = Field(
         default_factory=list, description="Capabilities relics may keep (all others dropped)."
     )
@@ -107,6 +114,13 @@ class Settings(BaseModel):
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("pool", mode="before")
+    @classmethod
+    def _pool_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else []
         return value
 
     @field_validator("session_subnet_pool")
