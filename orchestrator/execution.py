@@ -142,7 +142,7 @@ class _Run:
         )
         try:
             result = self._attempt()
-        except (ImageNotFound, DockerError, SessionError) as exc:
+        except (ImageNotFound, DockerError, SessionError, ContainerNotFound) as exc:
             if isinstance(exc, DockerUnavailable):
                 self._abandon()
                 raise
@@ -319,12 +319,16 @@ class _Run:
         )
         sampler = UsageSampler(container).start()
         self.follower = LogFollower(container, rt.settings.log_cap_bytes, self._live_log()).start()
-        outcome = containers.wait_for_exit(
-            container,
-            deadline=deadline,
-            slice_seconds=rt.settings.wait_slice_seconds,
-            should_cancel=lambda: rt.executions.cancel_requested(self.execution_id),
-        )
+        state = containers.state(container)
+        if state.get("Status") in ("exited", "dead"):  # a takeover after the tool finished
+            outcome = containers.Exit(int(state.get("ExitCode", -1)))
+        else:
+            outcome = containers.wait_for_exit(
+                container,
+                deadline=deadline,
+                slice_seconds=rt.settings.wait_slice_seconds,
+                should_cancel=lambda: rt.executions.cancel_requested(self.execution_id),
+            )
         if outcome.timed_out or outcome.cancelled:
             containers.kill(container)
             containers.wait_for_exit(
@@ -391,17 +395,26 @@ class _Run:
         secrets = [s for s in self._secrets() if len(s) >= 4]
         if not secrets:
             return result
+        # A tool may print a secret as is or JSON-escaped (inside a JSON document).
+        forms = sorted({*secrets, *(json.dumps(s)[1:-1] for s in secrets)}, key=len, reverse=True)
         data = result.model_dump()
         for field in ("stdout", "stderr", "error"):
-            for secret in secrets:
-                if data[field]:
-                    data[field] = data[field].replace(secret, "***")
-        if data["result"] is not None:
-            text = json.dumps(data["result"])
-            for secret in secrets:
-                text = text.replace(secret, "***")
-            data["result"] = json.loads(text)
+            data[field] = _scrub(data[field], forms)
+        data["result"] = _scrub(data["result"], secrets)
         return ToolExecutionResult.model_validate(data)
+
+
+def _scrub(value: Any, secrets: list[str]) -> Any:
+    """``value`` with every secret inside its strings (and keys) replaced by ``***``."""
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        return value
+    if isinstance(value, list):
+        return [_scrub(item, secrets) for item in value]
+    if isinstance(value, dict):
+        return {_scrub(k, secrets): _scrub(v, secrets) for k, v in value.items()}
+    return value
 
 
 def _status(

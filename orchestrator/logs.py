@@ -10,6 +10,7 @@ capped Redis stream per execution that clients tail (``orchestrator tool logs
 
 from __future__ import annotations
 
+import codecs
 import logging
 import threading
 from collections.abc import Iterator
@@ -49,29 +50,49 @@ class LiveLog:
         self.budget_bytes = budget_bytes
         self.ttl_seconds = ttl_seconds
         self._sent: dict[str, int] = {}
+        self._carry: dict[str, bytes] = {}
+        self._hold = max((len(s) for s in self.secrets), default=1) - 1
         self._lock = threading.Lock()
 
     def append(self, stream: str, chunk: bytes) -> None:
-        """Publish a chunk of ``stream`` (``stdout`` or ``stderr``) if the budget allows."""
+        """Publish a chunk of ``stream`` (``stdout`` or ``stderr``) if the budget allows.
+
+        The last few bytes are held back until the next chunk (or :meth:`close`), so a
+        secret split across two chunks is still recognised and redacted.
+        """
         with self._lock:
-            sent = self._sent.get(stream, 0)
-            if sent >= self.budget_bytes:
-                return
-            room = self.budget_bytes - sent
-            data = redact_bytes(chunk[: min(room, CHUNK_BYTES * 8)], self.secrets)
-            self._sent[stream] = sent + len(data)
-            over = self._sent[stream] >= self.budget_bytes
+            data = redact_bytes(self._carry.pop(stream, b"") + chunk, self.secrets)
+            if self._hold:
+                data, self._carry[stream] = data[: -self._hold], data[-self._hold :]
+            pieces, truncated = self._take(stream, data)
+        self._publish(stream, pieces, truncated)
+
+    def _take(self, stream: str, data: bytes) -> tuple[list[bytes], bool]:
+        """Cut ``data`` to the stream's remaining budget, in stream-sized pieces."""
+        sent = self._sent.get(stream, 0)
+        if sent >= self.budget_bytes or not data:
+            return [], False
+        kept = data[: self.budget_bytes - sent]
+        self._sent[stream] = sent + len(kept)
+        pieces = [kept[i : i + CHUNK_BYTES] for i in range(0, len(kept), CHUNK_BYTES)]
+        return pieces, len(kept) < len(data)
+
+    def _publish(self, stream: str, pieces: list[bytes], truncated: bool) -> None:
         try:
-            for start in range(0, len(data), CHUNK_BYTES):
-                piece = data[start : start + CHUNK_BYTES]
+            for piece in pieces:
                 self.redis.xadd(self.key, {"stream": stream, "data": piece}, maxlen=4096)
-            if over:
+            if truncated:
                 self.redis.xadd(self.key, {"stream": stream, "data": b"", "truncated": b"1"})
         except Exception:  # noqa: BLE001 - live logs are best effort; the result has the output
             log.debug("could not publish live output of %s", self.key, exc_info=True)
 
     def close(self) -> None:
-        """Mark the end of the output and let the stream expire."""
+        """Publish what was held back, mark the end of the output, let the stream expire."""
+        with self._lock:
+            held = [(name, self._take(name, data)) for name, data in self._carry.items()]
+            self._carry.clear()
+        for name, (pieces, truncated) in held:
+            self._publish(name, pieces, truncated)
         try:
             self.redis.xadd(self.key, {"stream": "", "data": b"", EOF_FIELD: b"1"}, maxlen=4096)
             self.redis.expire(self.key, self.ttl_seconds)
@@ -171,6 +192,7 @@ def follow_live(
     last = "0-0"
     idle = 0
     key = keys.logs(execution_id)
+    decoders: dict[str, Any] = {}
     while True:
         reply = redis.xread({key: last}, block=block_ms, count=512)
         if not reply:
@@ -190,4 +212,10 @@ def follow_live(
                 yield name, "\n[... live output truncated; the result keeps head and tail ...]\n"
                 continue
             data = fields.get("data", b"")
-            yield name, data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+            if not isinstance(data, bytes):
+                yield name, str(data)
+                continue
+            decoder = decoders.setdefault(name, codecs.getincrementaldecoder("utf-8")("replace"))
+            text = decoder.decode(data)  # a character split between entries stays whole
+            if text:
+                yield name, text
