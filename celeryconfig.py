@@ -41,6 +41,11 @@ def client_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "broker_channel_error_retry": True,
+        # Every result-backend call (update_state's read-modify-write included, which Celery
+        # does not retry by default) waits out a Redis restart: ~20 s on average, 40 s at most.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
+        "result_backend_max_sleep_between_retries_ms": 3000,
         "redis_backend_health_check_interval": 10,
         "redis_socket_keepalive": True,
         "redis_retry_on_timeout": True,

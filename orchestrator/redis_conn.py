@@ -5,16 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 import redis as redis_lib
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from orchestrator.settings import Settings
 
-__all__ = ["redis_client"]
+__all__ = ["redis_client", "RETRY_SECONDS"]
+
+# How long a registry call keeps retrying while Redis is unreachable (a restart, a failover):
+# 0.05, 0.1, 0.2, 0.4, 0.8 s, then every 1 s. redis-py's own default gives up after ~2 s.
+RETRY_SECONDS = 30
+_RETRY_ATTEMPTS = 5 + RETRY_SECONDS
 
 
 def redis_client(settings: Settings) -> Any:
     """A redis-py client for the registry, with health checks and reconnects.
 
-    ``rediss://`` URLs use TLS; a password in the URL is used as is.
+    ``rediss://`` URLs use TLS; a password in the URL is used as is. A call made while
+    Redis is unreachable waits for it (up to about :data:`RETRY_SECONDS`) instead of
+    failing, so a Redis restart does not fail the runs in flight.
     """
     return redis_lib.Redis.from_url(
         settings.registry_url,
@@ -22,4 +33,6 @@ def redis_client(settings: Settings) -> Any:
         socket_keepalive=True,
         socket_connect_timeout=5,
         retry_on_timeout=True,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.025), _RETRY_ATTEMPTS),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionError],
     )

@@ -12,6 +12,8 @@
 #   scripts/hostb.sh run -- CMD...   run CMD inside hostb's network with DOCKER_HOST set to host B
 #   scripts/hostb.sh down            destroy host B and undo the Redis bind (idempotent)
 #   scripts/hostb.sh status          report namespace, daemon and Redis bind; exit 0 only if all up
+#   scripts/hostb.sh stop-engine     stop host B's dockerd only (namespace, Redis bind, data kept)
+#   scripts/hostb.sh start-engine    start host B's dockerd again (after stop-engine; idempotent)
 #
 # Environment: HOSTB_DIR (default /var/tmp/orchestrator/hostb) holds host B's data, exec root,
 # socket, pid file and dockerd.log. MAIN_DOCKER_HOST (default unix:///var/run/docker.sock) is
@@ -351,6 +353,19 @@ cmd_down() {
   return $rc
 }
 
+# An engine outage on host B, for resilience tests: the namespace, the Redis bind, the data root
+# (images) and any worker in the namespace stay; only dockerd (and its containerd) go away.
+cmd_stop_engine() {
+  down_dockerd
+  [ -z "$(dockerd_pid)" ] || die "dockerd is still running"
+  log "engine stopped (namespace and data kept; '$0 start-engine' brings it back)"
+}
+
+cmd_start_engine() {
+  ns_exists || die "namespace $NS does not exist; run '$0 up' first"
+  up_dockerd
+}
+
 # ---------------------------------------------------------------------------------------------
 cmd_status() {
   local ok=0 pid
@@ -394,6 +409,8 @@ usage: $0 up              create host B (idempotent); prints DOCKER_HOST=... and
        $0 run -- CMD...   run CMD in hostb's network namespace with DOCKER_HOST=$SOCK
        $0 down            destroy host B, reset the Redis bind (idempotent)
        $0 status          show namespace, dockerd and Redis bind state (exit 0 only if all up)
+       $0 stop-engine     stop host B's dockerd only (an engine outage; everything else kept)
+       $0 start-engine    start host B's dockerd again
 EOF
 }
 
@@ -401,6 +418,8 @@ case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
+  stop-engine) cmd_stop_engine ;;
+  start-engine) cmd_start_engine ;;
   run) shift; cmd_run "$@" ;;
   -h|--help|help) usage ;;
   *) usage; exit 2 ;;

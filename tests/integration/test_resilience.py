@@ -1,0 +1,365 @@
+"""Resilience with real processes: a Docker engine that goes away under a live worker, and the
+Redis server (broker, result backend and registry) restarted while 40 runs are in flight.
+
+Host B (scripts/hostb.sh) stands in for a Docker host whose engine stops: its dockerd is
+stopped and started again under a running worker. The Redis restart uses a private
+redis-server with an append-only file fsynced on every write, so the queue survives it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import redis
+
+from orchestrator import OrchestratorClient, Settings
+from orchestrator.errors import DockerUnavailable
+from tests.integration.conftest import USED_HOSTS
+from tests.integration.harness import (
+    REDIS_URL,
+    TEST_IMAGE,
+    WorkerProcess,
+    force_remove_managed,
+    have,
+    managed_leftovers,
+    require,
+    settings_env,
+)
+from tests.integration.test_crash import creations
+from tests.integration.test_multihost import BROKER_IP, HOSTB_SOCKET, hostb_script
+
+EXECUTE = "orchestrator.tools.execute"
+NOTHING_LEFT = {"containers": [], "networks": [], "volumes": []}
+
+
+def tool(session_id: str, script: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "tool_name": extra.pop("tool_name", "sh"),
+        "session_id": session_id,
+        "image": TEST_IMAGE,
+        "command": ["sh", "-c", script],
+        **extra,
+    }
+
+
+# -- host B: an engine outage -------------------------------------------------------------
+
+
+def hostb_users() -> list[str]:
+    """Workers of other test sessions living in host B's namespace (they use its engine)."""
+    listed = subprocess.run(["ip", "netns", "pids", "hostb"], capture_output=True, text=True)
+    users = []
+    for pid in listed.stdout.split() if listed.returncode == 0 else []:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if "celery" in command:
+            users.append(f"{pid}: {command[:160]}")
+    return users
+
+
+def wait_until_hostb_is_free(timeout: float = 600) -> None:
+    """Stopping host B's engine would break another session's multi-host tests: wait."""
+    deadline = time.monotonic() + timeout
+    while users := hostb_users():
+        if time.monotonic() > deadline:
+            pytest.fail(f"host B is still used by another test session: {users}", pytrace=False)
+        time.sleep(5)
+
+
+@pytest.fixture(scope="module")
+def host_b_worker(
+    services: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[WorkerProcess, docker.DockerClient, OrchestratorClient]]:
+    """A worker on host B retrying DockerUnavailable twice; host B is down afterwards."""
+    require(have("nsenter") and have("ip"), "nsenter and ip (for the second Docker host)")
+    wait_until_hostb_is_free()
+    up = hostb_script("up")
+    require(up.returncode == 0, f"a second Docker host (scripts/hostb.sh up: {up.stderr[-800:]})")
+    engine = docker.DockerClient(base_url=HOSTB_SOCKET)
+    name = f"it-rb-{uuid.uuid4().hex[:6]}"
+    USED_HOSTS.add(name)
+    url = REDIS_URL.replace("127.0.0.1", BROKER_IP).replace("localhost", BROKER_IP)
+    env = {
+        "ORCHESTRATOR_BROKER_URL": url,
+        "ORCHESTRATOR_RESULT_BACKEND": url,
+        "ORCHESTRATOR_DOCKER_RETRIES": "2",
+    }
+    process = WorkerProcess(
+        name, tmp_path_factory.mktemp("logs-rb"), env=env, netns="hostb", docker_host=HOSTB_SOCKET
+    )
+    # The worker's broker is Redis (reached from the namespace), whatever broker a pass tests.
+    client = OrchestratorClient(
+        Settings.from_env(settings_env(name, ORCHESTRATOR_BROKER_URL=REDIS_URL))
+    )
+    try:
+        process.start()
+        yield process, engine, client
+    finally:
+        process.stop()
+        client.close()
+        try:
+            hostb_script("start-engine")  # a failed test may have left the engine stopped
+            force_remove_managed(engine, name)
+        finally:
+            engine.close()
+            if not hostb_users():
+                hostb_script("down")
+
+
+@pytest.mark.multihost
+@pytest.mark.timeout(900)  # may first wait for another session to finish with host B
+def test_engine_outage_fails_with_docker_unavailable_and_the_worker_recovers(
+    host_b_worker: tuple[WorkerProcess, docker.DockerClient, OrchestratorClient],
+) -> None:
+    worker, engine, client = host_b_worker
+    queue = f"host.{worker.host_name}"
+    before = client.app.send_task(EXECUTE, args=[tool("eng", "echo up")], queue=queue)
+    assert before.get(timeout=120)["stdout"] == "up\n"  # the worker has a live engine client
+
+    since = time.time() - 1
+    stopped = hostb_script("stop-engine")
+    assert stopped.returncode == 0, stopped.stderr
+    try:
+        assert not engine_answers(engine)
+        started = time.monotonic()
+        sent = client.app.send_task(EXECUTE, args=[tool("eng", "echo never")], queue=queue)
+        with pytest.raises(DockerUnavailable) as failure:
+            sent.get(timeout=150)
+        elapsed = time.monotonic() - started
+        assert "Docker engine unreachable" in str(failure.value), str(failure.value)
+        assert elapsed < 120, elapsed  # 3 attempts, backoff of at most 2 and 4 s
+        assert worker.log_bytes().count(f"[{sent.id}] retry:".encode()) == 2, worker.log()
+        assert worker.proc is not None and worker.proc.poll() is None, worker.log()
+        assert redis.Redis.from_url(REDIS_URL).exists(f"orch:host:{worker.host_name}")
+    finally:
+        restarted = hostb_script("start-engine")
+        assert restarted.returncode == 0, restarted.stderr
+
+    after = client.app.send_task(EXECUTE, args=[tool("eng", "echo back")], queue=queue)
+    result = after.get(timeout=120)
+    assert result["status"] == "succeeded", result
+    assert result["stdout"] == "back\n"
+    assert result["host"] == worker.host_name
+    time.sleep(5)  # room for any late retry or re-enqueue of the failed run to show itself
+    assert client.app.AsyncResult(sent.id).state == "FAILURE"
+    assert creations(engine, sent.id, since) == 0  # the failed run never ran later
+    inflight = redis.Redis.from_url(REDIS_URL).smembers("orch:inflight")
+    assert sent.id.encode() not in inflight  # the failure left nothing for the reaper
+    assert worker.log_bytes().count(f"[{sent.id}] retry:".encode()) == 2, worker.log()
+    assert managed_leftovers(engine, worker.host_name) == NOTHING_LEFT
+
+
+def engine_answers(engine: docker.DockerClient) -> bool:
+    try:
+        return bool(engine.ping())
+    except Exception:  # noqa: BLE001 - any failure means the engine is gone
+        return False
+
+
+# -- Redis restarted under load ------------------------------------------------------------
+
+
+def free_port(start: int = 6390) -> int:
+    for port in range(start, start + 100):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port for a private redis-server")
+
+
+class RedisServer:
+    """A private redis-server with an append-only file fsynced on every write."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        self.port = port
+        self.directory = directory
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_seconds: float = 20) -> RedisServer:
+        command = [
+            "redis-server",
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--save", "",
+            "--dir", str(self.directory),
+            "--logfile", str(self.directory / "redis.log"),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(command, start_new_session=True)
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log()}")
+            if self.ping():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server on {self.port} did not answer: {self.log()}")
+
+    def ping(self) -> bool:
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def log(self) -> str:
+        path = self.directory / "redis.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def shutdown(self) -> None:
+        """SHUTDOWN: the server flushes its append-only file and exits."""
+        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown"], capture_output=True)
+        self._reap()
+
+    def kill(self) -> None:
+        """SIGKILL: only what the fsynced append-only file holds survives."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self._reap()
+
+    def _reap(self) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class RedisWorker(WorkerProcess):
+    """A worker whose broker, result backend and registry are all a given Redis."""
+
+    def __init__(self, host_name: str, log_dir: Path, url: str, env: dict[str, str]) -> None:
+        urls = {"ORCHESTRATOR_BROKER_URL": url, "ORCHESTRATOR_RESULT_BACKEND": url}
+        super().__init__(host_name, log_dir, env={**env, **urls})
+        self.url = url
+
+    def wait_ready(self, wait_seconds: float) -> None:
+        r = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early; log:\n{self.log()}")
+            if r.exists(f"orch:host:{self.host_name}") and b"ready." in self.log_bytes():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"worker {self.host_name} not ready; log:\n{self.log()}")
+
+
+@pytest.fixture
+def own_redis(services: None) -> Iterator[RedisServer]:
+    require(have("redis-server") and have("redis-cli"), "redis-server and redis-cli")
+    directory = Path(tempfile.mkdtemp(prefix="orch-redis-"))
+    server = RedisServer(free_port(), directory)
+    try:
+        yield server.start()
+    finally:
+        server.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+RUNS = 40
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("how", ["shutdown", "kill"])
+def test_redis_restarted_under_load_loses_and_duplicates_nothing(
+    how: str,
+    own_redis: RedisServer,
+    worker_env: dict[str, str],
+    shared_dir: Path,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    name = f"it-rr-{uuid.uuid4().hex[:6]}"
+    USED_HOSTS.add(name)
+    session_id = f"rr-{uuid.uuid4().hex[:8]}"
+    out = shared_dir / session_id
+    out.mkdir()
+    out.chmod(0o777)
+    process = RedisWorker(name, tmp_path, own_redis.url, worker_env).start()
+    urls = {"ORCHESTRATOR_BROKER_URL": own_redis.url, "ORCHESTRATOR_RESULT_BACKEND": own_redis.url}
+    client = OrchestratorClient(Settings.from_env(settings_env(name, **urls)))
+    try:
+        handles = [
+            client.execute_tool(
+                tool(
+                    session_id,
+                    'echo "$N" >> /out/runs; sleep 1; echo "$N"',
+                    parameters={"N": n},
+                    volumes=[{"source": str(out), "target": "/out"}],
+                )
+            )
+            for n in range(RUNS)
+        ]
+        # Half started: with 16 threads some are done, up to 16 run and the rest are queued.
+        wait_for(lambda: len(lines(out)) >= RUNS // 2, 120, "half of the runs to start")
+        started_before = len(lines(out))
+        getattr(own_redis, how)()
+        time.sleep(1)
+        own_redis.start()
+
+        deadline = time.monotonic() + 240
+        results = [h.result(timeout=max(1.0, deadline - time.monotonic())) for h in handles]
+        assert [r.status for r in results] == ["succeeded"] * RUNS, [r.error for r in results]
+        assert [r.stdout for r in results] == [f"{n}\n" for n in range(RUNS)]
+        assert len({r.execution_id for r in results}) == RUNS
+        assert started_before < RUNS  # the restart really happened mid-way
+        assert sorted(lines(out), key=int) == [str(n) for n in range(RUNS)]  # each ran once
+        session_filter = {"label": f"orchestrator.session={session_id}"}
+
+        # Everything reconnected: the same worker and client serve a new run.
+        assert process.proc is not None and process.proc.poll() is None, process.log()
+        again = client.run_tool(tool(session_id, "echo again"), timeout=60)
+        assert again.stdout == "again\n" and again.host == name
+        assert redis.Redis.from_url(own_redis.url).exists(f"orch:host:{name}")
+        assert docker_client.containers.list(all=True, filters=session_filter) == []
+        # A delivery whose ack was lost with the connection stays unacknowledged until the
+        # visibility timeout; redelivered then, it finds its stored result and runs nothing.
+        for task_id in unacked_task_ids(own_redis.url):
+            assert client.app.AsyncResult(task_id).state == "SUCCESS", task_id
+    finally:
+        client.close()
+        process.stop()
+        force_remove_managed(docker_client, name)
+    assert managed_leftovers(docker_client, name) == NOTHING_LEFT
+
+
+def unacked_task_ids(url: str) -> list[str]:
+    """Task ids of messages the Redis transport holds as delivered but not acknowledged."""
+    held = redis.Redis.from_url(url).hvals("unacked")
+    return [json.loads(raw)[0]["headers"]["id"] for raw in held]
+
+
+def lines(directory: Path) -> list[str]:
+    path = directory / "runs"
+    return path.read_text().split() if path.exists() else []
+
+
+def wait_for(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
