@@ -9,7 +9,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from orchestrator import keys, networks, sessions
+from orchestrator import keys, networks, self_attach, sessions
 from orchestrator.config import LABEL_PREFIX
 from orchestrator.engine import docker_errors
 from orchestrator.errors import ContainerNotFound, OrchestratorError
@@ -142,6 +142,8 @@ def remove_volumes(rt: Runtime, report: Report) -> Report:
 def remove_network(rt: Runtime, report: Report) -> Report:
     """Remove the session's network on this host and release its subnet."""
     try:
+        # Workers in containers that joined it to probe relics hold endpoints on it.
+        self_attach.leave(rt.docker, networks.network_name(report["session_id"]))
         report["networks_removed"] += networks.remove_network(
             rt.docker, rt.redis, rt.settings, report["session_id"]
         )

@@ -277,9 +277,14 @@ class _Run:
     def _create(self) -> Any:
         rt = self.rt
         request = self.request
-        self.progress("BUILDING" if request.build else "PULLING", {"host": rt.host_name})
         image = resolve_image(
-            rt.docker, rt.redis, rt.settings, request.image, request.build, request.tool_name
+            rt.docker,
+            rt.redis,
+            rt.settings,
+            request.image,
+            request.build,
+            request.tool_name,
+            lambda state: self.progress(state, {"host": rt.host_name}),
         )
         network = None
         if request.network_mode == "session":

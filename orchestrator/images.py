@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import tarfile
+from collections.abc import Callable
 from typing import Any
 
 from orchestrator import keys
@@ -35,14 +36,23 @@ def _has_image(docker_client: Any, image: str) -> bool:
         return False
 
 
-def ensure_image(docker_client: Any, redis: Any, settings: Settings, image: str) -> str:
+def ensure_image(
+    docker_client: Any,
+    redis: Any,
+    settings: Settings,
+    image: str,
+    on_pull: Callable[[], None] = lambda: None,
+) -> str:
     """Return ``image`` once it is on this host, pulling it (once per host) if missing.
+
+    ``on_pull`` is called when a pull is actually needed (for progress reporting).
 
     Raises:
         ImageNotFound: it is not local and the pull failed.
     """
     if _has_image(docker_client, image):
         return image
+    on_pull()
     lock = redis.lock(keys.lock(f"pull:{settings.host_name}:{image}"), timeout=LOCK_SECONDS)
     with lock:
         if _has_image(docker_client, image):
@@ -106,7 +116,12 @@ def _check_context(spec: BuildSpec, settings: Settings) -> str:
 
 
 def build_image(
-    docker_client: Any, redis: Any, settings: Settings, spec: BuildSpec, label: str
+    docker_client: Any,
+    redis: Any,
+    settings: Settings,
+    spec: BuildSpec,
+    label: str,
+    on_build: Callable[[], None] = lambda: None,
 ) -> str:
     """Build ``spec`` and tag it; builds of one tag are serialized per host.
 
@@ -122,6 +137,7 @@ def build_image(
     with lock:
         if spec.dockerfile_inline and not spec.tag and _has_image(docker_client, tag):
             return tag
+        on_build()
         kwargs: dict[str, Any] = {"tag": tag, "rm": True, "forcerm": True}
         if spec.buildargs:
             kwargs["buildargs"] = spec.buildargs
@@ -144,9 +160,15 @@ def resolve_image(
     image: str | None,
     build: BuildSpec | None,
     label: str,
+    progress: Callable[[str], None] = lambda state: None,
 ) -> str:
-    """The image to run: built from ``build`` or ensured from ``image``."""
+    """The image to run: built from ``build`` or ensured from ``image``.
+
+    ``progress("BUILDING")`` / ``progress("PULLING")`` is called only when that work happens.
+    """
     if build is not None:
-        return build_image(docker_client, redis, settings, build, label)
+        return build_image(
+            docker_client, redis, settings, build, label, lambda: progress("BUILDING")
+        )
     assert image is not None
-    return ensure_image(docker_client, redis, settings, image)
+    return ensure_image(docker_client, redis, settings, image, lambda: progress("PULLING"))

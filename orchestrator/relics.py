@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from orchestrator import containers, keys, networks, sessions
+from orchestrator import containers, keys, networks, self_attach, sessions
 from orchestrator.config import (
     check_limits,
     check_volumes,
@@ -269,7 +269,9 @@ def start_relic(rt: Runtime, request: RelicStartRequest, relic_id: str) -> Relic
             _publish(rt, container, request, network)
             with docker_errors(f"start relic {name}"):
                 container.start()
-        wait_healthy(container, network, request)
+        # A worker in a container reaches the relic only from inside its network.
+        with self_attach.attached(rt.docker, network or "bridge"):
+            wait_healthy(container, network, request)
     except BaseException:
         containers.remove(rt.docker, name)
         _unregister(rt.redis, relic_id, request.session_id)
@@ -324,9 +326,11 @@ def describe(rt: Runtime, container: Any, relic_id: str, healthy: bool | None = 
     address = _address(container, network)
     port = int(labels_.get("orchestrator.port", "8000"))
     if healthy is None:
-        entry = rt.redis.hget(keys.relic(relic_id), "health")
-        path = text(entry) or "/health"
-        healthy = status == "running" and bool(address) and probe(address or "", port, path, 0.5)
+        healthy = False
+        if status == "running" and address:
+            path = text(rt.redis.hget(keys.relic(relic_id), "health")) or "/health"
+            with self_attach.attached(rt.docker, network or "bridge"):
+                healthy = probe(address, port, path, 0.5)
     ports = {
         cport: int(bindings[0]["HostPort"])
         for cport, bindings in (

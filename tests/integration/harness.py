@@ -18,6 +18,9 @@ import redis
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("ORCHESTRATOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The broker of the workers and clients under test: Redis unless a pass sets another
+# (scripts/test.sh runs part of the suite again on RabbitMQ); REDIS_URL stays the backend.
+BROKER_URL = os.environ.get("ORCHESTRATOR_TEST_BROKER_URL") or REDIS_URL
 TEST_IMAGE = "orchestrator-test/busybox:latest"
 MANAGED = "orchestrator.managed=true"
 
@@ -52,7 +55,7 @@ def docker_ok(base_url: str | None = None) -> bool:
 def settings_env(host_name: str, **extra: str) -> dict[str, str]:
     """Environment for a worker or client in the tests: fast leases and heartbeats."""
     env = {
-        "ORCHESTRATOR_BROKER_URL": REDIS_URL,
+        "ORCHESTRATOR_BROKER_URL": BROKER_URL,
         "ORCHESTRATOR_RESULT_BACKEND": REDIS_URL,
         "ORCHESTRATOR_HOST_NAME": host_name,
         "ORCHESTRATOR_WORKER_CONCURRENCY": "16",

@@ -14,7 +14,7 @@ from celery import Celery
 
 from orchestrator import OrchestratorClient
 from orchestrator.errors import InvalidRequest, LimitExceeded
-from tests.integration.harness import REDIS_URL, TEST_IMAGE
+from tests.integration.harness import BROKER_URL, REDIS_URL, TEST_IMAGE
 
 
 def tool(session_id: str, script: str, **extra: Any) -> dict[str, Any]:
@@ -235,7 +235,7 @@ def test_output_is_capped_keeping_head_and_tail(
 
 
 def test_plain_celery_client_without_routing_is_served(worker: Any, session_id: str) -> None:
-    plain = Celery(broker=REDIS_URL, backend=REDIS_URL)
+    plain = Celery(broker=BROKER_URL, backend=REDIS_URL)
     try:
         outcome = plain.send_task(
             "orchestrator.tools.execute", args=[tool(session_id, "echo plain")]

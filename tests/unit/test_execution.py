@@ -103,8 +103,8 @@ def test_a_tool_that_exits_0_succeeds_with_its_json_result_and_both_streams_apar
     assert result.host == "h1"
     assert result.started_at is not None and result.finished_at >= result.started_at
     assert 0 <= result.duration_seconds < 5
-    assert [state for state, _ in progress.calls] == ["PULLING", "RUNNING"]
-    assert progress.calls[1][1]["container_id"] == result.container_id
+    assert [state for state, _ in progress.calls] == ["RUNNING"]  # the image was local
+    assert progress.calls[0][1]["container_id"] == result.container_id
 
 
 def test_the_container_is_created_from_the_request_and_started_once(rt, docker):
