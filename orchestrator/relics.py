@@ -42,6 +42,8 @@ __all__ = [
     "relic_container_name",
     "volume_name",
     "start_relic",
+    "start_relic_once",
+    "StartInProgress",
     "relic_info",
     "local_relics",
     "stop_relic",
@@ -285,6 +287,40 @@ def _publish(rt: Runtime, container: Any, request: RelicStartRequest, network: s
         return
     with docker_errors(f"connect {container.name} to the default bridge"):
         rt.docker.networks.get("bridge").connect(container)
+
+
+class StartInProgress(OrchestratorError):
+    """Raised when another live worker is starting this relic right now."""
+
+
+def start_relic_once(rt: Runtime, request: RelicStartRequest, relic_id: str) -> RelicInfo:
+    """:func:`start_relic` under a lease, kept in the in-flight registry while it runs.
+
+    A worker killed mid-start stops renewing the lease; any worker's reaper then
+    re-enqueues the start (same relic id) on the session's host, where it attaches to
+    the container made so far, or to nothing, and ends healthy or cleanly failed.
+
+    Raises:
+        StartInProgress: another worker holds this start's lease.
+    """
+    if not rt.leases.acquire(relic_id):
+        raise StartInProgress(f"relic {relic_id} is being started by another worker")
+    try:
+        rt.executions.start(
+            relic_id,
+            {
+                "task": "orchestrator.relics.start",
+                "host": rt.host_name,
+                "session_id": request.session_id,
+                "request": request.model_dump(mode="json"),
+            },
+        )
+        try:
+            return start_relic(rt, request, relic_id)
+        finally:
+            rt.executions.forget(relic_id)
+    finally:
+        rt.leases.release(relic_id)
 
 
 def _existing(rt: Runtime, name: str, relic_id: str) -> Any | None:

@@ -24,8 +24,10 @@ __all__ = ["Runtime", "Enqueue"]
 
 log = logging.getLogger(__name__)
 
-# enqueue(execution_id, request_json, queue): send orchestrator.tools.execute again.
-Enqueue = Callable[[str, dict[str, Any], str], None]
+# enqueue(work_id, request_json, queue, task=name): send the task again under the same id
+# (``task`` defaults to orchestrator.tools.execute; relic starts are in flight work too).
+Enqueue = Callable[..., None]
+TOOL_TASK = "orchestrator.tools.execute"
 
 
 class Runtime:
@@ -149,11 +151,15 @@ class Runtime:
         if not self.executions.mark_requeued(execution_id, hold):
             return False
         request = json.loads(entry["request"])
+        task = entry.get("task") or TOOL_TASK
         owner = entry.get("host", "")
         if owner and self.hosts.alive(owner):
             queue = f"host.{owner}"
+        else:  # session work then fails there with HostUnavailable
+            queue = "tools" if task == TOOL_TASK else "relics"
+        log.warning("%s %s lost its worker; re-enqueued on %s", task, execution_id, queue)
+        if task == TOOL_TASK:
+            self.enqueue(execution_id, request, queue)
         else:
-            queue = "tools"  # a session tool then fails there with HostUnavailable
-        log.warning("execution %s lost its worker; re-enqueued on %s", execution_id, queue)
-        self.enqueue(execution_id, request, queue)
+            self.enqueue(execution_id, request, queue, task=task)
         return True

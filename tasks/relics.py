@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import shared_task
+from celery.exceptions import Ignore
 
 from orchestrator import relics, routing
 from orchestrator.errors import InvalidRequest, WrongHost
@@ -24,7 +25,9 @@ def start(self: Any, request: dict[str, Any] | None = None, **fields: Any) -> di
     """Start a relic and wait until healthy; the relic id is this task's id. Returns RelicInfo."""
     req = parse_request(RelicStartRequest, request if request is not None else fields)
     try:
-        info = relics.start_relic(get_runtime(), req, self.request.id)
+        info = relics.start_relic_once(get_runtime(), req, self.request.id)
+    except relics.StartInProgress:
+        raise Ignore() from None
     except WrongHost as exc:
         forward(self, exc, [req.model_dump(mode="json")])
     return info.model_dump(mode="json")

@@ -17,14 +17,11 @@ _lock = threading.Lock()
 _runtime: Runtime | None = None
 
 
-def _enqueue(execution_id: str, request: dict[str, Any], queue: str) -> None:
-    current_app.send_task(
-        "orchestrator.tools.execute",
-        args=[request],
-        kwargs={"requeued": True},
-        task_id=execution_id,
-        queue=queue,
-    )
+def _enqueue(
+    work_id: str, request: dict[str, Any], queue: str, task: str = "orchestrator.tools.execute"
+) -> None:
+    kwargs = {"requeued": True} if task == "orchestrator.tools.execute" else {}
+    current_app.send_task(task, args=[request], kwargs=kwargs, task_id=work_id, queue=queue)
 
 
 def get_runtime() -> Runtime:

@@ -127,3 +127,54 @@ def test_run_outliving_the_visibility_timeout_is_not_run_twice(
     assert result["status"] == "succeeded"
     assert (runs / "count").read_text() == "start\n"
     assert creations(docker_client, sent.id, since) == 1
+
+
+def test_worker_killed_during_a_relic_start_ends_with_a_healthy_relic(
+    client: OrchestratorClient,
+    docker_client: docker.DockerClient,
+    worker_env: dict[str, str],
+    crash_host: str,
+    tmp_path: Path,
+) -> None:
+    session_id = f"crash-relic-{uuid.uuid4().hex[:6]}"
+    slow_start = "sleep 6; mkdir -p /www && echo ok > /www/health && exec httpd -f -p 8000 -h /www"
+    request = {
+        "relic_name": "slow",
+        "session_id": session_id,
+        "image": TEST_IMAGE,
+        "command": ["sh", "-c", slow_start],
+        "health_timeout_seconds": 60,
+    }
+    since = time.time() - 1
+    first = WorkerProcess(crash_host, tmp_path, env=worker_env).start()
+    try:
+        sent = client.app.send_task(
+            "orchestrator.relics.start", args=[request], queue=f"host.{crash_host}"
+        )
+        name = f"orch-relic-{session_id}-slow"
+        deadline = time.monotonic() + 30
+        while not docker_client.containers.list(all=True, filters={"name": name}):
+            assert time.monotonic() < deadline, "the relic container never appeared"
+            time.sleep(0.1)
+        first.kill()  # mid-start: the container exists, the health wait is under way
+        second = WorkerProcess(crash_host, tmp_path, env=worker_env).start()
+        try:
+            info = sent.get(timeout=90)
+            assert info["status"] == "running" and info["healthy"] is True
+            assert info["relic_id"] == sent.id
+            created = docker_client.events(
+                since=int(since),
+                until=int(time.time()) + 1,
+                decode=True,
+                filters={
+                    "type": "container",
+                    "event": "create",
+                    "label": f"orchestrator.relic={sent.id}",
+                },
+            )
+            assert sum(1 for _ in created) == 1  # resumed, not made twice
+        finally:
+            client.cleanup_session(session_id, timeout=120)
+            second.stop()
+    finally:
+        first.kill()

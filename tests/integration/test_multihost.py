@@ -104,6 +104,13 @@ def test_sessions_stick_to_one_host_and_both_hosts_are_used(
             assert "hello from api" in outcome["probe"].stdout
             assert outcome["probe"].host in outcome["hosts"]  # the tool ran on the session's host
         assert used == {client.settings.host_name, worker_b.host_name}, used
+        # Stats of every managed container on both hosts, merged into one report.
+        stats = client.stats(timeout=120)
+        assert used <= set(stats.hosts)
+        ours = [c for c in stats.containers if c.session_id in sessions]
+        assert {c.host for c in ours} == used
+        assert len(ours) == 2 * len(sessions)
+        assert all(stats.sessions[s]["containers"] == 2 for s in sessions), stats.sessions
     finally:
         reports = [client.cleanup_session(s, timeout=120) for s in sessions]
     assert all(r.errors == [] for r in reports), reports
