@@ -6,6 +6,7 @@ PREFIX = "orch:"
 
 INFLIGHT = PREFIX + "inflight"
 HOSTS = PREFIX + "hosts"
+JANITOR_LAST_RUN = PREFIX + "janitor:last-run"  # string: JSON summary of the last pass
 HOSTS_LAST_SEEN = PREFIX + "hosts:last-seen"  # hash: host name -> unix time of its last beat
 
 

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 from celery import shared_task
 
-from orchestrator import cleanup, janitor
+from orchestrator import cleanup, janitor, keys
 from orchestrator.errors import HostUnavailable
 from tasks.forwarding import fan_out
 from tasks.runtime import get_runtime
@@ -28,7 +30,7 @@ def merge(reports: list[dict[str, Any]], failed_messages: list[str]) -> dict[str
     for report in reports:
         for session_id in report["sessions_ended"]:
             cleanup.forget_session(redis, session_id)
-    return {
+    summary = {
         "hosts": sorted(r["host"] for r in reports),
         "containers_removed": [
             c | {"host": r["host"]} for r in reports for c in r["containers_removed"]
@@ -39,6 +41,8 @@ def merge(reports: list[dict[str, Any]], failed_messages: list[str]) -> dict[str
         "messages_failed": failed_messages,
         "errors": [e for r in reports for e in r["errors"]],
     }
+    redis.set(keys.JANITOR_LAST_RUN, json.dumps({"at": time.time(), "hosts": summary["hosts"]}))
+    return summary
 
 
 @shared_task(bind=True, name="orchestrator.janitor.run")
