@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install and start everything orchestrator needs on a fresh Debian/Ubuntu machine (as root):
-# Redis, the Docker engine, the Python package, and the local test images; and what the tests
-# use besides: docker-compose and debootstrap (tests/integration/test_compose.py builds its
-# base images with scripts/base-image.sh) and RabbitMQ (started by scripts/test.sh's amqp pass).
+# Redis, the Docker engine, the Python package, and the local test images. With --test, also
+# what only the tests use: Chromium, docker-compose and debootstrap (tests/integration/
+# test_compose.py builds its base images with scripts/base-image.sh) and RabbitMQ (started
+# by scripts/test.sh's amqp pass).
 # Idempotent: safe to run again; it only starts what is not running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,10 +18,12 @@ command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need_pkgs+=(busybox-static)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v nsenter >/dev/null || need_pkgs+=(util-linux)
-[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)  # the Flower dashboard test
-command -v docker-compose >/dev/null || need_pkgs+=(docker-compose)  # the compose test
-command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)  # its local base images
-command -v rabbitmq-server >/dev/null || need_pkgs+=(rabbitmq-server)  # the amqp test pass
+if [ "${1:-}" = "--test" ]; then  # what only the test suite needs
+  [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)  # the Flower dashboard test
+  command -v docker-compose >/dev/null || need_pkgs+=(docker-compose)  # the compose test
+  command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)  # its local base images
+  command -v rabbitmq-server >/dev/null || need_pkgs+=(rabbitmq-server)  # the amqp test pass
+fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   apt-get update -qq

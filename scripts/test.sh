@@ -4,7 +4,7 @@
 # then part of the integration suite again with RabbitMQ as the broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 export CI=${CI:-true}   # integration tests fail (never skip) when a service is missing
 status=0
 echo "[test] ruff";  ruff check . && ruff format --check . || status=1
