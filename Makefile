@@ -33,3 +33,7 @@ hostb-up:       ## a second Docker host in a network namespace (multi-host tests
 
 hostb-down:
 	bash scripts/hostb.sh down
+
+.PHONY: config-reference
+config-reference: ## rewrite README's settings table from orchestrator/settings.py
+	python -m orchestrator.config_reference README.md

@@ -69,7 +69,9 @@ def worker_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
-        "task_track_started": True,
+        # No STARTED write per task: tool runs report RUNNING (with host and container)
+        # themselves, and Flower learns of starts from task events.
+        "task_track_started": False,
         "task_send_sent_event": True,
         "worker_send_task_events": True,
         "worker_hijack_root_logger": False,

@@ -41,7 +41,7 @@ from orchestrator.errors import (
 )
 from orchestrator.models import AggregateStats, ContainerStats
 from orchestrator.registry import text
-from orchestrator.runtime import Runtime
+from orchestrator.runtime import TOOL_TASK, Runtime
 
 __all__ = [
     "HostStats",
@@ -239,7 +239,7 @@ def find_container(rt: Runtime, ident: Any) -> Any:
     """
     ident = _check_ident(ident)
     entry = rt.executions.get(ident)
-    if entry:
+    if entry and entry.get("task", TOOL_TASK) == TOOL_TASK:  # relic starts are in flight too
         return _execution_container(rt, ident, entry)
     relic = _relic_entry(rt, ident)
     if relic is not None:

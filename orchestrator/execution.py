@@ -114,6 +114,8 @@ class _Run:
         self.pooled = False
         self.exec_started = False
         self.previous: dict[str, str] = {}
+        self.started_here: datetime | None = None
+        self.finished_here: datetime | None = None
         self.follower: LogFollower
 
     def _result(self, status: str, **fields: Any) -> ToolExecutionResult:
@@ -312,8 +314,11 @@ class _Run:
         if containers.state(container).get("Status") == "created":
             with docker_errors(f"start container {self.name}"):
                 container.start()
-            container.reload()
-        deadline = self._deadline(containers.state(container))
+            # Started here: our own clocks stand in for an inspect round trip.
+            self.started_here = datetime.now(UTC)
+            deadline = time.monotonic() + self.request.resource_limits.timeout_seconds
+        else:
+            deadline = self._deadline(containers.state(container))
         self.progress(
             "RUNNING",
             {
@@ -334,6 +339,7 @@ class _Run:
                 slice_seconds=rt.settings.wait_slice_seconds,
                 should_cancel=lambda: rt.executions.cancel_requested(self.execution_id),
             )
+        self.finished_here = datetime.now(UTC)
         if outcome.timed_out or outcome.cancelled:
             containers.kill(container)
             containers.wait_for_exit(
@@ -350,9 +356,12 @@ class _Run:
 
     def _collect(self, outcome: containers.Exit, usage: ToolRunStats) -> ToolExecutionResult:
         container = self.container
-        with docker_errors(f"inspect container {self.name}"):
-            container.reload()
-        state = containers.state(container)
+        clean_exit = self.started_here is not None and outcome.exit_code == 0
+        state: dict[str, Any] = {}
+        if not clean_exit:  # OOMKilled, the exit code and the times come from an inspect
+            with docker_errors(f"inspect container {self.name}"):
+                container.reload()
+            state = containers.state(container)
         if self.follower.finish():
             stdout, stderr = self.follower.stdout, self.follower.stderr
         else:  # a follow stream broke: read the engine's log instead
@@ -360,8 +369,11 @@ class _Run:
         stdout_text = stdout.text()
         exit_code = outcome.exit_code if outcome.exit_code is not None else state.get("ExitCode")
         status, error = _status(outcome, state, exit_code, self.request)
-        started = parse_docker_time(state.get("StartedAt"))
-        finished = parse_docker_time(state.get("FinishedAt"))
+        if clean_exit:
+            started, finished = self.started_here, self.finished_here
+        else:
+            started = parse_docker_time(state.get("StartedAt"))
+            finished = parse_docker_time(state.get("FinishedAt"))
         duration = max(0.0, (finished - started).total_seconds()) if started and finished else None
         return self._result(
             status,

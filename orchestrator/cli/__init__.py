@@ -1,4 +1,5 @@
-"""The ``orchestrator`` command: tool runs, relics, stats, cleanup and sessions.
+"""The ``orchestrator`` command: tool runs, relics, stats, cleanup, sessions, diagnostics,
+settings and a local development stack.
 
 Each subcommand is one small function ``_cmd_<group>_<verb>(client, args) -> int`` over
 :class:`~orchestrator.client.OrchestratorClient`. Output is for humans by default and
@@ -11,12 +12,16 @@ succeed, 2 an error the user can fix, printed to stderr as ``error: ...`` with t
     orchestrator tool logs --follow EXECUTION_ID
     orchestrator relic ls --session s1
     orchestrator stats --watch
+    orchestrator up && orchestrator doctor && orchestrator down
+    orchestrator config --json
     source <(orchestrator completion bash)
 
 The package: :mod:`~orchestrator.cli.parser` builds the parser whose handlers live in
-:mod:`~orchestrator.cli.tools`, :mod:`~orchestrator.cli.relics` and
-:mod:`~orchestrator.cli.admin`; :mod:`~orchestrator.cli.errors` turns errors into exit
-codes and messages; this module builds the client and runs the command.
+:mod:`~orchestrator.cli.tools`, :mod:`~orchestrator.cli.relics`,
+:mod:`~orchestrator.cli.admin`, :mod:`~orchestrator.cli.config` and
+:mod:`~orchestrator.cli.stack` (``up``/``down``); :mod:`~orchestrator.cli.errors` turns
+errors into exit codes and messages; this module builds the client and runs the command
+(``config`` and ``down`` get the settings instead of a client).
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ def _run(args: argparse.Namespace) -> int:
     settings: Settings | None = None
     try:
         settings = _settings(args)
+        if args.settings_func is not None:  # config, down: no client, no connection
+            return int(args.settings_func(settings, args))
         client = _make_client(settings)
         try:
             return int(args.func(client, args))

@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from orchestrator.cli.errors import EXIT_FAILED, EXIT_OK, START_WORKER, CliError
+from orchestrator import keys
+from orchestrator.cli.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CliError,
+    _unreachable,
+    _unreachable_part,
+)
 from orchestrator.cli.output import _print_json, _sanitize, _table
 from orchestrator.client import OrchestratorClient
 from orchestrator.models import AggregateStats, ContainerStats
 from orchestrator.registry import HostRegistry
 
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
+START_STACK = "start one with `orchestrator up` or `celery -A worker worker` (see README)"
+START_BEAT = "start beat with `celery -A worker beat` or `orchestrator up`"
+JANITOR_STALE_FACTOR = 3  # intervals without a pass before the janitor counts as stopped
+DEFAULT_FLOWER_URL = "http://127.0.0.1:5555"
 
 
 STATS_HEADERS = (
@@ -128,46 +144,113 @@ def _cmd_session_touch(client: OrchestratorClient, args: argparse.Namespace) -> 
     return EXIT_OK
 
 
-def _check_registry(client: OrchestratorClient) -> str:
+def _check_registry(client: OrchestratorClient, args: argparse.Namespace) -> str:
     client.redis.ping()
     return _sanitize(client.settings.registry_url)
 
 
-def _check_broker(client: OrchestratorClient) -> str:
+def _check_broker(client: OrchestratorClient, args: argparse.Namespace) -> str:
     with client.app.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1)
     return _sanitize(client.settings.broker_url)
 
 
-def _check_hosts(client: OrchestratorClient) -> str:
+def _check_hosts(client: OrchestratorClient, args: argparse.Namespace) -> str:
     hosts = HostRegistry(client.redis, client.settings.host_ttl_seconds).live_hosts()
     if not hosts:
-        raise CliError(f"no live Docker host: {START_WORKER}")
+        raise CliError(f"no live Docker host: {START_STACK}")
     return ", ".join(hosts)
 
 
-def _check_workers(client: OrchestratorClient) -> str:
+def _check_workers(client: OrchestratorClient, args: argparse.Namespace) -> str:
     replies = client.app.control.ping(timeout=1.0)
     if not replies:
-        raise CliError(f"no worker answered a ping on this broker: {START_WORKER}")
+        raise CliError(f"no worker answered a ping on this broker: {START_STACK}")
     return f"{len(replies)} answered a ping"
 
 
-DOCTOR_CHECKS: list[tuple[str, Callable[[OrchestratorClient], str]]] = [
+def _check_janitor(client: OrchestratorClient, args: argparse.Namespace) -> str:
+    interval = client.settings.janitor_interval_seconds
+    raw = client.redis.get(keys.JANITOR_LAST_RUN)
+    if raw is None:
+        raise CliError(
+            f"no janitor pass recorded (beat sends the first {interval:g} s after it starts): "
+            f"{START_BEAT}"
+        )
+    try:
+        last = json.loads(raw)
+        age = time.time() - float(last["at"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CliError(f"unreadable {keys.JANITOR_LAST_RUN} ({exc}): {START_BEAT}") from exc
+    if age > JANITOR_STALE_FACTOR * interval:
+        raise CliError(f"no janitor pass for {age:.0f} s: {START_BEAT}")
+    hosts = ", ".join(last.get("hosts") or []) or "none"
+    return f"last pass {max(age, 0):.0f} s ago (every {interval:g} s), hosts: {hosts}"
+
+
+def flower_problem(url: str, timeout: float = 3.0) -> str | None:
+    """Why ``GET <url>/healthcheck`` fails, or None when Flower answers it (no proxy).
+
+    Credentials in ``url`` (``http://user:pass@host:5555``) go in an Authorization header.
+    """
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    target = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    request = urllib.request.Request(target + "/healthcheck")
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a private address
+    try:
+        with direct.open(request, timeout=timeout) as response:
+            response.read(64)
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code} {exc.reason}"
+    except (OSError, ValueError) as exc:  # URLError, refused, timeout, a malformed URL
+        reason = getattr(exc, "reason", exc)
+        return f"{type(exc).__name__}: {reason}"
+    return None
+
+
+def _check_flower(client: OrchestratorClient, args: argparse.Namespace) -> str:
+    url = _sanitize(args.flower_url).rstrip("/")
+    problem = flower_problem(args.flower_url)
+    if problem:
+        raise CliError(
+            f"no answer from Flower at {url}/healthcheck ({problem}): start it with "
+            "`orchestrator up` or `celery -A worker flower --port=5555`, or point --flower-url "
+            "at the one you run"
+        )
+    return f"{url}/healthcheck answered"
+
+
+DoctorCheck = Callable[[OrchestratorClient, argparse.Namespace], str]
+
+DOCTOR_CHECKS: list[tuple[str, DoctorCheck]] = [
     ("registry redis", _check_registry),
     ("broker", _check_broker),
     ("docker hosts", _check_hosts),
     ("workers", _check_workers),
+    ("janitor", _check_janitor),
+    ("flower", _check_flower),
 ]
+DOCTOR_CHECK_NAMES = [name for name, _ in DOCTOR_CHECKS]
 
 
 def _cmd_doctor(client: OrchestratorClient, args: argparse.Namespace) -> int:
     results = []
+    skipped = set(args.skip or [])
     for name, check in DOCTOR_CHECKS:
+        if name.replace(" ", "-") in skipped:
+            continue
         try:
-            results.append({"check": name, "ok": True, "detail": check(client)})
+            results.append({"check": name, "ok": True, "detail": check(client, args)})
         except Exception as exc:  # noqa: BLE001 - diagnosing failures is the point
-            results.append({"check": name, "ok": False, "detail": _describe(exc)})
+            results.append({"check": name, "ok": False, "detail": _describe(exc, client)})
     if args.json:
         _print_json(results)
     else:
@@ -176,5 +259,12 @@ def _cmd_doctor(client: OrchestratorClient, args: argparse.Namespace) -> int:
     return EXIT_OK if all(item["ok"] for item in results) else EXIT_FAILED
 
 
-def _describe(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, CliError) else f"{type(exc).__name__}: {exc}"
+def _describe(exc: BaseException, client: OrchestratorClient) -> str:
+    """A failed check in one line, ending with what to do about it."""
+    if isinstance(exc, CliError):
+        return str(exc)
+    text = f"{type(exc).__name__}: {exc}"
+    part = _unreachable_part(exc)
+    if part:  # Redis or the broker is down: say so, whichever check noticed
+        return f"{text}; {_unreachable(part, client.settings)}"
+    return text

@@ -7,12 +7,15 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.cli.admin import (
+    DEFAULT_FLOWER_URL,
+    DOCTOR_CHECK_NAMES,
     _cmd_cleanup_networks,
     _cmd_cleanup_session,
     _cmd_doctor,
     _cmd_session_touch,
     _cmd_stats,
 )
+from orchestrator.cli.config import _cmd_config
 from orchestrator.cli.relics import (
     _cmd_relic_ls,
     _cmd_relic_rm,
@@ -20,10 +23,19 @@ from orchestrator.cli.relics import (
     _cmd_relic_start,
     _cmd_relic_stop,
 )
+from orchestrator.cli.stack import (
+    DEFAULT_STATE_DIR,
+    STOP_GRACE_SECONDS,
+    UP_WAIT_SECONDS,
+    _cmd_down,
+    _cmd_up,
+)
 from orchestrator.cli.tools import _cmd_tool_cancel, _cmd_tool_logs, _cmd_tool_run, _cmd_tool_show
 from orchestrator.client import OrchestratorClient
+from orchestrator.settings import Settings
 
 Handler = Callable[[OrchestratorClient, argparse.Namespace], int]
+SettingsHandler = Callable[[Settings, argparse.Namespace], int]  # commands without a client
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +50,17 @@ def _leaf(
     if json_flag:
         _json_flag(parser)
     return parser
+
+
+def _local_leaf(parent: Any, name: str, handler: SettingsHandler, help_text: str) -> Any:
+    """A command that needs the settings but no client (no broker, no backend)."""
+    parser = _leaf(parent, name, _cmd_needs_no_client, help_text)
+    parser.set_defaults(settings_func=handler)
+    return parser
+
+
+def _cmd_needs_no_client(client: OrchestratorClient, args: argparse.Namespace) -> int:
+    raise AssertionError("handled by settings_func")  # pragma: no cover
 
 
 def _add_run_limits(run: argparse.ArgumentParser) -> None:
@@ -134,10 +157,55 @@ def _add_misc(groups: Any) -> None:
     touch = _leaf(sessions, "touch", _cmd_session_touch, "keep a session alive")
     touch.add_argument("session_id", metavar="ID")
     touch.add_argument("--extend", type=float, default=3600, metavar="SECONDS")
-    _leaf(groups, "doctor", _cmd_doctor, "check the broker, Redis and workers")
+    _add_doctor(groups)
+    _add_stack(groups)
     completion = groups.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=["bash"])
     completion.set_defaults(local=True)
+
+
+def _add_doctor(groups: Any) -> None:
+    doctor = _leaf(
+        groups, "doctor", _cmd_doctor, "check Redis, the broker, hosts, workers, janitor, Flower"
+    )
+    doctor.add_argument(
+        "--flower-url",
+        default=DEFAULT_FLOWER_URL,
+        metavar="URL",
+        help=f"where Flower answers /healthcheck (default {DEFAULT_FLOWER_URL})",
+    )
+    names = [name.replace(" ", "-") for name in DOCTOR_CHECK_NAMES]
+    doctor.add_argument(
+        "--skip", action="append", choices=names, metavar="CHECK",
+        help="leave out a check (repeatable): " + ", ".join(names),
+    )  # fmt: skip
+
+
+def _add_stack(groups: Any) -> None:
+    config = _local_leaf(groups, "config", _cmd_config, "print the effective settings")
+    config.add_argument(
+        "--markdown", action="store_true", help="print the reference table of every setting"
+    )
+    up = _leaf(groups, "up", _cmd_up, "start a local worker, beat and Flower")
+    up.description = (
+        "Start a worker, beat and Flower for this host in the background, from the directory "
+        "holding worker.py, and wait for the worker's heartbeat. Logs and pid files go in "
+        f"ORCHESTRATOR_STATE_DIR (default {DEFAULT_STATE_DIR}); running ones are left alone. "
+        "Redis and the Docker engine are not started: `make setup` does that."
+    )
+    up.add_argument("--flower-port", type=int, default=5555, metavar="PORT")
+    up.add_argument("--flower-address", default="127.0.0.1", metavar="ADDR")
+    up.add_argument("--no-flower", action="store_true", help="do not start Flower")
+    up.add_argument("--no-beat", action="store_true", help="do not start beat (the janitor)")
+    up.add_argument(
+        "--wait-timeout", type=float, default=UP_WAIT_SECONDS, metavar="S",
+        help=f"how long to wait for the worker's heartbeat (default {UP_WAIT_SECONDS:g})",
+    )  # fmt: skip
+    down = _local_leaf(groups, "down", _cmd_down, "stop what `orchestrator up` started")
+    down.add_argument(
+        "--grace", type=float, default=STOP_GRACE_SECONDS, metavar="S",
+        help=f"seconds between SIGTERM and SIGKILL (default {STOP_GRACE_SECONDS:g})",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to wait for a task's answer (default 60)",
     )
-    parser.set_defaults(local=False)
+    parser.set_defaults(local=False, settings_func=None)
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     _add_tool(groups)
     _add_relic(groups)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
+import signal
+import sys
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +19,8 @@ import pytest
 import redis.exceptions
 from kombu.exceptions import OperationalError
 
-from orchestrator import cli
+from orchestrator import cli, keys
+from orchestrator.cli import stack
 from orchestrator.errors import ImageNotFound, OrchestratorTimeout
 from orchestrator.logs import LiveLog
 from orchestrator.models import (
@@ -25,6 +31,7 @@ from orchestrator.models import (
     ToolExecutionRequest,
     ToolExecutionResult,
 )
+from orchestrator.registry import HostRegistry
 from orchestrator.settings import Settings
 
 RUN = ["tool", "run", "--image", "busybox", "--session", "s1"]
@@ -96,12 +103,48 @@ class FakeHandle:
         return self._result
 
 
+class FakeConnection:
+    def __init__(self, app: FakeApp) -> None:
+        self.app = app
+
+    def __enter__(self) -> FakeConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def ensure_connection(self, max_retries: int | None = None) -> None:
+        if self.app.broker_error is not None:
+            raise self.app.broker_error
+
+
+class FakeControl:
+    def __init__(self) -> None:
+        self.replies: list[dict[str, Any]] = [{"celery@host-a": {"ok": "pong"}}]
+
+    def ping(self, timeout: float = 1.0) -> list[dict[str, Any]]:
+        return self.replies
+
+
+class FakeApp:
+    """The parts of a Celery app ``doctor`` uses."""
+
+    def __init__(self) -> None:
+        self.broker_error: Exception | None = None
+        self.control = FakeControl()
+
+    def connection_for_write(self) -> FakeConnection:
+        return FakeConnection(self)
+
+
 class FakeClient:
     """Implements the OrchestratorClient methods the CLI calls, with canned models."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.redis = fakeredis.FakeRedis()
+        self.app = FakeApp()
+        self.settings = Settings(host_name="host-a")
         self.states = ["PENDING", "PENDING", "PULLING", "RUNNING", "SUCCESS"]
         self.result: Any = make_result()
         self.execution: Any = make_result()
@@ -188,6 +231,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
 
     def factory(settings: Settings) -> FakeClient:
         client.settings_seen.append(settings)
+        client.settings = settings
         return client
 
     for name in list(os.environ):
@@ -380,6 +424,16 @@ def assert_clean_error(code: int, out: str, err: str, *needles: str) -> None:
     assert code == 2
     assert err.splitlines()[-1].startswith("error: ")
     assert "Traceback" not in err and "Traceback" not in out
+    for needle in needles:
+        assert needle in err
+
+
+def assert_error_with_log(code: int, out: str, err: str, *needles: str) -> None:
+    """A clean error over several lines (a log tail), ending with how to stop what runs."""
+    assert code == 2
+    assert err.startswith("error: ") and out == ""
+    assert "Traceback" not in err
+    assert err.rstrip().endswith("what started keeps running: `orchestrator down` stops it")
     for needle in needles:
         assert needle in err
 
@@ -702,3 +756,546 @@ def test_completion_script_lists_subcommands_and_options(capsys: pytest.CaptureF
         assert words in out
     assert '"tool run") words="' in out and "--wait-timeout" in out
     assert "none bridge session" in out
+
+
+# -- config ------------------------------------------------------------------------------------
+
+
+def config_lines(out: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def test_config_prints_every_setting_as_key_value(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("ORCHESTRATOR_HOST_NAME", "host-a")
+    monkeypatch.setenv("ORCHESTRATOR_ALLOWED_VOLUME_ROOTS", "/srv/a, /srv/b")
+    monkeypatch.setenv("ORCHESTRATOR_POOL", '[{"image": "t:1", "size": 2}]')
+    code, out, err = run(capsys, "config")
+    assert (code, err) == (0, "")
+    values = config_lines(out)
+    assert list(values) == [f"ORCHESTRATOR_{name.upper()}" for name in Settings.model_fields]
+    assert values["ORCHESTRATOR_HOST_NAME"] == "host-a"
+    assert values["ORCHESTRATOR_BROKER_URL"] == "redis://localhost:6379/0"
+    assert values["ORCHESTRATOR_REDIS_URL"] == ""
+    assert values["ORCHESTRATOR_ALLOWED_VOLUME_ROOTS"] == "/srv/a,/srv/b"
+    assert values["ORCHESTRATOR_SESSION_EGRESS"] == "false"
+    assert json.loads(values["ORCHESTRATOR_POOL"])[0]["image"] == "t:1"
+    assert not fake.settings_seen  # no client, no connection
+    # What it prints reads back as the same settings (but the masked Flower password).
+    assert values.pop("ORCHESTRATOR_FLOWER_BASIC_AUTH") == "admin:**"
+    assert Settings.from_env(values) == Settings.from_env({"ORCHESTRATOR_HOST_NAME": "host-a",
+        "ORCHESTRATOR_ALLOWED_VOLUME_ROOTS": "/srv/a,/srv/b",
+        "ORCHESTRATOR_POOL": '[{"image": "t:1", "size": 2}]'})  # fmt: skip
+
+
+def test_config_masks_passwords_in_urls_and_flower_auth(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("ORCHESTRATOR_RESULT_BACKEND", "redis://:hunter2@redis:6379/1")
+    monkeypatch.setenv("ORCHESTRATOR_REDIS_URL", "rediss://user:hunter3@redis:6380/2")
+    monkeypatch.setenv("ORCHESTRATOR_FLOWER_BASIC_AUTH", "admin:hunter4,bob:hunter5")
+    code, out, _ = run(capsys, "--broker", "amqp://guest:hunter6@rabbit:5672//", "config")
+    assert code == 0
+    assert "hunter" not in out
+    values = config_lines(out)
+    assert values["ORCHESTRATOR_BROKER_URL"] == "amqp://guest:**@rabbit:5672//"
+    assert values["ORCHESTRATOR_RESULT_BACKEND"] == "redis://:**@redis:6379/1"
+    assert values["ORCHESTRATOR_REDIS_URL"] == "rediss://user:**@redis:6380/2"
+    assert values["ORCHESTRATOR_FLOWER_BASIC_AUTH"] == "admin:**,bob:**"
+
+
+def test_config_json(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("ORCHESTRATOR_BROKER_URL", "redis://:pw@h:6379/0")
+    monkeypatch.setenv("ORCHESTRATOR_RELIC_CAP_ADD", "NET_BIND_SERVICE")
+    code, out, _ = run(capsys, "config", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["ORCHESTRATOR_BROKER_URL"] == "redis://:**@h:6379/0"
+    assert data["ORCHESTRATOR_WORKER_CONCURRENCY"] == 32
+    assert data["ORCHESTRATOR_RELIC_CAP_ADD"] == ["NET_BIND_SERVICE"]
+    assert data["ORCHESTRATOR_REDIS_URL"] is None
+    assert data["ORCHESTRATOR_FLOWER_BASIC_AUTH"] == "admin:**"
+
+
+def test_config_markdown_is_the_reference_table(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str]
+):
+    from orchestrator.config_reference import markdown_table
+
+    code, out, _ = run(capsys, "config", "--markdown")
+    assert (code, out) == (0, markdown_table())
+
+
+def test_config_with_an_invalid_variable_names_it(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("ORCHESTRATOR_LEASE_SECONDS", "soon")
+    code, out, err = run(capsys, "config")
+    assert_clean_error(code, out, err, "ORCHESTRATOR_LEASE_SECONDS")
+
+
+# -- doctor ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def healthy(fake: FakeClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A live host, a fresh janitor pass and a Flower that answers; the URLs Flower was asked."""
+    from orchestrator.registry import HostRegistry
+
+    HostRegistry(fake.redis, 20).beat("host-a", {})
+    fake.redis.set(keys.JANITOR_LAST_RUN, json.dumps({"at": time.time() - 5, "hosts": ["host-a"]}))
+    asked: list[str] = []
+
+    def flower_problem(url: str, timeout: float = 3.0) -> str | None:
+        asked.append(url)
+        return None
+
+    monkeypatch.setattr(cli.admin, "flower_problem", flower_problem)
+    return asked
+
+
+def doctor_rows(out: str) -> dict[str, str]:
+    """Check name -> its line."""
+    found = {}
+    for line in out.splitlines():
+        for name in cli.admin.DOCTOR_CHECK_NAMES:
+            if line[6:].startswith(name + " "):
+                found[name] = line
+    return found
+
+
+def test_doctor_all_ok(fake: FakeClient, healthy: list[str], capsys: pytest.CaptureFixture[str]):
+    code, out, _ = run(capsys, "doctor")
+    assert code == 0, out
+    lines = doctor_rows(out)
+    assert list(lines) == cli.admin.DOCTOR_CHECK_NAMES
+    assert all(line.startswith("ok  ") for line in lines.values())
+    assert "host-a" in lines["docker hosts"]
+    assert "last pass 5 s ago (every 30 s), hosts: host-a" in lines["janitor"]
+    assert healthy == ["http://127.0.0.1:5555"]
+
+
+def test_doctor_janitor_stale_or_never_run_says_to_start_beat(
+    fake: FakeClient, healthy: list[str], capsys: pytest.CaptureFixture[str]
+):
+    fake.redis.set(keys.JANITOR_LAST_RUN, json.dumps({"at": time.time() - 95, "hosts": []}))
+    code, out, _ = run(capsys, "doctor")
+    assert code == 1
+    line = doctor_rows(out)["janitor"]
+    assert line.startswith("FAIL")
+    assert "no janitor pass for 95 s: start beat with `celery -A worker beat`" in line
+    assert "`orchestrator up`" in line
+
+    fake.redis.set(keys.JANITOR_LAST_RUN, json.dumps({"at": time.time() - 85, "hosts": []}))
+    assert run(capsys, "doctor")[0] == 0  # within 3 × 30 s
+
+    fake.redis.delete(keys.JANITOR_LAST_RUN)
+    code, out, _ = run(capsys, "doctor", "--json")
+    janitor = next(item for item in json.loads(out) if item["check"] == "janitor")
+    assert code == 1 and not janitor["ok"]
+    assert janitor["detail"] == (
+        "no janitor pass recorded (beat sends the first 30 s after it starts): "
+        "start beat with `celery -A worker beat` or `orchestrator up`"
+    )
+
+
+def test_doctor_janitor_limit_follows_the_interval(
+    fake: FakeClient, healthy: list[str], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    monkeypatch.setenv("ORCHESTRATOR_JANITOR_INTERVAL_SECONDS", "1")
+    code, out, _ = run(capsys, "doctor")
+    assert code == 1
+    assert "no janitor pass for 5 s" in doctor_rows(out)["janitor"]
+
+
+def test_doctor_flower_unreachable_says_how_to_start_it(
+    fake: FakeClient, healthy: list[str], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    monkeypatch.setattr(cli.admin, "flower_problem", lambda url, timeout=3.0: "URLError: refused")
+    code, out, _ = run(capsys, "doctor", "--flower-url", "http://admin:pw@10.0.0.5:5599")
+    assert code == 1
+    line = doctor_rows(out)["flower"]
+    assert line.startswith("FAIL")
+    assert "http://admin:**@10.0.0.5:5599/healthcheck (URLError: refused)" in line
+    assert "`orchestrator up`" in line and "celery -A worker flower" in line
+    assert "--flower-url" in line and "pw" not in out
+
+
+def test_doctor_skip_leaves_checks_out(
+    fake: FakeClient, healthy: list[str], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    monkeypatch.setattr(cli.admin, "flower_problem", lambda url, timeout=3.0: "refused")
+    fake.redis.delete(keys.JANITOR_LAST_RUN)
+    code, out, _ = run(capsys, "doctor", "--skip", "flower", "--skip", "janitor")
+    assert code == 0
+    assert list(doctor_rows(out)) == ["registry redis", "broker", "docker hosts", "workers"]
+    _, out, _ = run(capsys, "doctor", "--skip", "docker-hosts", "--skip", "flower")
+    assert "docker hosts" not in doctor_rows(out)
+
+
+def test_doctor_without_workers_says_how_to_start_them(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str], healthy: list[str]
+):
+    fake.redis.delete("orch:host:host-a")
+    fake.app.control.replies = []
+    code, out, _ = run(capsys, "doctor")
+    assert code == 1
+    rows = doctor_rows(out)
+    for name in ("docker hosts", "workers"):
+        assert rows[name].startswith("FAIL")
+        assert "`orchestrator up` or `celery -A worker worker`" in rows[name]
+
+
+def test_doctor_redis_and_broker_down_say_what_to_do(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str], healthy: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise redis.exceptions.ConnectionError("Connection refused")
+
+    for method in ("ping", "get", "smembers"):
+        monkeypatch.setattr(fake.redis, method, refused)
+    fake.app.broker_error = OperationalError("Error 111 connecting to 127.0.0.1:6379.")
+    code, out, _ = run(capsys, "doctor")
+    assert code == 1
+    rows = doctor_rows(out)
+    for name in ("registry redis", "docker hosts", "janitor"):
+        assert rows[name].startswith("FAIL"), rows[name]
+        assert "cannot reach the result backend at redis://localhost:6379/0" in rows[name]
+        assert "is Redis running?" in rows[name]
+    assert "cannot reach the broker" in rows["broker"] and "--broker" in rows["broker"]
+
+
+class HealthcheckHandler(http.server.BaseHTTPRequestHandler):
+    seen_auth: list[str | None] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        HealthcheckHandler.seen_auth.append(self.headers.get("Authorization"))
+        status = 200 if self.path == "/healthcheck" else 404
+        self.send_response(status)
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+def test_flower_problem_against_a_real_http_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HealthcheckHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        assert cli.admin.flower_problem(f"http://127.0.0.1:{port}") is None
+        assert cli.admin.flower_problem(f"http://admin:pw@127.0.0.1:{port}/") is None
+        assert HealthcheckHandler.seen_auth[-1] == "Basic YWRtaW46cHc="  # admin:pw
+        assert cli.admin.flower_problem(f"http://127.0.0.1:{port}/sub") == "HTTP 404 Not Found"
+    finally:
+        server.shutdown()
+        server.server_close()
+    problem = cli.admin.flower_problem(f"http://127.0.0.1:{port}", timeout=1)
+    assert problem is not None and "refused" in problem.lower()
+
+
+# -- up / down ---------------------------------------------------------------------------------
+
+
+class FakePopen:
+    """A started process that is only a pid (its log gets one line)."""
+
+    def __init__(self, owner: FakeProcesses, argv: list[str], kwargs: dict[str, Any]) -> None:
+        self.owner = owner
+        self.argv = argv
+        self.kwargs = kwargs
+        self.component = argv[5]  # python -m celery -A worker <component> ...
+        self.pid = owner.next_pid
+        owner.next_pid += 1
+        owner.alive.add(self.pid)
+        kwargs["stdout"].write(f"{self.component} log line\n".encode())
+        if self.component == "worker" and owner.heartbeat:
+            HostRegistry(owner.redis, 20).beat(owner.host, {})
+
+    def poll(self) -> int | None:
+        code = self.owner.exit_codes.get(self.component)
+        if code is not None:
+            self.owner.alive.discard(self.pid)
+        return code
+
+
+class FakeProcesses:
+    """subprocess.Popen and os.kill for `up` and `down`: nothing real starts or is signalled."""
+
+    def __init__(self, redis: Any, host: str) -> None:
+        self.redis = redis
+        self.host = host
+        self.alive: set[int] = set()
+        self.stubborn: set[int] = set()  # ignore SIGTERM
+        self.unkillable: set[int] = set()  # ignore SIGKILL too
+        self.started: list[FakePopen] = []
+        self.signals: list[tuple[int, int]] = []
+        self.heartbeat = True
+        self.exit_codes: dict[str, int] = {}
+        self.next_pid = 9_000_001  # above any real pid_max
+
+    def popen(self, argv: list[str], **kwargs: Any) -> FakePopen:
+        process = FakePopen(self, argv, kwargs)
+        self.started.append(process)
+        return process
+
+    def kill(self, pid: int, sig: int) -> None:
+        if pid not in self.alive:
+            raise ProcessLookupError(pid)
+        if sig == 0:
+            return
+        self.signals.append((pid, sig))
+        if (sig == signal.SIGTERM and pid in self.stubborn) or pid in self.unkillable:
+            return
+        self.alive.discard(pid)
+
+    def component_pids(self) -> dict[str, int]:
+        return {p.component: p.pid for p in self.started}
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def procs(fake: FakeClient, monkeypatch: pytest.MonkeyPatch, state: Path) -> FakeProcesses:
+    monkeypatch.setenv("ORCHESTRATOR_STATE_DIR", str(state))
+    monkeypatch.setenv("ORCHESTRATOR_HOST_NAME", "uptest")
+    fakes = FakeProcesses(fake.redis, "uptest")
+    monkeypatch.setattr(stack.subprocess, "Popen", fakes.popen)
+    monkeypatch.setattr(os, "kill", fakes.kill)
+    monkeypatch.setattr(stack, "_cmdline", lambda pid: "python -m celery -A worker worker")
+    monkeypatch.setattr(stack, "_docker_problem", lambda: None)
+    monkeypatch.setattr(cli.admin, "flower_problem", lambda url, timeout=3.0: None)
+    monkeypatch.setattr(stack, "POLL_SECONDS", 0)
+    monkeypatch.setattr(stack, "KILL_WAIT_SECONDS", 0)
+    return fakes
+
+
+def test_up_starts_worker_beat_and_flower_from_the_repository_root(
+    procs: FakeProcesses, state: Path, capsys: pytest.CaptureFixture[str]
+):
+    code, out, err = run(capsys, "--broker", "redis://127.0.0.1:6379/4", "up",
+                         "--flower-port", "5599")  # fmt: skip
+    assert (code, err) == (0, "")
+    worker, beat, flower = procs.started
+    assert worker.argv == [sys.executable, "-m", "celery", "-A", "worker", "worker", "-l", "info"]
+    assert beat.argv[5:] == ["beat", "-l", "info", "-s", str(state / "celerybeat-schedule")]
+    assert flower.argv[5:] == ["flower", "--port=5599", "--address=127.0.0.1"]
+    for process in procs.started:
+        assert (Path(process.kwargs["cwd"]) / "worker.py").is_file()
+        assert process.kwargs["start_new_session"] is True
+        env = process.kwargs["env"]
+        assert env["ORCHESTRATOR_HOST_NAME"] == "uptest"
+        assert env["ORCHESTRATOR_BROKER_URL"] == "redis://127.0.0.1:6379/4"
+        assert (state / f"{process.component}.pid").read_text() == f"{process.pid}\n"
+        assert (state / f"{process.component}.log").read_text() == (
+            f"{process.component} log line\n"
+        )
+    lines = out.splitlines()
+    assert lines[0].split() == ["PROCESS", "PID", "STATUS", "URL", "LOG"]
+    assert lines[1].split() == [
+        "worker",
+        str(worker.pid),
+        "started",
+        "-",
+        str(state / "worker.log"),
+    ]
+    assert lines[3].split()[:4] == ["flower", str(flower.pid), "started", "http://127.0.0.1:5599"]
+    assert "host uptest is live" in out and "host.uptest" in out
+    assert "stop them with: orchestrator down" in out
+
+
+def test_up_without_flower_and_beat_starts_only_the_worker(
+    procs: FakeProcesses, state: Path, capsys: pytest.CaptureFixture[str]
+):
+    code, out, _ = run(capsys, "up", "--no-flower", "--no-beat", "--json")
+    assert code == 0
+    assert [p.component for p in procs.started] == ["worker"]
+    data = json.loads(out)
+    assert data["host"] == "uptest" and data["state_dir"] == str(state)
+    assert [(p["name"], p["status"]) for p in data["processes"]] == [("worker", "started")]
+    assert sorted(f.name for f in state.glob("*.pid")) == ["worker.pid"]
+
+
+def test_up_leaves_running_processes_alone_and_replaces_stale_pid_files(
+    procs: FakeProcesses, state: Path, capsys: pytest.CaptureFixture[str]
+):
+    state.mkdir()
+    procs.alive.update({101, 102})
+    (state / "worker.pid").write_text("101\n")
+    (state / "beat.pid").write_text("102\n")
+    (state / "flower.pid").write_text("103\n")  # no such process any more
+    HostRegistry(procs.redis, 20).beat("uptest", {})
+    code, out, _ = run(capsys, "up")
+    assert code == 0
+    assert [p.component for p in procs.started] == ["flower"]
+    assert (state / "flower.pid").read_text() == f"{procs.started[0].pid}\n"
+    statuses = {line.split()[0]: line for line in out.splitlines()[1:4]}
+    assert "already running" in statuses["worker"] and " 101 " in statuses["worker"]
+    assert "already running" in statuses["beat"]
+    assert "started" in statuses["flower"]
+
+
+def test_up_does_not_count_a_heartbeat_older_than_its_worker(
+    procs: FakeProcesses, state: Path, capsys: pytest.CaptureFixture[str]
+):
+    procs.heartbeat = False
+    procs.redis.set(keys.host("uptest"), json.dumps({"seen_at": time.time() - 100}))
+    code, out, err = run(capsys, "up", "--wait-timeout", "0")
+    assert_error_with_log(code, out, err, "host uptest did not register in Redis at",
+                       "within 0 s (no key orch:host:uptest)", "worker log line",
+                       str(state / "worker.log"), "`orchestrator down` stops it")  # fmt: skip
+    assert (state / "worker.pid").exists()  # still running: `down` stops it
+
+
+def test_up_fails_at_once_when_the_worker_exits(
+    procs: FakeProcesses, state: Path, capsys: pytest.CaptureFixture[str]
+):
+    procs.heartbeat = False
+    procs.exit_codes["worker"] = 1
+    started = time.monotonic()
+    code, out, err = run(capsys, "up")  # waits up to 60 s for a live worker, not a dead one
+    assert time.monotonic() - started < 5
+    assert_error_with_log(code, out, err, "the worker exited with code 1", "worker log line")
+    assert not (state / "worker.pid").exists()
+
+
+def test_up_waits_for_flower_and_shows_its_log_when_it_does_not_answer(
+    procs: FakeProcesses, state: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    asked: list[str] = []
+
+    def flower_problem(url: str, timeout: float = 3.0) -> str:
+        asked.append(url)
+        return "refused"
+
+    monkeypatch.setattr(cli.admin, "flower_problem", flower_problem)
+    code, out, err = run(capsys, "up", "--flower-port", "5601", "--wait-timeout", "0")
+    assert_error_with_log(code, out, err, "Flower did not answer at http://127.0.0.1:5601/healthcheck",
+                       "flower log line")  # fmt: skip
+    assert asked == ["http://127.0.0.1:5601"]
+
+
+def test_up_without_redis_says_it_does_not_start_it(
+    procs: FakeProcesses, fake: FakeClient, state: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    def refused() -> None:
+        raise redis.exceptions.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(fake.redis, "ping", refused)
+    code, out, err = run(capsys, "up")
+    assert_clean_error(code, out, err, "cannot reach Redis at redis://localhost:6379/0",
+                       "starts neither Redis nor the Docker engine", "make setup")  # fmt: skip
+    assert procs.started == []
+    assert not list(state.glob("*.pid"))
+
+
+def test_up_warns_when_the_docker_engine_is_unreachable(
+    procs: FakeProcesses, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(stack, "_docker_problem", lambda: "DockerException: no socket")
+    code, _, err = run(capsys, "up")
+    assert code == 0
+    assert err.startswith("warning: cannot reach the Docker engine (DockerException: no socket)")
+    assert "make setup" in err
+
+
+def test_up_needs_worker_py(
+    procs: FakeProcesses, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+):  # fmt: skip
+    import orchestrator
+
+    elsewhere = tmp_path / "site" / "orchestrator" / "__init__.py"
+    monkeypatch.setattr(orchestrator, "__file__", str(elsewhere))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "up")
+    assert_clean_error(code, out, err, "cannot find worker.py", str(tmp_path / "site"),
+                       "run `orchestrator up` from the repository root")  # fmt: skip
+    assert procs.started == []
+    (tmp_path / "worker.py").write_text("")
+    assert stack.repository_root() == tmp_path
+
+
+def test_down_stops_what_up_started(
+    procs: FakeProcesses, state: Path, capsys: pytest.CaptureFixture[str]
+):
+    run(capsys, "up")
+    pids = procs.component_pids()
+    code, out, err = run(capsys, "down")
+    assert (code, err) == (0, "")
+    order = [pids["beat"], pids["flower"], pids["worker"]]
+    assert procs.signals == [(pid, signal.SIGTERM) for pid in order]
+    assert not procs.alive
+    assert not list(state.glob("*.pid"))
+    assert out.splitlines() == [
+        f"beat    pid {pids['beat']}: stopped",
+        f"flower  pid {pids['flower']}: stopped",
+        f"worker  pid {pids['worker']}: stopped",
+    ]
+    assert len(procs.started) == 3  # `down` starts nothing, and needs no client
+    assert run(capsys, "down")[1] == f"nothing to stop: no pid files in {state}\n"
+
+
+def test_down_kills_what_ignores_sigterm_after_the_grace_period(
+    procs: FakeProcesses, state: Path, capsys: pytest.CaptureFixture[str]
+):
+    run(capsys, "up", "--no-beat", "--no-flower")
+    (worker,) = procs.started
+    procs.stubborn.add(worker.pid)
+    code, out, _ = run(capsys, "down", "--grace", "0", "--json")
+    assert code == 0
+    assert procs.signals == [(worker.pid, signal.SIGTERM), (worker.pid, signal.SIGKILL)]
+    assert json.loads(out) == [{"name": "worker", "pid": worker.pid, "result": "killed after 0 s"}]
+    assert not (state / "worker.pid").exists()
+
+
+def test_down_keeps_the_pid_file_of_a_process_it_could_not_stop(
+    procs: FakeProcesses, state: Path, capsys: pytest.CaptureFixture[str]
+):
+    run(capsys, "up", "--no-beat", "--no-flower")
+    (worker,) = procs.started
+    procs.unkillable.add(worker.pid)
+    code, out, err = run(capsys, "down", "--grace", "0")
+    assert_clean_error(code, out, err, f"could not stop worker (pid {worker.pid})")
+    assert (state / "worker.pid").exists()
+
+
+def test_down_removes_stale_pid_files_without_signalling(
+    procs: FakeProcesses, state: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    state.mkdir()
+    (state / "worker.pid").write_text("555\n")  # gone
+    (state / "flower.pid").write_text("556\n")
+    procs.alive.add(556)
+    monkeypatch.setattr(stack, "_cmdline", lambda pid: "/usr/sbin/sshd")  # 556 was reused
+    code, out, _ = run(capsys, "down")
+    assert code == 0
+    assert procs.signals == []
+    assert out.splitlines() == [
+        "flower  pid 556: was not running",
+        "worker  pid 555: was not running",
+    ]
+    assert not list(state.glob("*.pid"))
+
+
+def test_alive_treats_a_zombie_or_reused_pid_as_gone(monkeypatch: pytest.MonkeyPatch):
+    assert stack._alive(os.getpid()) is False  # pytest is not celery
+    monkeypatch.setattr(stack, "_cmdline", lambda pid: "")  # a zombie has no command line
+    assert stack._alive(os.getpid()) is False
+    monkeypatch.setattr(stack, "_cmdline", lambda pid: "python -m celery -A worker beat")
+    assert stack._alive(os.getpid()) is True

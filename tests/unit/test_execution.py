@@ -258,6 +258,7 @@ def test_the_container_is_kept_when_cleanup_is_false(rt, docker):
     assert docker.containers.names == ["orch-tool-e1"]
     assert docker.api.removed == []
     kept = the_container(docker, "e1")
+    kept.reload()
     assert kept.status == "exited"
     assert kept.labels["orchestrator.keep"] == "true"
 
