@@ -20,6 +20,7 @@ __all__ = [
     "LABEL_PREFIX",
     "check_limits",
     "check_volumes",
+    "path_within",
     "tool_container_name",
     "tool_environment",
     "tool_container_config",
@@ -68,7 +69,7 @@ def check_volumes(volumes: list[VolumeMount], settings: Settings) -> None:
         field = f"volumes.{index}.source"
         real = os.path.realpath(mount.source)
         if any(
-            _contains(real, sock) or _contains(mount.source, sock)
+            path_within(sock, real) or path_within(sock, mount.source)
             for sock in FORBIDDEN_BIND_SOURCES
         ):
             raise InvalidRequest(f"{field}: mounting the Docker socket is never allowed")
@@ -76,14 +77,14 @@ def check_volumes(volumes: list[VolumeMount], settings: Settings) -> None:
             raise InvalidRequest(
                 f"{field}: bind mounts are disabled (no ORCHESTRATOR_ALLOWED_VOLUME_ROOTS)"
             )
-        if not any(real == root or real.startswith(root.rstrip("/") + "/") for root in roots):
+        if not any(path_within(real, root) for root in roots):
             raise InvalidRequest(
                 f"{field}: {mount.source!r} resolves to {real!r}, outside the allowed roots"
             )
 
 
-def _contains(directory: str, path: str) -> bool:
-    """True when ``path`` is ``directory`` or lies under it."""
+def path_within(path: str, directory: str) -> bool:
+    """True when ``path`` is ``directory`` or lies under it (both already resolved)."""
     directory = directory.rstrip("/") or "/"
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 

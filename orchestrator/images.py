@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator import keys
+from orchestrator.config import path_within
 from orchestrator.engine import docker_errors
 from orchestrator.errors import DockerUnavailable, ImageNotFound, InvalidRequest
 from orchestrator.models import BuildSpec
@@ -105,7 +106,7 @@ def _inline_context(dockerfile_text: str) -> io.BytesIO:
 def _check_context(spec: BuildSpec, settings: Settings) -> str:
     real = os.path.realpath(spec.context or "")
     roots = [os.path.realpath(r) for r in settings.allowed_build_roots]
-    if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots):
+    if not any(path_within(real, root) for root in roots):
         raise InvalidRequest(
             f"build.context: {spec.context!r} is outside the allowed build roots "
             "(ORCHESTRATOR_ALLOWED_BUILD_ROOTS)"
