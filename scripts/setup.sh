@@ -23,6 +23,7 @@ if [ "${1:-}" = "--test" ]; then  # what only the test suite needs
   command -v docker-compose >/dev/null || need_pkgs+=(docker-compose)  # the compose test
   command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)  # its local base images
   command -v rabbitmq-server >/dev/null || need_pkgs+=(rabbitmq-server)  # the amqp test pass
+  command -v openssl >/dev/null || need_pkgs+=(openssl)  # certificates for the TLS Redis test
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"

@@ -82,8 +82,10 @@ class WorkerProcess:
         netns: str | None = None,
         docker_host: str | None = None,
         args: tuple[str, ...] = (),
+        registry_url: str | None = None,
     ) -> None:
         self.host_name = host_name
+        self.registry_url = registry_url or REDIS_URL
         self.log_path = log_dir / f"worker-{host_name}-{uuid.uuid4().hex[:6]}.log"
         self.env = {**os.environ, **settings_env(host_name), **(env or {})}
         if docker_host:
@@ -111,7 +113,7 @@ class WorkerProcess:
 
     def wait_ready(self, wait_seconds: float) -> None:
         """Wait for this host's heartbeat and the 'ready' line in the log."""
-        r = redis.Redis.from_url(REDIS_URL)
+        r = redis.Redis.from_url(self.registry_url)
         deadline = time.monotonic() + wait_seconds
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
