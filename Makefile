@@ -22,8 +22,11 @@ lint:
 typecheck:
 	mypy
 
-bench:          ## benchmarks against raw docker-py, ratios printed
+bench:          ## every benchmark, each against raw docker-py in the same run, ratios printed
 	python bench/run_overhead.py
+	python bench/bench_stats.py
+	python bench/bench_relics.py
+	python bench/bench_two_hosts.py
 
 stop:           ## stop the demo's worker, beat and Flower
 	bash scripts/stop.sh
