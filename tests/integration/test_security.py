@@ -265,3 +265,46 @@ def test_secret_parameters_reach_the_container_but_never_come_back(
         elif kind == b"stream":
             for _, fields in r.xrange(key):
                 assert all(secret.encode() not in v for v in fields.values()), key
+
+
+def test_read_only_root_with_a_writable_tmp_when_the_operator_asks(
+    services: None, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    from tests.integration.conftest import USED_HOSTS, make_client
+    from tests.integration.harness import WorkerProcess
+
+    host = f"it-ro-{uuid.uuid4().hex[:6]}"
+    USED_HOSTS.add(host)
+    worker = WorkerProcess(host, tmp_path, env={"ORCHESTRATOR_READ_ONLY_ROOT": "true"}).start()
+    client = make_client(host)
+    try:
+        outcome = client.app.send_task(
+            "orchestrator.tools.execute",
+            args=[
+                changed(
+                    GOOD_TOOL,
+                    {
+                        "cleanup": False,
+                        "command": [
+                            "sh",
+                            "-c",
+                            "echo x > /tmp/ok && cat /tmp/ok; echo y > /root-file",
+                        ],
+                    },
+                )
+            ],
+            queue=f"host.{host}",
+        )
+        result = outcome.get(timeout=60)
+        container = docker_client.containers.get(result["container_id"])
+        try:
+            assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True
+            assert "/tmp" in container.attrs["HostConfig"]["Tmpfs"]
+            assert result["stdout"] == "x\n"  # /tmp is writable
+            assert "Read-only file system" in result["stderr"]  # the root is not
+            assert result["status"] == "failed"
+        finally:
+            container.remove(force=True)
+    finally:
+        client.close()
+        worker.stop()
