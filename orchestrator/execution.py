@@ -8,14 +8,13 @@ result → remove the container in ``finally``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator import containers, sessions
+from orchestrator import containers, redaction, sessions
 from orchestrator.config import (
     check_limits,
     check_volumes,
@@ -405,33 +404,10 @@ class _Run:
             log.exception("could not remove %s; the janitor will", self.name)
 
     def _secrets(self) -> list[str]:
-        values = self.request.secret_parameters.values()
-        return [v if isinstance(v, str) else json.dumps(v, separators=(",", ":")) for v in values]
+        return redaction.secret_values(self.request)
 
     def _redact(self, result: ToolExecutionResult) -> ToolExecutionResult:
-        secrets = [s for s in self._secrets() if len(s) >= 4]
-        if not secrets:
-            return result
-        # A tool may print a secret as is or JSON-escaped (inside a JSON document).
-        forms = sorted({*secrets, *(json.dumps(s)[1:-1] for s in secrets)}, key=len, reverse=True)
-        data = result.model_dump()
-        for field in ("stdout", "stderr", "error"):
-            data[field] = _scrub(data[field], forms)
-        data["result"] = _scrub(data["result"], secrets)
-        return ToolExecutionResult.model_validate(data)
-
-
-def _scrub(value: Any, secrets: list[str]) -> Any:
-    """``value`` with every secret inside its strings (and keys) replaced by ``***``."""
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, "***")
-        return value
-    if isinstance(value, list):
-        return [_scrub(item, secrets) for item in value]
-    if isinstance(value, dict):
-        return {_scrub(k, secrets): _scrub(v, secrets) for k, v in value.items()}
-    return value
+        return redaction.redact_result(result, self._secrets())
 
 
 def _status(

@@ -8,9 +8,7 @@ it at ``http://<container name>:<port>`` (its ``internal_url``) or by its short 
 
 from __future__ import annotations
 
-import http.client
 import logging
-import time
 from typing import Any
 
 from orchestrator import containers, keys, networks, self_attach, sessions
@@ -27,11 +25,11 @@ from orchestrator.errors import (
     ContainerNotFound,
     OrchestratorError,
     RelicConflict,
-    RelicExited,
     RelicNotFound,
     RelicUnhealthy,
     WrongHost,
 )
+from orchestrator.health import container_address, probe, wait_healthy
 from orchestrator.images import resolve_image
 from orchestrator.models import RelicInfo, RelicStartRequest, VolumeMount
 from orchestrator.registry import text
@@ -54,7 +52,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 ENGINE_TO_STATUS = {"exited": "stopped", "created": "created", "dead": "dead"}
-LOG_TAIL_LINES = 20
 
 
 def relic_container_name(session_id: str, relic_name: str) -> str:
@@ -110,71 +107,6 @@ def _require_local(rt: Runtime, entry: dict[str, str]) -> None:
     owner = entry.get("host", "")
     if owner and owner != rt.host_name:
         raise WrongHost(f"relic lives on host {owner}", owner=owner)
-
-
-# -- health -----------------------------------------------------------------------------
-
-
-def probe(address: str, port: int, path: str, timeout_seconds: float = 1.0) -> bool:
-    """True when ``GET http://address:port/path`` answers with a status below 400."""
-    connection = http.client.HTTPConnection(address, port, timeout=timeout_seconds)
-    try:
-        connection.request("GET", path, headers={"Connection": "close"})
-        return connection.getresponse().status < 400
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        connection.close()
-
-
-def _address(container: Any, network: str | None) -> str | None:
-    nets = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
-    chosen = nets.get(network) if network else next(iter(nets.values()), None)
-    return (chosen or {}).get("IPAddress") or None
-
-
-def _logs_tail(container: Any) -> str:
-    try:
-        with docker_errors("read relic logs"):
-            raw = container.logs(tail=LOG_TAIL_LINES)
-        return bytes(raw).decode("utf-8", errors="replace").strip()
-    except OrchestratorError:
-        return ""
-
-
-def wait_healthy(container: Any, network: str | None, request: RelicStartRequest) -> str:
-    """Poll the health endpoint with a short adaptive interval until it answers.
-
-    Returns:
-        The container's address.
-
-    Raises:
-        RelicExited: the container stopped during the wait (its log tail is in the message).
-        RelicUnhealthy: no healthy answer within ``health_timeout_seconds``.
-    """
-    deadline = time.monotonic() + request.health_timeout_seconds
-    interval = 0.005
-    address: str | None = None
-    while True:
-        with docker_errors(f"inspect relic {container.name}"):
-            container.reload()
-        state = containers.state(container)
-        if state.get("Status") in ("exited", "dead"):
-            raise RelicExited(
-                f"relic {request.relic_name!r} exited with code {state.get('ExitCode')} before "
-                f"it was healthy; last log lines:\n{_logs_tail(container)}"
-            )
-        address = address or _address(container, network)
-        if address and probe(address, request.port, request.health_check_endpoint, 0.5):
-            return address
-        if time.monotonic() >= deadline:
-            raise RelicUnhealthy(
-                f"relic {request.relic_name!r} did not answer GET "
-                f"{request.health_check_endpoint} on port {request.port} within "
-                f"{request.health_timeout_seconds} s; last log lines:\n{_logs_tail(container)}"
-            )
-        time.sleep(interval)
-        interval = min(interval * 1.5, 0.2)
 
 
 # -- start ------------------------------------------------------------------------------
@@ -359,7 +291,7 @@ def describe(rt: Runtime, container: Any, relic_id: str, healthy: bool | None = 
     status = ENGINE_TO_STATUS.get(state.get("Status", ""), state.get("Status", "unknown"))
     nets = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
     network = next((n for n in nets if n.startswith("session_")), None)
-    address = _address(container, network)
+    address = container_address(container, network)
     port = int(labels_.get("orchestrator.port", "8000"))
     if healthy is None:
         healthy = False
