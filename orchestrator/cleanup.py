@@ -6,6 +6,7 @@ built so far and returns it extended; steps never raise, errors go in the report
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,6 +17,7 @@ from orchestrator.errors import ContainerNotFound, OrchestratorError
 from orchestrator.models import CleanupReport
 from orchestrator.registry import text
 from orchestrator.runtime import Runtime
+from orchestrator.stats import parse_docker_time
 
 __all__ = [
     "new_host_report",
@@ -174,8 +176,20 @@ def forget_session(redis: Any, session_id: str) -> None:
     sessions.forget(redis, session_id)
 
 
-def remove_empty_networks(rt: Runtime) -> dict[str, Any]:
-    """Remove managed networks on this host that no container uses; release their subnets."""
+def remove_empty_networks(
+    rt: Runtime, grace_seconds: float = 0.0, now: float | None = None
+) -> dict[str, Any]:
+    """Remove managed networks on this host that no container uses; release their subnets.
+
+    Args:
+        rt: this worker's runtime.
+        grace_seconds: keep networks younger than this (one may be about to get a relic).
+        now: unix time the age is measured against (the current time by default).
+
+    Returns:
+        ``{"host", "removed", "errors"}``; errors are collected, never raised.
+    """
+    now = time.time() if now is None else now
     removed, errors = 0, []
     try:
         with docker_errors("list managed networks"):
@@ -186,7 +200,9 @@ def remove_empty_networks(rt: Runtime) -> dict[str, Any]:
         try:
             with docker_errors(f"inspect network {network.name}"):
                 network.reload()
-                if network.attrs.get("Containers"):
+                created = parse_docker_time(network.attrs.get("Created"))
+                young = created is not None and now - created.timestamp() < grace_seconds
+                if network.attrs.get("Containers") or young:
                     continue
                 network.remove()
             removed += 1

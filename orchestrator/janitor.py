@@ -26,7 +26,6 @@ from orchestrator.engine import docker_errors
 from orchestrator.errors import ContainerNotFound, OrchestratorError
 from orchestrator.registry import text
 from orchestrator.runtime import Runtime
-from orchestrator.stats import parse_docker_time
 
 __all__ = ["reap_host", "expired_sessions", "drain_dead_host_queues", "PRIORITY_SUFFIXES"]
 
@@ -119,37 +118,11 @@ def reap_host(
         report["volumes_removed"] += host_report["volumes_removed"]
         report["networks_removed"] += host_report["networks_removed"]
         report["errors"].extend(host_report["errors"])
-    report["networks_removed"] += _reap_networks(rt, now, network_grace_seconds, report)
+    empty = cleanup.remove_empty_networks(rt, network_grace_seconds, now)
+    report["networks_removed"] += empty["removed"]
+    report["errors"].extend(empty["errors"])
     report["volumes_removed"] += _reap_volumes(rt, report)
     return report
-
-
-def _reap_networks(rt: Runtime, now: float, grace_seconds: float, report: dict[str, Any]) -> int:
-    removed = 0
-    with docker_errors("list managed networks"):
-        found = rt.docker.networks.list(filters={"label": [MANAGED]})
-    for network in found:
-        try:
-            with docker_errors(f"inspect network {network.name}"):
-                network.reload()
-            created = parse_docker_time(network.attrs.get("Created"))
-            if network.attrs.get("Containers") or (
-                created and now - created.timestamp() < grace_seconds
-            ):
-                continue
-            with docker_errors(f"remove network {network.name}"):
-                network.remove()
-            removed += 1
-            session_id = (network.attrs.get("Labels") or {}).get(f"{LABEL_PREFIX}session")
-            if session_id:
-                from orchestrator.networks import SubnetPool
-
-                SubnetPool.for_settings(rt.redis, rt.settings).release(session_id)
-        except ContainerNotFound:
-            continue
-        except OrchestratorError as exc:
-            report["errors"].append(f"{rt.host_name}: network {network.name}: {exc}")
-    return removed
 
 
 def _reap_volumes(rt: Runtime, report: dict[str, Any]) -> int:
