@@ -18,6 +18,7 @@ import uuid
 from typing import Any
 
 from orchestrator import keys
+from orchestrator.registry import text
 
 __all__ = ["LeaseKeeper"]
 
@@ -68,8 +69,7 @@ class LeaseKeeper:
 
     def holder(self, execution_id: str) -> str | None:
         """The token holding an execution's lease, or None when it is free."""
-        value = self.redis.get(keys.lease(execution_id))
-        return value.decode() if isinstance(value, bytes) else value
+        return text(self.redis.get(keys.lease(execution_id)))
 
     def release(self, execution_id: str) -> None:
         """Give the lease back (only if still ours)."""

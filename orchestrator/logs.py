@@ -18,6 +18,7 @@ from typing import Any
 
 from orchestrator import keys
 from orchestrator.output import CappedBuffer
+from orchestrator.registry import text
 
 __all__ = ["LiveLog", "LogFollower", "read_live", "follow_live", "redact_bytes", "EOF_FIELD"]
 
@@ -161,7 +162,7 @@ def redact_bytes(data: bytes, secrets: list[bytes]) -> bytes:
 
 
 def _decode(entry: dict[Any, Any]) -> dict[str, Any]:
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in entry.items()}
+    return {text(k) or "": v for k, v in entry.items()}
 
 
 def read_live(redis: Any, execution_id: str) -> dict[str, str]:
@@ -170,7 +171,7 @@ def read_live(redis: Any, execution_id: str) -> dict[str, str]:
     for _, entry in redis.xrange(keys.logs(execution_id)):
         fields = _decode(entry)
         stream = fields.get("stream", b"")
-        name = stream.decode() if isinstance(stream, bytes) else str(stream)
+        name = text(stream) or ""
         if name in parts:
             parts[name].append(fields.get("data", b""))
     return {
@@ -207,7 +208,7 @@ def follow_live(
             if fields.get(EOF_FIELD):
                 return
             stream = fields.get("stream", b"")
-            name = stream.decode() if isinstance(stream, bytes) else str(stream)
+            name = text(stream) or ""
             if fields.get("truncated"):
                 yield name, "\n[... live output truncated; the result keeps head and tail ...]\n"
                 continue
@@ -216,6 +217,6 @@ def follow_live(
                 yield name, str(data)
                 continue
             decoder = decoders.setdefault(name, codecs.getincrementaldecoder("utf-8")("replace"))
-            text = decoder.decode(data)  # a character split between entries stays whole
-            if text:
-                yield name, text
+            decoded = decoder.decode(data)  # a character split between entries stays whole
+            if decoded:
+                yield name, decoded

@@ -12,6 +12,7 @@ from typing import Any
 
 from orchestrator import keys
 from orchestrator.errors import HostUnavailable
+from orchestrator.registry import text
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -43,10 +44,7 @@ def task_routes() -> dict[str, dict[str, str]]:
 
 def session_owner(redis: Any, session_id: str) -> str | None:
     """The host that owns a session, or None before its first relic or session tool."""
-    value = redis.get(keys.session_owner(session_id))
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return text(redis.get(keys.session_owner(session_id)))
 
 
 def queue_for(redis: Any, session_id: str | None, default: str) -> str:
