@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -43,14 +44,33 @@ class ExecutionProgress(dict[str, Any]):
     """The state of an execution that has not finished: ``{"execution_id", "state", ...}``."""
 
 
+#: Longest wait on the result backend's notification before the stored result is read again.
+RESULT_RECHECK_SECONDS = 2.0
+
+
 def _unwrap(async_result: AsyncResult, timeout: float | None) -> Any:
-    try:
-        return async_result.get(timeout=timeout, propagate=True, disable_sync_subtasks=False)
-    except CeleryTimeout as exc:
-        raise OrchestratorTimeout(
-            f"no result for task {async_result.id} after {timeout} s; is a worker running? "
-            "(`orchestrator doctor` checks)"
-        ) from exc
+    """Wait for a task's result, ``timeout`` seconds at most (``None``: for ever).
+
+    Celery's Redis backend announces results over pub/sub. A result published while the
+    client's pub/sub connection is being re-established (Redis restarted) is never announced
+    again, so the wait is cut into slices and each new slice starts by reading the stored
+    result itself: a missed announcement costs at most one slice instead of the whole wait.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = RESULT_RECHECK_SECONDS if deadline is None else deadline - time.monotonic()
+        try:
+            return async_result.get(
+                timeout=max(0.0, min(left, RESULT_RECHECK_SECONDS)),
+                propagate=True,
+                disable_sync_subtasks=False,
+            )
+        except CeleryTimeout as exc:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise OrchestratorTimeout(
+                    f"no result for task {async_result.id} after {timeout} s; is a worker "
+                    "running? (`orchestrator doctor` checks)"
+                ) from exc
 
 
 class ExecutionHandle:

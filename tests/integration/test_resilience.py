@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import kombu
 import pytest
 import redis
 
 from orchestrator import OrchestratorClient, Settings
-from orchestrator.errors import DockerUnavailable
+from orchestrator.client import _unwrap
+from orchestrator.compat import finish_redis_channel_close
+from orchestrator.errors import DockerUnavailable, OrchestratorTimeout
 from tests.integration.conftest import USED_HOSTS
 from tests.integration.harness import (
     REDIS_URL,
@@ -320,7 +324,10 @@ def test_redis_restarted_under_load_loses_and_duplicates_nothing(
         own_redis.start()
 
         deadline = time.monotonic() + 240
-        results = [h.result(timeout=max(1.0, deadline - time.monotonic())) for h in handles]
+        try:
+            results = [h.result(timeout=max(1.0, deadline - time.monotonic())) for h in handles]
+        except OrchestratorTimeout as exc:
+            raise AssertionError(whereabouts(own_redis.url, handles, out)) from exc
         assert [r.status for r in results] == ["succeeded"] * RUNS, [r.error for r in results]
         assert [r.stdout for r in results] == [f"{n}\n" for n in range(RUNS)]
         assert len({r.execution_id for r in results}) == RUNS
@@ -345,6 +352,24 @@ def test_redis_restarted_under_load_loses_and_duplicates_nothing(
     assert managed_leftovers(docker_client, name) == NOTHING_LEFT
 
 
+def whereabouts(url: str, handles: list[Any], out: Path) -> str:
+    """Where each unfinished run is: stored result, queue, unacked hash, run file."""
+    r = redis.Redis.from_url(url)
+    queued = {json.loads(raw)["headers"]["id"] for raw in r.lrange("tools", 0, -1)}
+    unacked = set(unacked_task_ids(url))
+    ran = lines(out)
+    report = []
+    for n, handle in enumerate(handles):
+        meta = r.get(f"celery-task-meta-{handle.id}")
+        stored = json.loads(meta)["status"] if meta else None
+        if stored != "SUCCESS":
+            report.append(
+                f"run {n} ({handle.id}): stored={stored} queued={handle.id in queued} "
+                f"unacked={handle.id in unacked} ran={ran.count(str(n))}"
+            )
+    return "runs without a stored success:\n" + "\n".join(report or ["none"])
+
+
 def unacked_task_ids(url: str) -> list[str]:
     """Task ids of messages the Redis transport holds as delivered but not acknowledged."""
     held = redis.Redis.from_url(url).hvals("unacked")
@@ -363,3 +388,71 @@ def wait_for(check: Any, timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- a result announcement the client never hears ---------------------------------------
+
+
+def test_a_result_stored_without_announcement_is_still_returned(services: None) -> None:
+    """A result published while the client's pub/sub link was down reaches it anyway.
+
+    The worker stores a result and announces it on a pub/sub channel in one step; a client
+    that is reconnecting at that moment never hears it. Here the result is stored with no
+    announcement at all, after the client has started waiting, as the worst case of that race.
+    """
+    client = OrchestratorClient(Settings.from_env(settings_env("it-unheard")))
+    task_id = f"it-unheard-{uuid.uuid4().hex}"
+    backend = client.app.backend
+    meta = {"status": "SUCCESS", "result": {"ok": 1}, "traceback": None, "children": []}
+    store = redis.Redis.from_url(REDIS_URL)
+
+    def store_silently() -> None:
+        time.sleep(0.5)
+        store.set(backend.get_key_for_task(task_id), backend.encode({**meta, "task_id": task_id}))
+
+    writer = threading.Thread(target=store_silently)
+    try:
+        writer.start()
+        started = time.monotonic()
+        assert _unwrap(client.app.AsyncResult(task_id), timeout=30) == {"ok": 1}
+        assert time.monotonic() - started < 15  # one re-read away, not the whole timeout
+    finally:
+        writer.join()
+        store.delete(backend.get_key_for_task(task_id))
+        client.close()
+
+
+# -- the broker connection lost while the worker's channel waits on BRPOP ----------------
+
+
+def test_a_channel_waiting_on_the_broker_closes_after_the_broker_died(
+    own_redis: RedisServer,
+) -> None:
+    """What Celery does on a lost broker connection must not crash the worker.
+
+    Celery collects the broken connection, then closes it again after detaching its
+    transport. With a ``BRPOP`` pending and messages unacknowledged, kombu's second close
+    used to need the detached transport and raised AttributeError, which Celery treats as
+    unrecoverable: the worker stopped consuming (orchestrator.compat explains the patch).
+    """
+    finish_redis_channel_close()
+    connection = kombu.Connection(own_redis.url)
+    channel = connection.default_channel
+    queue = kombu.Queue("compat", kombu.Exchange("compat", type="direct"), routing_key="compat")
+    kombu.Producer(channel).publish(
+        {"n": 1}, exchange=queue.exchange, routing_key="compat", declare=[queue]
+    )
+    assert channel.basic_get("compat", no_ack=False) is not None  # held unacknowledged
+    channel.basic_consume("compat", False, lambda message: None, "compat-consumer")
+    connection.transport.cycle._register_BRPOP(channel)  # an idle worker waits on BRPOP
+    other = connection.channel()  # closed first by the transport; its error ends that loop
+    other.basic_consume("compat", False, lambda message: None, "compat-other")
+    connection.transport.cycle._register_BRPOP(other)
+    own_redis.kill()
+
+    try:  # Celery's Consumer.on_connection_error_after_connected, step by step
+        connection.collect(socket_timeout=2)
+    except Exception:
+        pass
+    connection.close()  # raised AttributeError ('NoneType' ... 'hostname') before the patch
+    assert channel.closed
