@@ -33,11 +33,9 @@ from orchestrator.config import LABEL_PREFIX, tool_container_name
 from orchestrator.engine import docker_errors
 from orchestrator.errors import (
     ContainerNotFound,
-    HostUnavailable,
     InvalidRequest,
     OrchestratorError,
     RelicNotFound,
-    WrongHost,
 )
 from orchestrator.models import AggregateStats, ContainerStats
 from orchestrator.registry import text
@@ -179,14 +177,6 @@ def _check_ident(ident: Any) -> str:
     return ident
 
 
-def _require_local(rt: Runtime, owner: str, what: str) -> None:
-    if not owner or owner == rt.host_name:
-        return
-    if not rt.hosts.alive(owner):
-        raise HostUnavailable(f"{what} lives on host {owner}, which has no live worker")
-    raise WrongHost(f"{what} lives on host {owner}", owner=owner)
-
-
 def _managed(rt: Runtime, name_or_id: str, what: str) -> Any:
     found = containers.find(rt.docker, name_or_id)
     if found is None or (found.labels or {}).get(f"{LABEL_PREFIX}managed") != "true":
@@ -198,7 +188,7 @@ def _managed(rt: Runtime, name_or_id: str, what: str) -> Any:
 
 def _execution_container(rt: Runtime, execution_id: str, entry: dict[str, str]) -> Any:
     what = f"execution {execution_id}"
-    _require_local(rt, entry.get("host", ""), what)
+    rt.require_local(entry.get("host", ""), what)
     try:
         return _managed(rt, entry.get("container_id") or tool_container_name(execution_id), what)
     except ContainerNotFound:
@@ -243,7 +233,7 @@ def find_container(rt: Runtime, ident: Any) -> Any:
         return _execution_container(rt, ident, entry)
     relic = _relic_entry(rt, ident)
     if relic is not None:
-        _require_local(rt, relic.get("host", ""), f"relic {ident}")
+        rt.require_local(relic.get("host", ""), f"relic {ident}")
         return _managed(rt, relic["container_name"], f"relic {ident}")
     return _managed(rt, ident, "container")
 

@@ -27,7 +27,6 @@ from orchestrator.errors import (
     RelicConflict,
     RelicNotFound,
     RelicUnhealthy,
-    WrongHost,
 )
 from orchestrator.health import container_address, probe, wait_healthy
 from orchestrator.images import resolve_image
@@ -101,12 +100,6 @@ def _unregister(redis: Any, relic_id: str, session_id: str) -> None:
     pipe.delete(keys.relic(relic_id))
     pipe.srem(keys.session_relics(session_id), relic_id)
     pipe.execute()
-
-
-def _require_local(rt: Runtime, entry: dict[str, str]) -> None:
-    owner = entry.get("host", "")
-    if owner and owner != rt.host_name:
-        raise WrongHost(f"relic lives on host {owner}", owner=owner)
 
 
 # -- start ------------------------------------------------------------------------------
@@ -327,10 +320,11 @@ def relic_info(rt: Runtime, relic_id: str) -> RelicInfo:
     """The relic's state as the engine sees it.
 
     Raises:
-        RelicNotFound / WrongHost.
+        RelicNotFound / WrongHost (another live host has it) / HostUnavailable (its host has
+        no live worker).
     """
     entry = lookup(rt.redis, relic_id)
-    _require_local(rt, entry)
+    rt.require_local(entry.get("host", ""), f"relic {relic_id}")
     container = containers.find(rt.docker, entry["container_name"])
     if container is None:
         return RelicInfo(
@@ -357,7 +351,7 @@ def local_relics(rt: Runtime, session_id: str | None) -> list[RelicInfo]:
 def stop_relic(rt: Runtime, relic_id: str, timeout_seconds: int = 10) -> RelicInfo:
     """Stop gracefully (SIGTERM), killing after ``timeout_seconds``."""
     entry = lookup(rt.redis, relic_id)
-    _require_local(rt, entry)
+    rt.require_local(entry.get("host", ""), f"relic {relic_id}")
     container = containers.find(rt.docker, entry["container_name"])
     if container is None:
         return relic_info(rt, relic_id)
@@ -370,7 +364,7 @@ def stop_relic(rt: Runtime, relic_id: str, timeout_seconds: int = 10) -> RelicIn
 def remove_relic(rt: Runtime, relic_id: str) -> dict[str, Any]:
     """Remove the relic's container (its session volumes stay until session cleanup)."""
     entry = lookup(rt.redis, relic_id)
-    _require_local(rt, entry)
+    rt.require_local(entry.get("host", ""), f"relic {relic_id}")
     try:
         removed = containers.remove(rt.docker, entry["container_name"])
     except ContainerNotFound:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator import engine
+from orchestrator.errors import HostUnavailable, WrongHost
 from orchestrator.leases import LeaseKeeper
 from orchestrator.pool import WarmPool
 from orchestrator.registry import ExecutionRegistry, HostRegistry
@@ -63,6 +64,23 @@ class Runtime:
     def host_name(self) -> str:
         """This worker's Docker host name."""
         return self.settings.host_name
+
+    def require_local(self, owner: str, what: str, hint: str = "") -> None:
+        """Make sure ``what``, which lives on host ``owner``, is on this host.
+
+        An empty ``owner`` means "anywhere" and passes.
+
+        Raises:
+            WrongHost: a live worker serves ``owner`` (the task forwards itself there).
+            HostUnavailable: ``owner`` has no live worker, so a forwarded task would wait on
+                its queue for nothing.
+        """
+        if not owner or owner == self.host_name:
+            return
+        if not self.hosts.alive(owner):
+            message = f"{what} lives on host {owner!r}, which has no live worker"
+            raise HostUnavailable(f"{message}; {hint}" if hint else message)
+        raise WrongHost(f"{what} lives on host {owner}", owner=owner)
 
     @property
     def docker(self) -> Any:

@@ -12,7 +12,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import keys, networks
-from orchestrator.errors import HostUnavailable, WrongHost
 from orchestrator.registry import text
 
 if TYPE_CHECKING:
@@ -46,14 +45,11 @@ def require_owner(rt: Runtime, session_id: str) -> None:
         HostUnavailable: the owning host has no live worker.
     """
     owner = claim(rt.redis, session_id, rt.host_name)
-    if owner == rt.host_name:
-        return
-    if not rt.hosts.alive(owner):
-        raise HostUnavailable(
-            f"session_id: session {session_id!r} lives on host {owner!r}, which has no live "
-            "worker; start a worker there or clean the session up"
-        )
-    raise WrongHost(f"session {session_id} is owned by host {owner}", owner=owner)
+    rt.require_local(
+        owner,
+        f"session_id: session {session_id!r}",
+        hint="start a worker there or clean the session up",
+    )
 
 
 def record_host(rt: Runtime, session_id: str) -> None:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import fakeredis
 import pytest
 
-from orchestrator import keys, networks, routing, sessions
+from orchestrator import keys, networks, relics, routing, sessions
 from orchestrator.errors import HostUnavailable, NetworkPoolExhausted, WrongHost
 from orchestrator.networks import SubnetPool, host_routes, network_name
 from orchestrator.runtime import Runtime
@@ -433,3 +433,16 @@ def test_forget_clears_every_key_of_the_session_only(redis, clock):
     assert routing.session_owner(redis, "s2") == "h1"
     assert redis.sismember(keys.SESSIONS, "s2")
     assert sessions.hosts_of(redis, "s2") == ["h1", "h2"]
+
+
+@pytest.mark.parametrize("call", [relics.relic_info, relics.stop_relic, relics.remove_relic])
+def test_a_relic_on_a_dead_host_fails_at_once_and_on_a_live_one_is_forwarded(redis, call):
+    redis.hset(keys.relic("r1"), mapping={"host": "gone-host", "container_name": "c1"})
+
+    with pytest.raises(HostUnavailable, match="relic r1 lives on host 'gone-host', which has no"):
+        call(make_runtime(redis, "h2"), "r1")
+
+    make_runtime(redis, "gone-host").heartbeat()
+    with pytest.raises(WrongHost) as info:
+        call(make_runtime(redis, "h2"), "r1")
+    assert info.value.owner == "gone-host"
