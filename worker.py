@@ -19,12 +19,12 @@ from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
 from celeryconfig import worker_config
-from orchestrator.compat import finish_redis_channel_close
+from orchestrator import compat
 from orchestrator.settings import Settings
 from tasks import TASK_MODULES
 
 settings = Settings.from_env()
-finish_redis_channel_close()
+compat.apply_all()
 
 app = Celery("orchestrator")
 app.conf.update(worker_config(settings))

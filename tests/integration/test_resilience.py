@@ -29,7 +29,10 @@ import redis
 
 from orchestrator import OrchestratorClient, Settings
 from orchestrator.client import _unwrap
-from orchestrator.compat import finish_redis_channel_close
+from orchestrator.compat import (
+    finish_redis_channel_close,
+    keep_messages_taken_before_a_broker_loss,
+)
 from orchestrator.errors import DockerUnavailable, OrchestratorTimeout
 from tests.integration.conftest import USED_HOSTS
 from tests.integration.harness import (
@@ -456,3 +459,46 @@ def test_a_channel_waiting_on_the_broker_closes_after_the_broker_died(
         pass
     connection.close()  # raised AttributeError ('NoneType' ... 'hostname') before the patch
     assert channel.closed
+
+
+def test_a_message_taken_as_the_broker_dies_still_reaches_the_worker(
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker dies between the two commands that take a message and record it unacked.
+
+    kombu dropped such a message: in no queue, not unacknowledged, never run. With the patch
+    in orchestrator.compat the consumer receives it (its lease covers any redelivery).
+    """
+    from kombu.transport import redis as kombu_redis
+
+    keep_messages_taken_before_a_broker_loss()
+    connection = kombu.Connection(own_redis.url)
+    channel = connection.default_channel
+    queue = kombu.Queue("taken", kombu.Exchange("taken", type="direct"), routing_key="taken")
+    kombu.Producer(channel).publish(
+        {"n": 1}, exchange=queue.exchange, routing_key="taken", declare=[queue]
+    )
+    received: list[Any] = []
+    consumer = kombu.Consumer(
+        channel, queues=[queue], callbacks=[lambda body, m: received.append(body)]
+    )
+    consumer.consume()
+
+    real_pipe = kombu_redis.QoS.pipe_or_acquire
+
+    def broker_dies_first(self: Any, pipe: Any = None) -> Any:
+        own_redis.kill()  # after BRPOP took the message, before it is recorded
+        return real_pipe(self, pipe)
+
+    monkeypatch.setattr(kombu_redis.QoS, "pipe_or_acquire", broker_dies_first)
+    try:
+        connection.drain_events(timeout=5)
+    except connection.connection_errors:
+        pass
+    finally:
+        monkeypatch.undo()
+        try:
+            connection.collect(socket_timeout=1)
+        except Exception:
+            pass
+    assert received == [{"n": 1}]
