@@ -16,4 +16,3 @@ def test_applying_the_workarounds_twice_wraps_each_method_once() -> None:
     assert kombu_redis.QoS.append is append
     assert getattr(close, "_orchestrator_patched", False)
     assert getattr(append, "_orchestrator_patched", False)
-
