@@ -110,7 +110,7 @@ def test_cancel_of_a_running_tool(
     assert reply["cancelled"] is True
     result = handle.result(timeout=30)
     assert result.status == "cancelled"
-    assert time.monotonic() - asked < 5
+    assert time.monotonic() - asked < 15  # the run sleeps 300 s: the cancel cut it short
     assert containers_of(docker_client, handle.id) == []
 
 
