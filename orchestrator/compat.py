@@ -6,11 +6,14 @@ documented with the failure it prevents and the test that reproduces that failur
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 __all__ = ["apply_all", "finish_redis_channel_close", "keep_messages_taken_before_a_broker_loss"]
 
 _PATCHED = "_orchestrator_patched"
+
+log = logging.getLogger(__name__)
 
 
 def apply_all() -> None:
@@ -50,6 +53,7 @@ def finish_redis_channel_close() -> None:
         except self.connection_errors:
             if self.closed:
                 raise
+            log.info("broker connection lost while waiting for a message; closing the channel")
             original(self)
 
     setattr(close, _PATCHED, True)
@@ -82,6 +86,11 @@ def keep_messages_taken_before_a_broker_loss() -> None:
         try:
             original(self, message, delivery_tag)
         except self.channel.connection_errors:
+            log.warning(
+                "broker connection lost just after message %s was taken; running it anyway "
+                "(its lease covers redelivery)",
+                delivery_tag,
+            )
             virtual.QoS.append(self, message, delivery_tag)
 
     setattr(append, _PATCHED, True)

@@ -462,7 +462,7 @@ def test_a_channel_waiting_on_the_broker_closes_after_the_broker_died(
 
 
 def test_a_message_taken_as_the_broker_dies_still_reaches_the_worker(
-    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The broker dies between the two commands that take a message and record it unacked.
 
@@ -502,3 +502,4 @@ def test_a_message_taken_as_the_broker_dies_still_reaches_the_worker(
         except Exception:
             pass
     assert received == [{"n": 1}]
+    assert "just after message" in caplog.text and "running it anyway" in caplog.text
