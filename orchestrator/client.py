@@ -30,14 +30,17 @@ from orchestrator.models import (
     ToolExecutionResult,
     parse_request,
 )
-from orchestrator.redis_conn import redis_client
-from orchestrator.routing import RELICS_QUEUE, TOOLS_QUEUE, queue_for
+from orchestrator.redis_conn import broker_probe, redis_client
+from orchestrator.resend import LostMessages, Sent
+from orchestrator.routing import DEFAULT_QUEUE, RELICS_QUEUE, TOOLS_QUEUE, queue_for
 from orchestrator.settings import Settings
 
 __all__ = ["OrchestratorClient", "AsyncOrchestratorClient", "ExecutionHandle", "ExecutionProgress"]
 
 T = TypeVar("T")
 FINAL_CELERY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+#: Where a task sent without an explicit queue can wait (the routes lead to one of these).
+ROUTED_QUEUES = (TOOLS_QUEUE, RELICS_QUEUE, DEFAULT_QUEUE)
 
 
 class ExecutionProgress(dict[str, Any]):
@@ -48,13 +51,18 @@ class ExecutionProgress(dict[str, Any]):
 RESULT_RECHECK_SECONDS = 2.0
 
 
-def _unwrap(async_result: AsyncResult, timeout: float | None) -> Any:
+def _unwrap(
+    async_result: AsyncResult,
+    timeout: float | None,
+    between_slices: Callable[[], object] | None = None,
+) -> Any:
     """Wait for a task's result, ``timeout`` seconds at most (``None``: for ever).
 
     Celery's Redis backend announces results over pub/sub. A result published while the
     client's pub/sub connection is being re-established (Redis restarted) is never announced
     again, so the wait is cut into slices and each new slice starts by reading the stored
     result itself: a missed announcement costs at most one slice instead of the whole wait.
+    ``between_slices`` runs after each slice that ended without a result.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -71,17 +79,20 @@ def _unwrap(async_result: AsyncResult, timeout: float | None) -> Any:
                     f"no result for task {async_result.id} after {timeout} s; is a worker "
                     "running? (`orchestrator doctor` checks)"
                 ) from exc
+            if between_slices is not None:
+                between_slices()
 
 
 class ExecutionHandle:
     """A tool execution that was enqueued; ``id`` is its execution id."""
 
     def __init__(
-        self, client: OrchestratorClient, async_result: AsyncResult, tool_name: str, session_id: str
+        self, client: OrchestratorClient, sent: Sent, tool_name: str, session_id: str
     ) -> None:
         self.client = client
-        self.async_result = async_result
-        self.id: str = async_result.id
+        self.sent = sent
+        self.async_result = sent.async_result
+        self.id: str = sent.async_result.id
         self.tool_name = tool_name
         self.session_id = session_id
 
@@ -98,7 +109,7 @@ class ExecutionHandle:
             InvalidRequest: the worker refused the request.
         """
         try:
-            data = _unwrap(self.async_result, timeout)
+            data = self.client._wait(self.sent, timeout)
         except TaskRevokedError:
             return self.client._cancelled_result(self.id, self.tool_name, self.session_id)
         return ToolExecutionResult.model_validate(data)
@@ -121,6 +132,9 @@ class OrchestratorClient:
             app.conf.update(client_config(self.settings))
         self.app = app
         self._redis: Any = None
+        self._lost: LostMessages | None = None
+        if self.settings.broker_url.startswith(("redis://", "rediss://")):
+            self._lost = LostMessages(app, broker_probe(self.settings.broker_url))
 
     @property
     def redis(self) -> Any:
@@ -129,15 +143,28 @@ class OrchestratorClient:
             self._redis = redis_client(self.settings)
         return self._redis
 
-    def _send(
-        self, name: str, args: list[Any], queue: str | None = None, **options: Any
-    ) -> AsyncResult:
-        return self.app.send_task(name, args=args, queue=queue, **options)
+    def _send(self, name: str, args: list[Any], queue: str | None = None, **options: Any) -> Sent:
+        epoch = self._lost.epoch() if self._lost is not None else ""
+        async_result = self.app.send_task(name, args=args, queue=queue, **options)
+        return Sent(
+            name=name,
+            args=args,
+            options={**options, "queue": queue},
+            async_result=async_result,
+            queues=(queue,) if queue else ROUTED_QUEUES,
+            epoch=epoch,
+        )
+
+    def _wait(self, sent: Sent, timeout: float | None) -> Any:
+        """Wait for a sent task's result, sending it again if a restarted broker lost it."""
+        lost = self._lost
+        check = None if lost is None else functools.partial(lost.check, sent)
+        return _unwrap(sent.async_result, timeout, check)
 
     def _call(
         self, name: str, args: list[Any], timeout: float | None, queue: str | None = None
     ) -> Any:
-        return _unwrap(self._send(name, args, queue=queue), timeout)
+        return self._wait(self._send(name, args, queue=queue), timeout)
 
     # -- tools ---------------------------------------------------------------------------
 
@@ -147,13 +174,13 @@ class OrchestratorClient:
         queue = TOOLS_QUEUE
         if req.network_mode == "session":
             queue = queue_for(self.redis, req.session_id, TOOLS_QUEUE)
-        async_result = self._send(
+        sent = self._send(
             "orchestrator.tools.execute",
             [req.model_dump(mode="json")],
             queue=queue,
             argsrepr=repr([req.redacted()]),
         )
-        return ExecutionHandle(self, async_result, req.tool_name, req.session_id)
+        return ExecutionHandle(self, sent, req.tool_name, req.session_id)
 
     def run_tool(
         self, request: ToolExecutionRequest | dict[str, Any], timeout: float | None = None
@@ -271,6 +298,8 @@ class OrchestratorClient:
         """Release connections."""
         if self._redis is not None:
             self._redis.close()
+        if self._lost is not None:
+            self._lost.broker.close()
         self.app.close()
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import redis as redis_lib
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from orchestrator.settings import Settings
 
-__all__ = ["redis_client", "RETRY_SECONDS"]
+__all__ = ["broker_probe", "redis_client", "RETRY_SECONDS"]
 
 # How long a registry call keeps retrying while Redis is unreachable (a restart, a failover):
 # 0.05, 0.1, 0.2, 0.4, 0.8 s, then every 1 s. redis-py's own default gives up after ~2 s.
@@ -35,4 +35,14 @@ def redis_client(settings: Settings) -> Any:
         retry_on_timeout=True,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.025), _RETRY_ATTEMPTS),
         retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionError],
+    )
+
+
+def broker_probe(url: str) -> Any:
+    """A redis-py client for quick looks at a Redis broker: short timeouts, no retries.
+
+    The caller asks again later instead of waiting out an outage.
+    """
+    return redis_lib.Redis.from_url(
+        url, socket_connect_timeout=2, socket_timeout=5, retry=Retry(NoBackoff(), 0)
     )

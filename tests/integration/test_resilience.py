@@ -503,3 +503,51 @@ def test_a_message_taken_as_the_broker_dies_still_reaches_the_worker(
             pass
     assert received == [{"n": 1}]
     assert "just after message" in caplog.text and "running it anyway" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_a_task_the_crashed_broker_lost_is_sent_again_by_its_client(
+    own_redis: RedisServer,
+    worker_env: dict[str, str],
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis recorded the pop of a message and died before the worker got it.
+
+    Reproduced exactly: the queued message is removed, then Redis is killed and started
+    again (a new server process). The client waiting on the task sees the restart, finds the
+    task nowhere, and sends it again under the same id; a worker runs it once.
+    """
+    name = f"it-lost-{uuid.uuid4().hex[:6]}"
+    USED_HOSTS.add(name)
+    session_id = f"lost-{uuid.uuid4().hex[:8]}"
+    urls = {"ORCHESTRATOR_BROKER_URL": own_redis.url, "ORCHESTRATOR_RESULT_BACKEND": own_redis.url}
+    client = OrchestratorClient(Settings.from_env(settings_env(name, **urls)))
+    store = redis.Redis.from_url(own_redis.url)
+    process = None
+    try:
+        handle = client.execute_tool(tool(session_id, "echo ran once"))
+        assert [m["headers"]["id"] for m in map(json.loads, store.lrange("tools", 0, -1))] == [
+            handle.id
+        ]
+        store.delete("tools")  # taken by BRPOP, and the reply never left the server
+        store.close()
+        own_redis.kill()
+        own_redis.start()
+        process = RedisWorker(name, tmp_path, own_redis.url, worker_env).start()
+
+        result = handle.result(timeout=120)
+        assert (result.status, result.stdout, result.execution_id) == (
+            "succeeded",
+            "ran once\n",
+            handle.id,
+        )
+        assert f"task {handle.id} (orchestrator.tools.execute) was lost" in caplog.text
+    finally:
+        client.close()
+        if process is not None:
+            process.stop()
+        force_remove_managed(docker_client, name)
+    assert managed_leftovers(docker_client, name) == NOTHING_LEFT
