@@ -67,8 +67,8 @@ def keep_messages_taken_before_a_broker_loss() -> None:
     kombu's Redis transport takes a message with ``BRPOP`` and then, in a second command,
     records it as unacknowledged. When the connection breaks between the two, the record
     fails and kombu drops the message: it is in no queue, in no unacknowledged set, and no
-    worker runs it. The task was accepted, yet it is lost (seen about once in eight
-    ``kill -9`` restarts of Redis with 40 runs in flight).
+    worker runs it. The task was accepted, yet it is lost. The window is narrow; the
+    integration test opens it on purpose by killing Redis between the two commands.
 
     The patch keeps such a message in the channel's in-memory bookkeeping and hands it to
     the worker as usual. It then runs; only its redelivery, should this worker also die, is
