@@ -24,6 +24,7 @@ from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError, ResponseError
 
 __all__ = ["LostMessages", "Sent", "CHECK_EVERY_SECONDS"]
@@ -121,14 +122,18 @@ class LostMessages:
                 lost = self.vanished(sent)
         except RedisError:
             return False  # the broker is not back yet; the next check asks again
-        sent.epoch = current
         if lost:
             log.warning(
                 "task %s (%s) was lost by the restarted broker; sending it again",
                 sent.async_result.id,
                 sent.name,
             )
-            self.app.send_task(
-                sent.name, args=sent.args, task_id=sent.async_result.id, **sent.options
-            )
+            try:
+                self.app.send_task(
+                    sent.name, args=sent.args, task_id=sent.async_result.id, **sent.options
+                )
+            except (OperationalError, RedisError, OSError) as exc:
+                log.warning("could not send task %s again yet: %s", sent.async_result.id, exc)
+                return False  # the epoch stays old: the next check tries again
+        sent.epoch = current
         return lost

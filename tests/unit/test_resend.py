@@ -8,6 +8,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from kombu.exceptions import OperationalError
 from redis.exceptions import ResponseError
 
 from orchestrator import resend
@@ -36,8 +37,12 @@ class Result:
 class App:
     def __init__(self) -> None:
         self.sent: list[tuple[str, list[Any], dict[str, Any]]] = []
+        self.failures = 0
 
     def send_task(self, name: str, args: list[Any], **options: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
         self.sent.append((name, args, options))
 
 
@@ -166,3 +171,15 @@ def test_an_unreachable_broker_is_asked_again_at_the_next_check(app):
     assert (lost.enabled, sent.epoch) == (True, "")
     assert lost.check(sent) is False
     assert app.sent == []
+
+
+def test_a_send_that_fails_is_tried_again_at_the_next_check(broker, app):
+    lost = LostMessages(app, broker)  # type: ignore[arg-type]
+    sent = sent_task(lost)
+    broker.run_id = "second"
+    app.failures = 1
+
+    assert lost.check(sent) is False
+    assert (app.sent, sent.epoch) == ([], "first")
+    assert lost.check(sent) is True
+    assert len(app.sent) == 1 and sent.epoch == "second"
