@@ -42,6 +42,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 BASE_IMAGE = "local/python:3.11"
 REDIS_IMAGE = "local/redis:7"
+#: Everything scripts/base-image.sh makes (the Debian image is the other two's base).
+BASE_TAGS = (BASE_IMAGE, REDIS_IMAGE, "local/debian:bookworm")
 BUILD_STAGE_LABEL = "org.opencontainers.image.title=orchestrator-build-stage"
 COMPOSE_LABEL = "com.docker.compose.project"
 FLOWER_USER, FLOWER_PASSWORD = "ops", "flower-pw"
@@ -137,11 +139,22 @@ def make_context(directory: Path) -> None:
         shutil.copyfile(ca, directory / "pip-ca.crt")
 
 
-def base_images(client: docker.DockerClient) -> None:
-    missing = [i for i in (BASE_IMAGE, REDIS_IMAGE) if not client.images.list(name=i)]
-    if missing:
+def base_images(client: docker.DockerClient) -> list[str]:
+    """Make the local base images if missing; return the tags this call created."""
+    before = {tag for tag in BASE_TAGS if client.images.list(name=tag)}
+    if not {BASE_IMAGE, REDIS_IMAGE} <= before:
         require(have("debootstrap"), "debootstrap (to build the local base images)")
         subprocess.run(["bash", str(ROOT / "scripts/base-image.sh")], check=True, timeout=900)
+    return [tag for tag in BASE_TAGS if tag not in before and client.images.list(name=tag)]
+
+
+def remove_images(client: docker.DockerClient, tags: list[str]) -> None:
+    """Untag what this module built (the stack's own images went with `down --rmi local`)."""
+    for tag in tags:
+        try:
+            client.images.remove(tag)
+        except docker.errors.APIError as exc:
+            print(f"could not remove {tag}: {exc}")
 
 
 def wait_healthy(stack: Stack, client: docker.DockerClient, timeout_seconds: float) -> None:
@@ -167,7 +180,7 @@ def stack(
 ) -> Iterator[Stack]:
     require(have("docker-compose"), "docker-compose")
     started = time.monotonic()
-    base_images(docker_client)
+    created = base_images(docker_client)
     base_seconds = time.monotonic() - started
     directory = tmp_path_factory.mktemp("compose") / "orchestrator"
     make_context(directory)
@@ -214,6 +227,7 @@ def stack(
             # What a failed test left on the engine (test_down_leaves_nothing saw it first).
             force_remove_managed(docker_client, host_name)
             shutil.rmtree(directory, ignore_errors=True)
+            remove_images(docker_client, created)
         print(f"compose timings (s): {json.dumps(stack.timings)}")
 
 
