@@ -15,24 +15,21 @@ clear ``HostUnavailable`` instead of waiting forever.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 
-from orchestrator import cleanup, keys, sessions
+from orchestrator import cleanup, keys, redis_broker, sessions
 from orchestrator.config import LABEL_PREFIX
 from orchestrator.engine import docker_errors
 from orchestrator.errors import ContainerNotFound, OrchestratorError
 from orchestrator.registry import text
 from orchestrator.runtime import Runtime
 
-__all__ = ["reap_host", "expired_sessions", "drain_dead_host_queues", "PRIORITY_SUFFIXES"]
+__all__ = ["reap_host", "expired_sessions", "drain_dead_host_queues"]
 
 log = logging.getLogger(__name__)
 MANAGED = f"{LABEL_PREFIX}managed=true"
-# kombu's Redis transport keeps one list per priority step: "<queue>", "<queue>\x06\x163", ...
-PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
 def expired_sessions(redis: Any, now: float, max_lifetime_seconds: float) -> dict[str, str]:
@@ -165,10 +162,9 @@ def drain_dead_host_queues(rt: Runtime, broker_redis: Any, mark_failed: Any) -> 
         host = text(raw) or ""
         if host in live or rt.hosts.silent_for(host) < gone_after:
             continue
-        for suffix in PRIORITY_SUFFIXES:
-            queue = f"host.{host}{suffix}"
+        for queue in redis_broker.queue_lists(f"host.{host}"):
             while (payload := broker_redis.rpop(queue)) is not None:
-                task_id = _task_id(payload)
+                task_id = redis_broker.task_id(payload)
                 if task_id:
                     mark_failed(
                         task_id,
@@ -177,11 +173,3 @@ def drain_dead_host_queues(rt: Runtime, broker_redis: Any, mark_failed: Any) -> 
                     )
                     failed.append(task_id)
     return failed
-
-
-def _task_id(payload: bytes | str) -> str | None:
-    try:
-        message = json.loads(payload)
-        return str(message["headers"]["id"])
-    except (ValueError, KeyError, TypeError):
-        return None

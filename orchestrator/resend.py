@@ -16,7 +16,6 @@ a second delivery, so this errs on the side of sending.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError, ResponseError
 
+from orchestrator import redis_broker
+
 __all__ = ["LostMessages", "Sent", "CHECK_EVERY_SECONDS"]
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ CHECK_EVERY_SECONDS = 10.0
 #: The second look for a vanished message comes this much later (one in flight between the
 #: queue and the unacknowledged set shows up by then).
 CONFIRM_AFTER_SECONDS = 1.0
-#: kombu's Redis transport keeps unacknowledged deliveries in this hash.
-UNACKED_KEY = "unacked"
 
 
 @dataclass
@@ -51,16 +50,6 @@ class Sent:
     queues: tuple[str, ...]
     epoch: str
     checked_at: float = field(default_factory=time.monotonic)
-
-
-def _task_id(raw: bytes | str) -> str | None:
-    try:
-        message = json.loads(raw)
-        if isinstance(message, list):  # an unacked entry: [message, exchange, routing key]
-            message = message[0]
-        return str(message["headers"]["id"])
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None
 
 
 class LostMessages:
@@ -92,9 +81,12 @@ class LostMessages:
     def present(self, task_id: str, queues: tuple[str, ...]) -> bool:
         """Whether the task's message waits in one of ``queues`` or is being delivered."""
         for queue in queues:
-            if any(_task_id(raw) == task_id for raw in self.broker.lrange(queue, 0, -1)):
+            if any(
+                redis_broker.task_id(raw) == task_id for raw in self.broker.lrange(queue, 0, -1)
+            ):
                 return True
-        return any(_task_id(raw) == task_id for raw in self.broker.hvals(UNACKED_KEY))
+        unacked = self.broker.hvals(redis_broker.UNACKED_KEY)
+        return any(redis_broker.unacked_task_id(raw) == task_id for raw in unacked)
 
     def vanished(self, sent: Sent) -> bool:
         """No state, no queued message, no delivery: the broker lost this task."""

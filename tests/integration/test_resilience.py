@@ -27,7 +27,7 @@ import kombu
 import pytest
 import redis
 
-from orchestrator import OrchestratorClient, Settings
+from orchestrator import OrchestratorClient, Settings, redis_broker
 from orchestrator.client import _unwrap
 from orchestrator.compat import (
     finish_redis_channel_close,
@@ -358,7 +358,7 @@ def test_redis_restarted_under_load_loses_and_duplicates_nothing(
 def whereabouts(url: str, handles: list[Any], out: Path) -> str:
     """Where each unfinished run is: stored result, queue, unacked hash, run file."""
     r = redis.Redis.from_url(url)
-    queued = {json.loads(raw)["headers"]["id"] for raw in r.lrange("tools", 0, -1)}
+    queued = {redis_broker.task_id(raw) for raw in r.lrange("tools", 0, -1)}
     unacked = set(unacked_task_ids(url))
     ran = lines(out)
     report = []
@@ -375,8 +375,8 @@ def whereabouts(url: str, handles: list[Any], out: Path) -> str:
 
 def unacked_task_ids(url: str) -> list[str]:
     """Task ids of messages the Redis transport holds as delivered but not acknowledged."""
-    held = redis.Redis.from_url(url).hvals("unacked")
-    return [json.loads(raw)[0]["headers"]["id"] for raw in held]
+    held = redis.Redis.from_url(url).hvals(redis_broker.UNACKED_KEY)
+    return [str(redis_broker.unacked_task_id(raw)) for raw in held]
 
 
 def lines(directory: Path) -> list[str]:
@@ -529,9 +529,7 @@ def test_a_task_the_crashed_broker_lost_is_sent_again_by_its_client(
     process = None
     try:
         handle = client.execute_tool(tool(session_id, "echo ran once"))
-        assert [m["headers"]["id"] for m in map(json.loads, store.lrange("tools", 0, -1))] == [
-            handle.id
-        ]
+        assert [redis_broker.task_id(raw) for raw in store.lrange("tools", 0, -1)] == [handle.id]
         store.delete("tools")  # taken by BRPOP, and the reply never left the server
         store.close()
         own_redis.kill()
