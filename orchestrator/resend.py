@@ -80,10 +80,9 @@ class LostMessages:
 
     def present(self, task_id: str, queues: tuple[str, ...]) -> bool:
         """Whether the task's message waits in one of ``queues`` or is being delivered."""
-        for queue in queues:
-            if any(
-                redis_broker.task_id(raw) == task_id for raw in self.broker.lrange(queue, 0, -1)
-            ):
+        lists = [key for queue in queues for key in redis_broker.queue_lists(queue)]
+        for key in lists:
+            if any(redis_broker.task_id(raw) == task_id for raw in self.broker.lrange(key, 0, -1)):
                 return True
         unacked = self.broker.hvals(redis_broker.UNACKED_KEY)
         return any(redis_broker.unacked_task_id(raw) == task_id for raw in unacked)

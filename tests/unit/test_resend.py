@@ -183,3 +183,13 @@ def test_a_send_that_fails_is_tried_again_at_the_next_check(broker, app):
     assert (app.sent, sent.epoch) == ([], "first")
     assert lost.check(sent) is True
     assert len(app.sent) == 1 and sent.epoch == "second"
+
+
+def test_a_task_queued_with_a_priority_is_not_sent_again(broker, app):
+    lost = LostMessages(app, broker)  # type: ignore[arg-type]
+    sent = sent_task(lost)
+    broker.lpush("tools\x06\x166", message("task-1"))  # kombu's list for priority step 6
+    broker.run_id = "second"
+
+    assert lost.check(sent) is False
+    assert app.sent == []
