@@ -177,3 +177,17 @@ def force_remove_managed(client: Any, host_label: str) -> None:
 
 def have(command: str) -> bool:
     return shutil.which(command) is not None
+
+
+def tool(session_id: str, script: str, **extra: Any) -> dict[str, Any]:
+    """A tool request that runs ``script`` with the test image's ``sh``.
+
+    ``tool_name`` is ``sh`` unless given; other keywords are request fields.
+    """
+    return {
+        "tool_name": extra.pop("tool_name", "sh"),
+        "session_id": session_id,
+        "image": TEST_IMAGE,
+        "command": ["sh", "-c", script],
+        **extra,
+    }

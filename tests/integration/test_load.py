@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
@@ -19,26 +18,16 @@ from orchestrator import OrchestratorClient
 from tests.integration.conftest import USED_HOSTS
 from tests.integration.harness import (
     REDIS_URL,
-    TEST_IMAGE,
     WorkerProcess,
     force_remove_managed,
     managed_leftovers,
+    tool,
 )
 
 pytestmark = pytest.mark.slow
 
 RUNS = 300
 EXECUTE = "orchestrator.tools.execute"
-
-
-def tool(session_id: str, script: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "tool_name": extra.pop("tool_name", "sh"),
-        "session_id": session_id,
-        "image": TEST_IMAGE,
-        "command": ["sh", "-c", script],
-        **extra,
-    }
 
 
 @pytest.fixture(scope="module")

@@ -37,29 +37,19 @@ from orchestrator.errors import DockerUnavailable, OrchestratorTimeout
 from tests.integration.conftest import USED_HOSTS
 from tests.integration.harness import (
     REDIS_URL,
-    TEST_IMAGE,
     WorkerProcess,
     force_remove_managed,
     have,
     managed_leftovers,
     require,
     settings_env,
+    tool,
 )
 from tests.integration.test_crash import creations
 from tests.integration.test_multihost import BROKER_IP, HOSTB_SOCKET, hostb_script
 
 EXECUTE = "orchestrator.tools.execute"
 NOTHING_LEFT = {"containers": [], "networks": [], "volumes": []}
-
-
-def tool(session_id: str, script: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "tool_name": extra.pop("tool_name", "sh"),
-        "session_id": session_id,
-        "image": TEST_IMAGE,
-        "command": ["sh", "-c", script],
-        **extra,
-    }
 
 
 # -- host B: an engine outage -------------------------------------------------------------
@@ -257,19 +247,7 @@ class RedisWorker(WorkerProcess):
 
     def __init__(self, host_name: str, log_dir: Path, url: str, env: dict[str, str]) -> None:
         urls = {"ORCHESTRATOR_BROKER_URL": url, "ORCHESTRATOR_RESULT_BACKEND": url}
-        super().__init__(host_name, log_dir, env={**env, **urls})
-        self.url = url
-
-    def wait_ready(self, wait_seconds: float) -> None:
-        r = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + wait_seconds
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited early; log:\n{self.log()}")
-            if r.exists(f"orch:host:{self.host_name}") and b"ready." in self.log_bytes():
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"worker {self.host_name} not ready; log:\n{self.log()}")
+        super().__init__(host_name, log_dir, env={**env, **urls}, registry_url=url)
 
 
 @pytest.fixture

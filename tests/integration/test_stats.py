@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator import ContainerStats, ExecutionHandle, OrchestratorClient
 from orchestrator.errors import ContainerNotFound, InvalidRequest
-from tests.integration.harness import MANAGED, TEST_IMAGE, have
+from tests.integration.harness import MANAGED, TEST_IMAGE, have, tool
 
 HTTPD = "mkdir -p /www && echo ok > /www/health && exec httpd -f -p 8000 -h /www"
 BUSY_LOOP = "while :; do :; done"
@@ -34,14 +34,13 @@ def hold_memory(megabytes: int, seconds: int) -> str:
     )
 
 
-def tool(session_id: str, script: str, **limits: Any) -> dict[str, Any]:
-    return {
-        "tool_name": "stats-probe",
-        "session_id": session_id,
-        "image": TEST_IMAGE,
-        "command": ["sh", "-c", script],
-        "resource_limits": {"timeout_seconds": 30, **limits},
-    }
+def probe(session_id: str, script: str, **limits: Any) -> dict[str, Any]:
+    return tool(
+        session_id,
+        script,
+        tool_name="stats-probe",
+        resource_limits={"timeout_seconds": 30, **limits},
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +133,7 @@ def test_stats_of_a_running_relic_by_relic_id_name_and_container_id(
 def test_cpu_of_a_busy_tool_follows_its_cpu_limit(
     client: OrchestratorClient, session_id: str, running: Callable[..., ExecutionHandle]
 ) -> None:
-    handle = running(tool(session_id, BUSY_LOOP, cpu_limit=0.5))
+    handle = running(probe(session_id, BUSY_LOOP, cpu_limit=0.5))
     sample = poll_stats(client, handle.id, lambda s: s.cpu_percent > 30, seconds=10)
     assert sample.status == "running"
     assert sample.kind == "tool"
@@ -146,7 +145,7 @@ def test_cpu_of_a_busy_tool_follows_its_cpu_limit(
 def test_memory_of_a_running_tool_matches_docker_stats(
     client: OrchestratorClient, session_id: str, running: Callable[..., ExecutionHandle]
 ) -> None:
-    handle = running(tool(session_id, hold_memory(40, 30), memory_mb=256))
+    handle = running(probe(session_id, hold_memory(40, 30), memory_mb=256))
     sample = poll_stats(client, handle.id, lambda s: s.memory_used_mb > 35, seconds=15)
     assert 35 <= sample.memory_used_mb <= 120
     assert sample.memory_limit_mb == pytest.approx(256, rel=0.01)
@@ -160,9 +159,9 @@ def test_memory_of_a_running_tool_matches_docker_stats(
 def test_aggregate_stats_sum_per_session_and_count_runs(
     client: OrchestratorClient, session_id: str, running: Callable[..., ExecutionHandle]
 ) -> None:
-    done = client.run_tool(tool(session_id, "echo '{}'"), timeout=60)
+    done = client.run_tool(probe(session_id, "echo '{}'"), timeout=60)
     assert done.status == "succeeded"
-    handles = [running(tool(session_id, hold_memory(10, 30))) for _ in range(2)]
+    handles = [running(probe(session_id, hold_memory(10, 30))) for _ in range(2)]
     poll_stats(client, handles[-1].id, lambda s: s.memory_used_mb > 9, seconds=15)
 
     overview = client.stats()
@@ -186,7 +185,7 @@ def test_aggregate_stats_sum_per_session_and_count_runs(
 
 
 def test_finished_tool_reports_its_peak_memory(client: OrchestratorClient, session_id: str) -> None:
-    result = client.run_tool(tool(session_id, hold_memory(30, 3)), timeout=60)
+    result = client.run_tool(probe(session_id, hold_memory(30, 3)), timeout=60)
     assert result.status == "succeeded"
     assert result.stdout.strip() == "30000000"
     peak = result.stats.peak_memory_mb
@@ -198,7 +197,7 @@ def test_finished_tool_reports_its_peak_memory(client: OrchestratorClient, sessi
 def test_finished_tool_and_unknown_ids_are_clear_not_found(
     client: OrchestratorClient, session_id: str
 ) -> None:
-    done = client.run_tool(tool(session_id, "true"), timeout=60)
+    done = client.run_tool(probe(session_id, "true"), timeout=60)
     with pytest.raises(ContainerNotFound, match="finished .*removed"):
         client.container_stats(done.execution_id)
     with pytest.raises(ContainerNotFound, match="no managed container 'no-such-thing'"):

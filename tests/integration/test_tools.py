@@ -14,17 +14,7 @@ from celery import Celery
 
 from orchestrator import OrchestratorClient
 from orchestrator.errors import InvalidRequest, LimitExceeded
-from tests.integration.harness import BROKER_URL, REDIS_URL, TEST_IMAGE
-
-
-def tool(session_id: str, script: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "tool_name": extra.pop("tool_name", "sh"),
-        "session_id": session_id,
-        "image": TEST_IMAGE,
-        "command": ["sh", "-c", script],
-        **extra,
-    }
+from tests.integration.harness import BROKER_URL, REDIS_URL, TEST_IMAGE, tool
 
 
 def wait_state(handle: Any, states: set[str], timeout: float = 30) -> str:
