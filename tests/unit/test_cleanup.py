@@ -35,16 +35,6 @@ SETTINGS = Settings.from_env({}, host_name="h1", wait_slice_seconds=0.05, lease_
 
 
 @pytest.fixture
-def redis() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis()
-
-
-@pytest.fixture
-def docker() -> FakeDocker:
-    return FakeDocker()
-
-
-@pytest.fixture
 def rt(redis, docker) -> Runtime:
     return Runtime(SETTINGS, redis, docker_client=docker)
 

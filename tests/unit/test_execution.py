@@ -9,7 +9,6 @@ import threading
 import time
 from typing import Any
 
-import fakeredis
 import pytest
 import requests.exceptions
 
@@ -35,11 +34,6 @@ class Recorder:
 
     def __call__(self, *args: Any) -> None:
         self.calls.append(args)
-
-
-@pytest.fixture
-def redis() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from tests.unit.fakes import (
     FakeContainer,
-    FakeDocker,
     FakeNetwork,
     FakeVolume,
     not_found,
@@ -29,16 +28,6 @@ SETTINGS = Settings.from_env({}, host_name="h1", wait_slice_seconds=0.05, lease_
 NOW = 1_900_000_000.0
 HOUR = 3600.0
 MAX_LIFETIME = 86400.0
-
-
-@pytest.fixture
-def redis() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis()
-
-
-@pytest.fixture
-def docker() -> FakeDocker:
-    return FakeDocker()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-import fakeredis
 import pytest
 
 from orchestrator import keys
@@ -15,12 +14,6 @@ from orchestrator.models import ToolExecutionResult
 from orchestrator.registry import ExecutionRegistry, HostRegistry, text
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
-
-
-@pytest.fixture
-def redis() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis()
-
 
 # -- LeaseKeeper -------------------------------------------------------------------------------
 

@@ -6,9 +6,6 @@ from __future__ import annotations
 import threading
 import time
 
-import fakeredis
-import pytest
-
 from orchestrator import keys
 from orchestrator.logs import (
     CHUNK_BYTES,
@@ -22,11 +19,6 @@ from orchestrator.logs import (
 from tests.unit.fakes import FakeContainer
 
 TRUNCATED_TEXT = "\n[... live output truncated; the result keeps head and tail ...]\n"
-
-
-@pytest.fixture
-def redis() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis()
 
 
 def entries(redis, execution_id: str = "e1") -> list[dict[bytes, bytes]]:

@@ -6,7 +6,6 @@ import builtins
 import ipaddress
 from types import SimpleNamespace
 
-import fakeredis
 import pytest
 
 from orchestrator import keys, networks, relics, routing, sessions
@@ -14,11 +13,6 @@ from orchestrator.errors import HostUnavailable, NetworkPoolExhausted, WrongHost
 from orchestrator.networks import SubnetPool, host_routes, network_name
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
-
-
-@pytest.fixture
-def redis() -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis()
 
 
 def pool_of(redis, pool: str = "10.213.0.0/16", prefix: int = 26, avoid=(), host="h1"):
