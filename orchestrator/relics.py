@@ -95,6 +95,17 @@ def lookup(redis: Any, relic_id: str) -> dict[str, str]:
     return {text(k) or "": text(v) or "" for k, v in raw.items()}
 
 
+def _local_entry(rt: Runtime, relic_id: str) -> dict[str, str]:
+    """The registry entry of a relic that lives on this host.
+
+    Raises:
+        RelicNotFound / WrongHost / HostUnavailable (see :meth:`Runtime.require_local`).
+    """
+    entry = lookup(rt.redis, relic_id)
+    rt.require_local(entry.get("host", ""), f"relic {relic_id}")
+    return entry
+
+
 def _unregister(redis: Any, relic_id: str, session_id: str) -> None:
     pipe = redis.pipeline()
     pipe.delete(keys.relic(relic_id))
@@ -323,8 +334,7 @@ def relic_info(rt: Runtime, relic_id: str) -> RelicInfo:
         RelicNotFound / WrongHost (another live host has it) / HostUnavailable (its host has
         no live worker).
     """
-    entry = lookup(rt.redis, relic_id)
-    rt.require_local(entry.get("host", ""), f"relic {relic_id}")
+    entry = _local_entry(rt, relic_id)
     container = containers.find(rt.docker, entry["container_name"])
     if container is None:
         return RelicInfo(
@@ -350,8 +360,7 @@ def local_relics(rt: Runtime, session_id: str | None) -> list[RelicInfo]:
 
 def stop_relic(rt: Runtime, relic_id: str, timeout_seconds: int = 10) -> RelicInfo:
     """Stop gracefully (SIGTERM), killing after ``timeout_seconds``."""
-    entry = lookup(rt.redis, relic_id)
-    rt.require_local(entry.get("host", ""), f"relic {relic_id}")
+    entry = _local_entry(rt, relic_id)
     container = containers.find(rt.docker, entry["container_name"])
     if container is None:
         return relic_info(rt, relic_id)
@@ -363,8 +372,7 @@ def stop_relic(rt: Runtime, relic_id: str, timeout_seconds: int = 10) -> RelicIn
 
 def remove_relic(rt: Runtime, relic_id: str) -> dict[str, Any]:
     """Remove the relic's container (its session volumes stay until session cleanup)."""
-    entry = lookup(rt.redis, relic_id)
-    rt.require_local(entry.get("host", ""), f"relic {relic_id}")
+    entry = _local_entry(rt, relic_id)
     try:
         removed = containers.remove(rt.docker, entry["container_name"])
     except ContainerNotFound:
