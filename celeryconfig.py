@@ -1,7 +1,6 @@
-"""Map orchestrator Settings onto Celery's configuration.
+"""Worker-side Celery settings: the client's configuration plus queues, pool, acks, events.
 
-Used by the worker, beat and Flower (``worker.py``) and by clients
-(:mod:`orchestrator.client`), so both ends agree on serializers and queues.
+Used by the worker, beat and Flower (``worker.py``).
 """
 
 from __future__ import annotations
@@ -10,47 +9,11 @@ from typing import Any
 
 from kombu import Queue
 
-from orchestrator.routing import DEFAULT_QUEUE, RELICS_QUEUE, TOOLS_QUEUE, task_routes
+from orchestrator.client.config import client_config
+from orchestrator.protocol import DEFAULT_QUEUE, RELICS_QUEUE, TOOLS_QUEUE
 from orchestrator.settings import Settings
 
 __all__ = ["client_config", "worker_config"]
-
-
-def _transport_options(settings: Settings) -> dict[str, Any]:
-    if not settings.broker_url.startswith(("redis://", "rediss://", "sentinel://")):
-        return {}
-    # Unacknowledged messages come back after this; leases make the redelivery harmless.
-    return {"visibility_timeout": settings.visibility_timeout_seconds}
-
-
-def client_config(settings: Settings) -> dict[str, Any]:
-    """What a client needs: connections, JSON only, routes, result settings."""
-    transport = _transport_options(settings)
-    return {
-        "broker_url": settings.broker_url,
-        "result_backend": settings.result_backend,
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
-        "result_extended": True,
-        "result_expires": settings.result_ttl_seconds,
-        "task_default_queue": DEFAULT_QUEUE,
-        "task_routes": task_routes(),
-        "broker_transport_options": transport,
-        "result_backend_transport_options": transport,
-        "broker_connection_retry_on_startup": True,
-        "broker_channel_error_retry": True,
-        # Every result-backend call (update_state's read-modify-write included, which Celery
-        # does not retry by default) waits out a Redis restart: ~20 s on average, 40 s at most.
-        "result_backend_always_retry": True,
-        "result_backend_max_retries": 20,
-        "result_backend_max_sleep_between_retries_ms": 3000,
-        "redis_backend_health_check_interval": 10,
-        "redis_socket_keepalive": True,
-        "redis_retry_on_timeout": True,
-        "enable_utc": True,
-    }
 
 
 def worker_config(settings: Settings) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
 from celeryconfig import worker_config
-from orchestrator import compat
 from orchestrator.settings import Settings
+from orchestrator.worker import compat
 from tasks import TASK_MODULES
 
 settings = Settings.from_env()

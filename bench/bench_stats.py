@@ -32,7 +32,7 @@ import docker
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator import OrchestratorClient, Settings  # noqa: E402
-from orchestrator.config import labels  # noqa: E402
+from orchestrator.core.specs import labels  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     TEST_IMAGE,
     WorkerProcess,

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator import execution  # noqa: E402
 from orchestrator.models import ToolExecutionRequest  # noqa: E402
-from orchestrator.runtime import Runtime  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
+from orchestrator.worker.runtime import Runtime  # noqa: E402
 from tests.integration.harness import REDIS_URL, TEST_IMAGE  # noqa: E402
 
 

@@ -8,10 +8,11 @@ from typing import Any
 
 from celery import chain, group, shared_task
 
-from orchestrator import cleanup, sessions
 from orchestrator.errors import InvalidRequest
 from orchestrator.models import check_identifier
-from orchestrator.routing import host_queue
+from orchestrator.state import sessions
+from orchestrator.state.routing import host_queue
+from orchestrator.worker import cleanup
 from tasks.forwarding import fan_out
 from tasks.runtime import get_runtime
 from tasks.tools import RETRY

@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 from celery import group
 
 from orchestrator.errors import WrongHost
-from orchestrator.routing import host_queue
+from orchestrator.state.routing import host_queue
 
 
 def forward(

@@ -9,8 +9,9 @@ from typing import Any
 
 from celery import shared_task
 
-from orchestrator import cleanup, janitor, keys
 from orchestrator.errors import HostUnavailable
+from orchestrator.state import keys
+from orchestrator.worker import cleanup, janitor
 from tasks.forwarding import fan_out
 from tasks.runtime import get_runtime
 from tasks.tools import RETRY

@@ -8,9 +8,10 @@ from typing import Any
 from celery import shared_task
 from celery.exceptions import Ignore
 
-from orchestrator import relics, routing
 from orchestrator.errors import InvalidRequest, WrongHost
 from orchestrator.models import RelicStartRequest, check_identifier, parse_request
+from orchestrator.state import routing
+from orchestrator.worker import relics
 from tasks.forwarding import fan_out, forward
 from tasks.runtime import get_runtime
 from tasks.tools import RETRY

@@ -7,9 +7,9 @@ from typing import Any
 
 from celery import current_app
 
-from orchestrator.redis_conn import redis_client
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
+from orchestrator.state.redis_conn import redis_client
+from orchestrator.worker.runtime import Runtime
 
 __all__ = ["get_runtime", "reset_runtime"]
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from celery import shared_task
 
-from orchestrator import sessions
 from orchestrator.errors import InvalidRequest
 from orchestrator.models import check_identifier
+from orchestrator.state import sessions
 from tasks.runtime import get_runtime
 
 

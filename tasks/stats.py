@@ -7,8 +7,8 @@ from typing import Any
 
 from celery import shared_task
 
-from orchestrator import collect
 from orchestrator.errors import WrongHost
+from orchestrator.worker import collect
 from tasks.forwarding import fan_out, forward
 from tasks.runtime import get_runtime
 from tasks.tools import RETRY

@@ -7,7 +7,6 @@ from typing import Any
 from celery import shared_task
 from celery.exceptions import Ignore
 
-from orchestrator import execution, sessions
 from orchestrator.errors import DockerUnavailable, WrongHost
 from orchestrator.models import (
     FINAL_STATUSES,
@@ -15,6 +14,8 @@ from orchestrator.models import (
     check_identifier,
     parse_request,
 )
+from orchestrator.state import sessions
+from orchestrator.worker import execution
 from tasks.forwarding import forward
 from tasks.runtime import get_runtime
 

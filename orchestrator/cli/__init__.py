@@ -39,7 +39,7 @@ from orchestrator.cli.output import _table as _table
 from orchestrator.cli.parser import build_parser
 from orchestrator.cli.tools import RUN_WAIT_SLACK_SECONDS as RUN_WAIT_SLACK_SECONDS
 from orchestrator.cli.tools import _Progress as _Progress
-from orchestrator.client import OrchestratorClient
+from orchestrator.client.sync import OrchestratorClient
 from orchestrator.settings import Settings
 
 __all__ = ["main", "build_parser", "bash_completion", "CliError"]

@@ -13,7 +13,6 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from orchestrator import keys
 from orchestrator.cli.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -22,9 +21,10 @@ from orchestrator.cli.errors import (
     _unreachable_part,
 )
 from orchestrator.cli.output import _print_json, _sanitize, _table
-from orchestrator.client import OrchestratorClient
+from orchestrator.client.sync import OrchestratorClient
 from orchestrator.models import AggregateStats, ContainerStats
-from orchestrator.registry import HostRegistry
+from orchestrator.state import keys
+from orchestrator.state.registry import HostRegistry
 
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 START_STACK = "start one with `orchestrator up` or `celery -A worker worker` (see README)"

@@ -31,7 +31,7 @@ from orchestrator.cli.stack import (
     _cmd_up,
 )
 from orchestrator.cli.tools import _cmd_tool_cancel, _cmd_tool_logs, _cmd_tool_run, _cmd_tool_show
-from orchestrator.client import OrchestratorClient
+from orchestrator.client.sync import OrchestratorClient
 from orchestrator.settings import Settings
 
 Handler = Callable[[OrchestratorClient, argparse.Namespace], int]

@@ -9,7 +9,7 @@ from orchestrator.cli.errors import EXIT_OK, START_WORKER_HINT, CliError
 from orchestrator.cli.output import _fields, _print_json, _table
 from orchestrator.cli.request import _relic_request
 from orchestrator.cli.tools import RUN_WAIT_SLACK_SECONDS
-from orchestrator.client import OrchestratorClient
+from orchestrator.client.sync import OrchestratorClient
 from orchestrator.errors import OrchestratorTimeout
 from orchestrator.models import RelicInfo
 

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import orchestrator
-from orchestrator import keys
 from orchestrator.cli import admin
 from orchestrator.cli.errors import EXIT_OK, CliError
 from orchestrator.cli.output import _print_json, _sanitize, _table
-from orchestrator.client import OrchestratorClient
+from orchestrator.client.sync import OrchestratorClient
 from orchestrator.settings import Settings
+from orchestrator.state import keys
 
 STATE_DIR_VARIABLE = "ORCHESTRATOR_STATE_DIR"
 DEFAULT_STATE_DIR = "/var/tmp/orchestrator"

@@ -8,7 +8,6 @@ import sys
 import time
 from typing import Any, TextIO
 
-from orchestrator import keys
 from orchestrator.cli.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -18,9 +17,10 @@ from orchestrator.cli.errors import (
 )
 from orchestrator.cli.output import _fields, _print_json
 from orchestrator.cli.request import _tool_request
-from orchestrator.client import FINAL_CELERY_STATES, ExecutionHandle, OrchestratorClient
-from orchestrator.logs import follow_live, read_live
+from orchestrator.client.sync import FINAL_CELERY_STATES, ExecutionHandle, OrchestratorClient
 from orchestrator.models import ToolExecutionResult
+from orchestrator.state import keys
+from orchestrator.state.logs import follow_live, read_live
 
 POLL_SECONDS = 0.2
 RUN_WAIT_SLACK_SECONDS = 120  # image pull or build before the tool's own timeout starts

@@ -10,8 +10,8 @@ import docker
 import pytest
 import redis
 
-from orchestrator import networks
 from orchestrator.settings import Settings
+from orchestrator.worker import networks
 from tests.integration.harness import REDIS_URL
 
 

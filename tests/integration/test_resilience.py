@@ -27,13 +27,14 @@ import kombu
 import pytest
 import redis
 
-from orchestrator import OrchestratorClient, Settings, redis_broker
-from orchestrator.client import _unwrap
-from orchestrator.compat import (
+from orchestrator import OrchestratorClient, Settings
+from orchestrator.client.sync import _unwrap
+from orchestrator.errors import DockerUnavailable, OrchestratorTimeout
+from orchestrator.state import redis_broker
+from orchestrator.worker.compat import (
     finish_redis_channel_close,
     keep_messages_taken_before_a_broker_loss,
 )
-from orchestrator.errors import DockerUnavailable, OrchestratorTimeout
 from tests.integration.conftest import USED_HOSTS
 from tests.integration.harness import (
     REDIS_URL,

@@ -6,8 +6,11 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from orchestrator import keys, relics, sessions
-from orchestrator.cleanup import (
+from orchestrator.models import RelicStartRequest
+from orchestrator.settings import Settings
+from orchestrator.state import keys, sessions
+from orchestrator.worker import relics
+from orchestrator.worker.cleanup import (
     GRACE_SECONDS,
     merge_reports,
     new_host_report,
@@ -17,10 +20,8 @@ from orchestrator.cleanup import (
     remove_volumes,
     stop_containers,
 )
-from orchestrator.models import RelicStartRequest
-from orchestrator.networks import SubnetPool
-from orchestrator.runtime import Runtime
-from orchestrator.settings import Settings
+from orchestrator.worker.networks import SubnetPool
+from orchestrator.worker.runtime import Runtime
 from tests.unit.fakes import (
     FakeContainer,
     FakeDocker,

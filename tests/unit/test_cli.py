@@ -19,10 +19,9 @@ import pytest
 import redis.exceptions
 from kombu.exceptions import OperationalError
 
-from orchestrator import cli, keys
+from orchestrator import cli
 from orchestrator.cli import stack
 from orchestrator.errors import ImageNotFound, OrchestratorTimeout
-from orchestrator.logs import LiveLog
 from orchestrator.models import (
     AggregateStats,
     CleanupReport,
@@ -31,8 +30,10 @@ from orchestrator.models import (
     ToolExecutionRequest,
     ToolExecutionResult,
 )
-from orchestrator.registry import HostRegistry
 from orchestrator.settings import Settings
+from orchestrator.state import keys
+from orchestrator.state.logs import LiveLog
+from orchestrator.state.registry import HostRegistry
 
 RUN = ["tool", "run", "--image", "busybox", "--session", "s1"]
 
@@ -843,7 +844,7 @@ def test_config_with_an_invalid_variable_names_it(
 @pytest.fixture
 def healthy(fake: FakeClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """A live host, a fresh janitor pass and a Flower that answers; the URLs Flower was asked."""
-    from orchestrator.registry import HostRegistry
+    from orchestrator.state.registry import HostRegistry
 
     HostRegistry(fake.redis, 20).beat("host-a", {})
     fake.redis.set(keys.JANITOR_LAST_RUN, json.dumps({"at": time.time() - 5, "hosts": ["host-a"]}))

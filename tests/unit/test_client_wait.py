@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeout
 
-from orchestrator import client as client_module
-from orchestrator.client import _unwrap
+from orchestrator.client import sync as client_module
+from orchestrator.client.sync import _unwrap
 from orchestrator.errors import OrchestratorTimeout
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kombu.transport import redis as kombu_redis
 
-from orchestrator import compat
+from orchestrator.worker import compat
 
 
 def test_applying_the_workarounds_twice_wraps_each_method_once() -> None:

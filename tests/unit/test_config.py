@@ -1,4 +1,4 @@
-"""Behaviour of :mod:`orchestrator.config`: requests + Settings -> docker-py create kwargs."""
+"""Behaviour of :mod:`orchestrator.core.specs`: requests + Settings -> docker-py create kwargs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.config import (
+from orchestrator.core.specs import (
     check_limits,
     check_volumes,
     tool_container_config,

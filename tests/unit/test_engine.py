@@ -9,7 +9,7 @@ import pytest
 import requests.exceptions
 
 from orchestrator import errors
-from orchestrator.engine import docker_errors, is_not_found
+from orchestrator.engine.translate import docker_errors, is_not_found
 
 
 def response(status_code: int, reason: str = "Reason") -> SimpleNamespace:

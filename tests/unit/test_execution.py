@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 import requests.exceptions
 
-from orchestrator import keys, stats
-from orchestrator.config import tool_container_name
+from orchestrator.core import stats
+from orchestrator.core.specs import tool_container_name
 from orchestrator.errors import DockerUnavailable, LimitExceeded
-from orchestrator.execution import DuplicateDelivery, run_execution
-from orchestrator.logs import read_live
 from orchestrator.models import ResourceLimits, ToolExecutionRequest
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
+from orchestrator.state import keys
+from orchestrator.state.logs import read_live
+from orchestrator.worker.execution import DuplicateDelivery, run_execution
+from orchestrator.worker.runtime import Runtime
 from tests.unit.fakes import FakeContainer, FakeDocker, server_error, stats_fixture
 
 SETTINGS = Settings.from_env({}, host_name="h1", wait_slice_seconds=0.05, lease_seconds=5)

@@ -9,13 +9,14 @@ import time
 import fakeredis
 import pytest
 
-from orchestrator import janitor, keys, redis_broker
-from orchestrator.config import labels
-from orchestrator.janitor import drain_dead_host_queues, expired_sessions, reap_host
+from orchestrator.core.specs import labels
 from orchestrator.models import ToolExecutionResult
-from orchestrator.networks import SubnetPool
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
+from orchestrator.state import keys, redis_broker
+from orchestrator.worker import janitor
+from orchestrator.worker.janitor import drain_dead_host_queues, expired_sessions, reap_host
+from orchestrator.worker.networks import SubnetPool
+from orchestrator.worker.runtime import Runtime
 from tests.unit.fakes import (
     FakeContainer,
     FakeNetwork,

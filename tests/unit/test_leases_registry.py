@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from orchestrator import keys
-from orchestrator.leases import LeaseKeeper
 from orchestrator.models import ToolExecutionResult
-from orchestrator.registry import ExecutionRegistry, HostRegistry, text
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
+from orchestrator.state import keys
+from orchestrator.state.leases import LeaseKeeper
+from orchestrator.state.registry import ExecutionRegistry, HostRegistry, text
+from orchestrator.worker.runtime import Runtime
 
 # -- LeaseKeeper -------------------------------------------------------------------------------
 

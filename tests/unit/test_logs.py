@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
-from orchestrator import keys
-from orchestrator.logs import (
+from orchestrator.state import keys
+from orchestrator.state.logs import (
     CHUNK_BYTES,
     EOF_FIELD,
     LiveLog,

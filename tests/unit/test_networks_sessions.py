@@ -8,11 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator import keys, networks, relics, routing, sessions
 from orchestrator.errors import HostUnavailable, NetworkPoolExhausted, WrongHost
-from orchestrator.networks import SubnetPool, host_routes, network_name
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
+from orchestrator.state import keys, routing, sessions
+from orchestrator.worker import networks, relics
+from orchestrator.worker.networks import SubnetPool, host_routes, network_name
+from orchestrator.worker.runtime import Runtime
 
 
 def pool_of(redis, pool: str = "10.213.0.0/16", prefix: int = 26, avoid=(), host="h1"):

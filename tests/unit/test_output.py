@@ -1,4 +1,4 @@
-"""Behaviour of :mod:`orchestrator.output`: capped capture and JSON result extraction."""
+"""Behaviour of :mod:`orchestrator.core.output`: capped capture and JSON result extraction."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import tracemalloc
 
 import pytest
 
-from orchestrator.output import TRUNCATION_MARK, CappedBuffer, capture, extract_result
+from orchestrator.core.output import TRUNCATION_MARK, CappedBuffer, capture, extract_result
 
 CAP = 1024
 # Distinguishable 11-byte lines, so a misplaced head or tail byte shows up: 11 000 bytes.

@@ -13,7 +13,7 @@ import pytest
 
 from orchestrator.errors import RelicExited, RelicUnhealthy
 from orchestrator.models import RelicStartRequest
-from orchestrator.relics import probe, relic_container_name, volume_name, wait_healthy
+from orchestrator.worker.relics import probe, relic_container_name, volume_name, wait_healthy
 from tests.unit.fakes import FakeContainer
 
 ROUTES = {"/health": 200, "/ready": 204, "/moved": 302, "/missing": 404, "/broken": 500}

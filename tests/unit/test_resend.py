@@ -11,9 +11,9 @@ import pytest
 from kombu.exceptions import OperationalError
 from redis.exceptions import ResponseError
 
-from orchestrator import resend
-from orchestrator.redis_conn import broker_probe
-from orchestrator.resend import LostMessages, Sent
+from orchestrator.client import resend
+from orchestrator.client.resend import LostMessages, Sent
+from orchestrator.state.redis_conn import broker_probe
 
 
 class Broker(fakeredis.FakeRedis):

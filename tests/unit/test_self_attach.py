@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import self_attach
+from orchestrator.worker import self_attach
 from tests.unit.fakes import FakeContainer, FakeDocker, FakeNetwork, api_error
 
 CONTAINER_ID = "3f" * 32

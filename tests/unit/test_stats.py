@@ -1,4 +1,4 @@
-"""Table-driven tests of :mod:`orchestrator.stats` against captured and hand-written payloads.
+"""Table-driven tests of :mod:`orchestrator.core.stats` against captured and hand-written payloads.
 
 Every expected number below was worked out by hand from the fixture's raw numbers (the
 derivation is in the comment next to it), never by calling the code under test. See
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import stats
+from orchestrator.core import stats
 from orchestrator.models import ContainerStats
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stats"

@@ -1,4 +1,4 @@
-"""Queue names and task routing; session affinity lookups.
+"""Session affinity lookups: which host queue session-scoped work goes to.
 
 Every worker consumes ``celery`` (Celery's default, so a plain client with no
 routing can ``send_task`` by name), ``tools``, ``relics`` and its own
@@ -10,36 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator import keys
 from orchestrator.errors import HostUnavailable
-from orchestrator.registry import text
+from orchestrator.protocol import host_queue
+from orchestrator.state import keys
+from orchestrator.state.registry import text
 
-__all__ = [
-    "DEFAULT_QUEUE",
-    "TOOLS_QUEUE",
-    "RELICS_QUEUE",
-    "host_queue",
-    "task_routes",
-    "session_owner",
-    "queue_for",
-]
-
-DEFAULT_QUEUE = "celery"
-TOOLS_QUEUE = "tools"
-RELICS_QUEUE = "relics"
-
-
-def host_queue(host_name: str) -> str:
-    """The queue consumed only by workers of ``host_name``."""
-    return f"host.{host_name}"
-
-
-def task_routes() -> dict[str, dict[str, str]]:
-    """Default routes by task name (explicit ``queue=`` wins)."""
-    return {
-        "orchestrator.tools.*": {"queue": TOOLS_QUEUE},
-        "orchestrator.relics.*": {"queue": RELICS_QUEUE},
-    }
+__all__ = ["session_owner", "queue_for"]
 
 
 def session_owner(redis: Any, session_id: str) -> str | None:

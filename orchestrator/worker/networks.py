@@ -16,12 +16,12 @@ from typing import Any
 
 import docker.types
 
-from orchestrator import keys
-from orchestrator.config import LABEL_PREFIX
-from orchestrator.engine import docker_errors
+from orchestrator.core.specs import LABEL_PREFIX
+from orchestrator.engine.translate import docker_errors
 from orchestrator.errors import ContainerNotFound, DockerError, NetworkPoolExhausted
-from orchestrator.registry import text
 from orchestrator.settings import Settings
+from orchestrator.state import keys
+from orchestrator.state.registry import text
 
 __all__ = [
     "network_name",

@@ -19,12 +19,13 @@ import logging
 import time
 from typing import Any
 
-from orchestrator import cleanup, keys, redis_broker, sessions
-from orchestrator.config import LABEL_PREFIX
-from orchestrator.engine import docker_errors
+from orchestrator.core.specs import LABEL_PREFIX
+from orchestrator.engine.translate import docker_errors
 from orchestrator.errors import ContainerNotFound, OrchestratorError
-from orchestrator.registry import text
-from orchestrator.runtime import Runtime
+from orchestrator.state import keys, redis_broker, sessions
+from orchestrator.state.registry import text
+from orchestrator.worker import cleanup
+from orchestrator.worker.runtime import Runtime
 
 __all__ = ["reap_host", "expired_sessions", "drain_dead_host_queues"]
 

@@ -28,9 +28,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from orchestrator import containers, keys, relics, stats
-from orchestrator.config import LABEL_PREFIX, tool_container_name
-from orchestrator.engine import docker_errors
+from orchestrator.core import stats
+from orchestrator.core.specs import LABEL_PREFIX, tool_container_name
+from orchestrator.engine import containers
+from orchestrator.engine.translate import docker_errors
 from orchestrator.errors import (
     ContainerNotFound,
     InvalidRequest,
@@ -38,8 +39,10 @@ from orchestrator.errors import (
     RelicNotFound,
 )
 from orchestrator.models import AggregateStats, ContainerStats
-from orchestrator.registry import text
-from orchestrator.runtime import TOOL_TASK, Runtime
+from orchestrator.state import keys
+from orchestrator.state.registry import text
+from orchestrator.worker import relics
+from orchestrator.worker.runtime import TOOL_TASK, Runtime
 
 __all__ = [
     "HostStats",

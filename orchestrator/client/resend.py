@@ -26,7 +26,7 @@ from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError, ResponseError
 
-from orchestrator import redis_broker
+from orchestrator.state import redis_broker
 
 __all__ = ["LostMessages", "Sent", "CHECK_EVERY_SECONDS"]
 

@@ -7,8 +7,8 @@ import http.client
 import time
 from typing import Any
 
-from orchestrator import containers
-from orchestrator.engine import docker_errors
+from orchestrator.engine import containers
+from orchestrator.engine.translate import docker_errors
 from orchestrator.errors import OrchestratorError, RelicExited, RelicUnhealthy
 from orchestrator.models import RelicStartRequest
 

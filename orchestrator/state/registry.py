@@ -1,6 +1,6 @@
 """Redis state shared by workers and clients: executions, hosts alive, cancellations.
 
-Session and relic state lives in :mod:`orchestrator.sessions`. Secrets never
+Session and relic state lives in :mod:`orchestrator.state.sessions`. Secrets never
 enter the registry: requests are stored redacted.
 """
 
@@ -10,8 +10,8 @@ import json
 import time
 from typing import Any
 
-from orchestrator import keys
 from orchestrator.models import ToolExecutionResult
+from orchestrator.state import keys
 
 __all__ = ["ExecutionRegistry", "HostRegistry", "text"]
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import keys, networks
-from orchestrator.registry import text
+from orchestrator.state import keys
+from orchestrator.state.registry import text
+from orchestrator.worker import networks
 
 if TYPE_CHECKING:
-    from orchestrator.runtime import Runtime
+    from orchestrator.worker.runtime import Runtime
 
 __all__ = [
     "claim",

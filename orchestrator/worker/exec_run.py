@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator import containers
-from orchestrator.engine import docker_errors
-from orchestrator.logs import LiveLog
-from orchestrator.output import CappedBuffer
+from orchestrator.core.output import CappedBuffer
+from orchestrator.engine import containers
+from orchestrator.engine.translate import docker_errors
+from orchestrator.state.logs import LiveLog
 
 __all__ = ["ExecOutcome", "run_exec", "exec_command"]
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import requests.exceptions
 
-from orchestrator.engine import docker_errors
+from orchestrator.core.output import CappedBuffer, capture
+from orchestrator.engine.translate import docker_errors
 from orchestrator.errors import ContainerNotFound, DockerError, DockerUnavailable
-from orchestrator.output import CappedBuffer, capture
 
 __all__ = [
     "Exit",

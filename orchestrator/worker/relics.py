@@ -11,15 +11,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from orchestrator import containers, keys, networks, self_attach, sessions
-from orchestrator.config import (
+from orchestrator.core.specs import (
     check_limits,
     check_volumes,
     labels,
     limit_options,
     sandbox_options,
 )
-from orchestrator.engine import docker_errors
+from orchestrator.core.stats import parse_docker_time
+from orchestrator.engine import containers
+from orchestrator.engine.translate import docker_errors
 from orchestrator.errors import (
     ContainerConflict,
     ContainerNotFound,
@@ -28,12 +29,13 @@ from orchestrator.errors import (
     RelicNotFound,
     RelicUnhealthy,
 )
-from orchestrator.health import container_address, probe, wait_healthy
-from orchestrator.images import resolve_image
 from orchestrator.models import RelicInfo, RelicStartRequest, VolumeMount
-from orchestrator.registry import text
-from orchestrator.runtime import Runtime
-from orchestrator.stats import parse_docker_time
+from orchestrator.state import keys, sessions
+from orchestrator.state.registry import text
+from orchestrator.worker import networks, self_attach
+from orchestrator.worker.health import container_address, probe, wait_healthy
+from orchestrator.worker.images import resolve_image
+from orchestrator.worker.runtime import Runtime
 
 __all__ = [
     "relic_container_name",

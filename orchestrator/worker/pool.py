@@ -19,15 +19,16 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import containers, keys
-from orchestrator.config import labels, limit_options, sandbox_options
-from orchestrator.engine import docker_errors
+from orchestrator.core.specs import labels, limit_options, sandbox_options
+from orchestrator.engine import containers
+from orchestrator.engine.translate import docker_errors
 from orchestrator.errors import OrchestratorError
 from orchestrator.models import PoolSpec, ToolExecutionRequest
-from orchestrator.registry import text
+from orchestrator.state import keys
+from orchestrator.state.registry import text
 
 if TYPE_CHECKING:
-    from orchestrator.runtime import Runtime
+    from orchestrator.worker.runtime import Runtime
 
 __all__ = ["PoolSpec", "WarmPool", "IDLE_SCRIPT"]
 

@@ -16,9 +16,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from orchestrator import keys
-from orchestrator.output import CappedBuffer
-from orchestrator.registry import text
+from orchestrator.core.output import CappedBuffer
+from orchestrator.state import keys
+from orchestrator.state.registry import text
 
 __all__ = ["LiveLog", "LogFollower", "read_live", "follow_live", "redact_bytes", "EOF_FIELD"]
 

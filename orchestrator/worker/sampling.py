@@ -12,7 +12,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator import stats
+from orchestrator.core import stats
 from orchestrator.models import ToolRunStats
 
 __all__ = ["UsageSampler"]

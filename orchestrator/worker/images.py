@@ -15,12 +15,12 @@ import tarfile
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator import keys
-from orchestrator.config import path_within
-from orchestrator.engine import docker_errors
+from orchestrator.core.specs import path_within
+from orchestrator.engine.translate import docker_errors
 from orchestrator.errors import DockerUnavailable, ImageNotFound, InvalidRequest
 from orchestrator.models import BuildSpec
 from orchestrator.settings import Settings
+from orchestrator.state import keys
 
 __all__ = ["ensure_image", "build_image", "build_tag", "resolve_image"]
 

@@ -10,14 +10,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from orchestrator import keys, networks, self_attach, sessions
-from orchestrator.config import LABEL_PREFIX
-from orchestrator.engine import docker_errors
+from orchestrator.core.specs import LABEL_PREFIX
+from orchestrator.core.stats import parse_docker_time
+from orchestrator.engine.translate import docker_errors
 from orchestrator.errors import ContainerNotFound, OrchestratorError
 from orchestrator.models import CleanupReport
-from orchestrator.registry import text
-from orchestrator.runtime import Runtime
-from orchestrator.stats import parse_docker_time
+from orchestrator.state import keys, sessions
+from orchestrator.state.registry import text
+from orchestrator.worker import networks, self_attach
+from orchestrator.worker.runtime import Runtime
 
 __all__ = [
     "new_host_report",

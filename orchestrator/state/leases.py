@@ -17,8 +17,8 @@ import threading
 import uuid
 from typing import Any
 
-from orchestrator import keys
-from orchestrator.registry import text
+from orchestrator.state import keys
+from orchestrator.state.registry import text
 
 __all__ = ["LeaseKeeper"]
 

@@ -14,15 +14,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator import containers, redaction, sessions
-from orchestrator.config import (
+from orchestrator.core import redaction
+from orchestrator.core.output import extract_result
+from orchestrator.core.specs import (
     check_limits,
     check_volumes,
     tool_container_config,
     tool_environment,
 )
-from orchestrator.config import tool_container_name as container_name
-from orchestrator.engine import docker_errors
+from orchestrator.core.specs import tool_container_name as container_name
+from orchestrator.core.stats import parse_docker_time
+from orchestrator.engine import containers
+from orchestrator.engine.translate import docker_errors
 from orchestrator.errors import (
     ContainerConflict,
     ContainerNotFound,
@@ -32,14 +35,13 @@ from orchestrator.errors import (
     OrchestratorError,
     SessionError,
 )
-from orchestrator.exec_run import exec_command, run_exec
-from orchestrator.images import resolve_image
-from orchestrator.logs import LiveLog, LogFollower
 from orchestrator.models import ToolExecutionRequest, ToolExecutionResult, ToolRunStats
-from orchestrator.output import extract_result
-from orchestrator.runtime import Runtime
-from orchestrator.sampling import UsageSampler
-from orchestrator.stats import parse_docker_time
+from orchestrator.state import sessions
+from orchestrator.state.logs import LiveLog, LogFollower
+from orchestrator.worker.exec_run import exec_command, run_exec
+from orchestrator.worker.images import resolve_image
+from orchestrator.worker.runtime import Runtime
+from orchestrator.worker.sampling import UsageSampler
 
 __all__ = ["run_execution", "DuplicateDelivery", "Progress"]
 

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator import engine
+from orchestrator.engine import translate as engine
 from orchestrator.errors import HostUnavailable, WrongHost
-from orchestrator.leases import LeaseKeeper
-from orchestrator.pool import WarmPool
-from orchestrator.registry import ExecutionRegistry, HostRegistry
 from orchestrator.settings import Settings
+from orchestrator.state.leases import LeaseKeeper
+from orchestrator.state.registry import ExecutionRegistry, HostRegistry
+from orchestrator.worker.pool import WarmPool
 
 __all__ = ["Runtime", "Enqueue"]
 

@@ -18,8 +18,10 @@ from celery.exceptions import TaskRevokedError
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
+from orchestrator import protocol
+from orchestrator.client.config import client_config
+from orchestrator.client.resend import LostMessages, Sent
 from orchestrator.errors import OrchestratorTimeout
-from orchestrator.logs import follow_live, read_live
 from orchestrator.models import (
     AggregateStats,
     CleanupReport,
@@ -30,17 +32,16 @@ from orchestrator.models import (
     ToolExecutionResult,
     parse_request,
 )
-from orchestrator.redis_conn import broker_probe, redis_client
-from orchestrator.resend import LostMessages, Sent
-from orchestrator.routing import DEFAULT_QUEUE, RELICS_QUEUE, TOOLS_QUEUE, queue_for
+from orchestrator.protocol import ROUTED_QUEUES, Task
 from orchestrator.settings import Settings
+from orchestrator.state.logs import follow_live, read_live
+from orchestrator.state.redis_conn import broker_probe, redis_client
+from orchestrator.state.routing import queue_for
 
 __all__ = ["OrchestratorClient", "AsyncOrchestratorClient", "ExecutionHandle", "ExecutionProgress"]
 
 T = TypeVar("T")
 FINAL_CELERY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
-#: Where a task sent without an explicit queue can wait (the routes lead to one of these).
-ROUTED_QUEUES = (TOOLS_QUEUE, RELICS_QUEUE, DEFAULT_QUEUE)
 
 
 class ExecutionProgress(dict[str, Any]):
@@ -126,8 +127,6 @@ class OrchestratorClient:
     def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
         self.settings = settings or Settings.from_env()
         if app is None:
-            from celeryconfig import client_config  # top-level module; imported late (cycle)
-
             app = Celery("orchestrator-client", set_as_current=False)
             app.conf.update(client_config(self.settings))
         self.app = app
@@ -145,7 +144,7 @@ class OrchestratorClient:
 
     def _send(self, name: str, args: list[Any], queue: str | None = None, **options: Any) -> Sent:
         epoch = self._lost.epoch() if self._lost is not None else ""
-        async_result = self.app.send_task(name, args=args, queue=queue, **options)
+        async_result = self.app.send_task(str(name), args=args, queue=queue, **options)
         return Sent(
             name=name,
             args=args,
@@ -171,11 +170,11 @@ class OrchestratorClient:
     def execute_tool(self, request: ToolExecutionRequest | dict[str, Any]) -> ExecutionHandle:
         """Enqueue a tool run and return at once; ``handle.id`` is the execution id."""
         req = parse_request(ToolExecutionRequest, request)
-        queue = TOOLS_QUEUE
+        queue = protocol.TOOLS_QUEUE
         if req.network_mode == "session":
-            queue = queue_for(self.redis, req.session_id, TOOLS_QUEUE)
+            queue = queue_for(self.redis, req.session_id, protocol.TOOLS_QUEUE)
         sent = self._send(
-            "orchestrator.tools.execute",
+            Task.TOOLS_EXECUTE,
             [req.model_dump(mode="json")],
             queue=queue,
             argsrepr=repr([req.redacted()]),
@@ -190,7 +189,7 @@ class OrchestratorClient:
 
     def cancel_tool(self, execution_id: str, timeout: float | None = 30) -> dict[str, Any]:
         """Cancel a run on any host: ``{"execution_id", "cancelled", "status"}``."""
-        return dict(self._call("orchestrator.tools.cancel", [execution_id], timeout))
+        return dict(self._call(Task.TOOLS_CANCEL, [execution_id], timeout))
 
     def get_execution(self, execution_id: str) -> ToolExecutionResult | ExecutionProgress:
         """The final result, or an ExecutionProgress while the run is queued or running."""
@@ -239,60 +238,56 @@ class OrchestratorClient:
     ) -> RelicInfo:
         """Start a relic and wait until it is healthy."""
         req = parse_request(RelicStartRequest, request)
-        queue = queue_for(self.redis, req.session_id, RELICS_QUEUE)
-        data = self._call(
-            "orchestrator.relics.start", [req.model_dump(mode="json")], timeout, queue=queue
-        )
+        queue = queue_for(self.redis, req.session_id, protocol.RELICS_QUEUE)
+        data = self._call(Task.RELICS_START, [req.model_dump(mode="json")], timeout, queue=queue)
         return RelicInfo.model_validate(data)
 
     def get_relic(self, relic_id: str, timeout: float | None = 60) -> RelicInfo:
         """A relic's current info (status kept true to the engine)."""
-        return RelicInfo.model_validate(self._call("orchestrator.relics.info", [relic_id], timeout))
+        return RelicInfo.model_validate(self._call(Task.RELICS_INFO, [relic_id], timeout))
 
     def list_relics(
         self, session_id: str | None = None, timeout: float | None = 60
     ) -> list[RelicInfo]:
         """Every relic, or those of one session."""
-        data = self._call("orchestrator.relics.list", [session_id], timeout)
+        data = self._call(Task.RELICS_LIST, [session_id], timeout)
         return [RelicInfo.model_validate(item) for item in data]
 
     def stop_relic(self, relic_id: str, timeout: float | None = 120) -> RelicInfo:
         """Stop a relic gracefully (then kill after its grace period)."""
-        return RelicInfo.model_validate(self._call("orchestrator.relics.stop", [relic_id], timeout))
+        return RelicInfo.model_validate(self._call(Task.RELICS_STOP, [relic_id], timeout))
 
     def remove_relic(self, relic_id: str, timeout: float | None = 120) -> dict[str, Any]:
         """Remove a relic's container: ``{"relic_id", "removed"}``."""
-        return dict(self._call("orchestrator.relics.remove", [relic_id], timeout))
+        return dict(self._call(Task.RELICS_REMOVE, [relic_id], timeout))
 
     # -- stats, sessions, cleanup -----------------------------------------------------------
 
     def container_stats(self, container: str, timeout: float | None = 60) -> ContainerStats:
         """Stats of one container by container id, execution id or relic id."""
-        data = self._call("orchestrator.stats.container", [container], timeout)
+        data = self._call(Task.STATS_CONTAINER, [container], timeout)
         return ContainerStats.model_validate(data)
 
     def stats(self, timeout: float | None = 60) -> AggregateStats:
         """Stats of every managed container on every live host."""
-        return AggregateStats.model_validate(self._call("orchestrator.stats.all", [], timeout))
+        return AggregateStats.model_validate(self._call(Task.STATS_ALL, [], timeout))
 
     def touch_session(
         self, session_id: str, extend_seconds: float = 3600, timeout: float | None = 60
     ) -> dict[str, Any]:
         """Keep a session alive: ``{"session_id", "expires_at"}``."""
-        return dict(
-            self._call("orchestrator.sessions.touch", [session_id, extend_seconds], timeout)
-        )
+        return dict(self._call(Task.SESSIONS_TOUCH, [session_id, extend_seconds], timeout))
 
     def cleanup_session(
         self, session_id: str, force: bool = True, timeout: float | None = 300
     ) -> CleanupReport:
         """Stop and remove every container, volume and network of a session."""
-        data = self._call("orchestrator.cleanup.session", [session_id, force], timeout)
+        data = self._call(Task.CLEANUP_SESSION, [session_id, force], timeout)
         return CleanupReport.model_validate(data)
 
     def cleanup_networks(self, timeout: float | None = 300) -> dict[str, Any]:
         """Remove managed networks that have no containers: ``{"removed", "errors"}``."""
-        return dict(self._call("orchestrator.cleanup.networks", [], timeout))
+        return dict(self._call(Task.CLEANUP_NETWORKS, [], timeout))
 
     def close(self) -> None:
         """Release connections."""

@@ -24,8 +24,8 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from orchestrator.config import LABEL_PREFIX
-from orchestrator.engine import docker_errors
+from orchestrator.core.specs import LABEL_PREFIX
+from orchestrator.engine.translate import docker_errors
 from orchestrator.errors import ContainerNotFound, DockerError
 
 __all__ = ["ENV_CONTAINER", "own_container_id", "join", "leave", "attached", "reset"]

@@ -1,0 +1,52 @@
+"""The client's Celery configuration: connections, JSON only, routes, result settings.
+
+Workers extend it (``celeryconfig.worker_config``), so both ends agree on serializers and
+routes; the client never imports the worker's top-level modules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.protocol import DEFAULT_QUEUE, task_routes
+from orchestrator.settings import Settings
+
+__all__ = ["client_config", "transport_options"]
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """Broker transport options; for Redis, the visibility timeout of unacked messages."""
+    if not settings.broker_url.startswith(("redis://", "rediss://", "sentinel://")):
+        return {}
+    # Unacknowledged messages come back after this; leases make the redelivery harmless.
+    return {"visibility_timeout": settings.visibility_timeout_seconds}
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """What a client needs: connections, JSON only, routes, result settings."""
+    transport = transport_options(settings)
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "result_extended": True,
+        "result_expires": settings.result_ttl_seconds,
+        "task_default_queue": DEFAULT_QUEUE,
+        "task_routes": task_routes(),
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_channel_error_retry": True,
+        # Every result-backend call (update_state's read-modify-write included, which Celery
+        # does not retry by default) waits out a Redis restart: ~20 s on average, 40 s at most.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
+        "result_backend_max_sleep_between_retries_ms": 3000,
+        "redis_backend_health_check_interval": 10,
+        "redis_socket_keepalive": True,
+        "redis_retry_on_timeout": True,
+        "enable_utc": True,
+    }

@@ -1,0 +1,1 @@
+"""The only package that imports docker: the Engine and its test double."""
