@@ -13,12 +13,17 @@ on the client with the same type and text.
     ├── NotFound
     │   ├── ExecutionNotFound
     │   ├── RelicNotFound
-    │   └── ContainerNotFound
+    │   ├── ContainerNotFound
+    │   ├── NetworkNotFound
+    │   ├── PathNotFound          no such file or directory inside a container
+    │   └── VolumeNotFound
     ├── DockerError               the engine refused or failed an operation
     │   ├── DockerUnavailable     the engine cannot be reached (transient, retried)
     │   ├── ImageNotFound
     │   ├── ImageBuildFailed
-    │   └── ContainerConflict
+    │   ├── ContainerConflict
+    │   ├── NetworkInUse          containers are still attached to the network
+    │   └── VolumeInUse           a container still uses the volume
     ├── RelicError
     │   ├── RelicExited           the relic's process ended before it was healthy
     │   ├── RelicUnhealthy        the health endpoint never answered in time
@@ -40,11 +45,16 @@ __all__ = [
     "ExecutionNotFound",
     "RelicNotFound",
     "ContainerNotFound",
+    "NetworkNotFound",
+    "PathNotFound",
+    "VolumeNotFound",
     "DockerError",
     "DockerUnavailable",
     "ImageNotFound",
     "ImageBuildFailed",
     "ContainerConflict",
+    "NetworkInUse",
+    "VolumeInUse",
     "RelicError",
     "RelicExited",
     "RelicUnhealthy",
@@ -92,6 +102,18 @@ class ContainerNotFound(NotFound):
     """Raised when the Docker engine has no container with a given id or name."""
 
 
+class NetworkNotFound(NotFound):
+    """Raised when the Docker engine has no network with a given id or name."""
+
+
+class PathNotFound(NotFound):
+    """Raised when a path does not exist inside a container (file copies, archives)."""
+
+
+class VolumeNotFound(NotFound):
+    """Raised when the Docker engine has no volume with a given name."""
+
+
 class DockerError(OrchestratorError):
     """Raised when the Docker engine refuses or fails an operation."""
 
@@ -110,6 +132,14 @@ class ImageBuildFailed(DockerError):
 
 class ContainerConflict(DockerError):
     """Raised when a container name is already taken (HTTP 409 on create)."""
+
+
+class NetworkInUse(DockerError):
+    """Raised when a network cannot be removed because containers are attached to it."""
+
+
+class VolumeInUse(DockerError):
+    """Raised when a volume cannot be removed because a container uses it."""
 
 
 class RelicError(OrchestratorError):

@@ -1,19 +1,20 @@
-"""The Docker engine connection and the single point where docker-py errors are translated.
+"""The single point where docker-py and transport errors become orchestrator errors.
 
-Only modules of this package call docker-py, and every call runs inside
-:func:`docker_errors`, so no ``docker.errors`` or ``requests`` type escapes
-``orchestrator/``.
+Only :mod:`orchestrator.engine` uses it: every Engine method runs its docker-py calls
+inside :func:`docker_errors`, so no ``docker.errors`` or ``requests`` type escapes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
 from orchestrator.errors import (
     ContainerConflict,
@@ -22,20 +23,85 @@ from orchestrator.errors import (
     DockerUnavailable,
     ImageBuildFailed,
     ImageNotFound,
+    OrchestratorError,
 )
-from orchestrator.settings import Settings
 
-__all__ = ["connect", "docker_errors", "is_not_found"]
+__all__ = ["docker_errors", "is_read_timeout", "connect", "is_not_found"]
 
 _TRANSIENT = (
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
+    urllib3.exceptions.HTTPError,
     ConnectionError,
     FileNotFoundError,
+    socket.timeout,
 )
 
 
-def connect(settings: Settings, environ: dict[str, str] | None = None) -> Any:
+def is_read_timeout(exc: BaseException) -> bool:
+    """True when ``exc`` is an HTTP *read* timeout (the engine is there, just slow to
+    answer), as opposed to a connect timeout or a refused connection (it is not there).
+
+    docker-py over a unix socket reports a read timeout as a ``ConnectionError`` wrapping
+    urllib3's ``ReadTimeoutError``; over TCP as ``requests``' ``ReadTimeout``.
+    """
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return False
+    if isinstance(exc, requests.exceptions.ReadTimeout | urllib3.exceptions.ReadTimeoutError):
+        return True
+    if isinstance(exc, socket.timeout):
+        return True
+    for inner in exc.args:
+        if isinstance(inner, urllib3.exceptions.MaxRetryError):
+            inner = inner.reason
+        if isinstance(inner, urllib3.exceptions.ReadTimeoutError):
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def docker_errors(action: str, not_found: type[OrchestratorError] | None = None) -> Iterator[None]:
+    """Translate docker-py and transport errors raised while doing ``action``.
+
+    Args:
+        action: what was being done, first in every message.
+        not_found: the error a 404 means here (default ``ContainerNotFound``; an image
+            the engine reports as missing is always ``ImageNotFound``).
+
+    Raises:
+        DockerUnavailable: the engine could not be reached.
+        ContainerNotFound / NetworkNotFound / VolumeNotFound / ImageNotFound: a 404.
+        ContainerConflict: a 409 (a name already in use).
+        ImageBuildFailed: a build error.
+        DockerError: any other engine error.
+    """
+    try:
+        yield
+    except docker.errors.ImageNotFound as exc:
+        if not_found is None or not_found is ImageNotFound:
+            raise ImageNotFound(f"{action}: {_explain(exc)}") from exc
+        raise not_found(f"{action}: {_explain(exc)}") from exc
+    except docker.errors.NotFound as exc:
+        raise (not_found or ContainerNotFound)(f"{action}: {_explain(exc)}") from exc
+    except docker.errors.BuildError as exc:
+        raise ImageBuildFailed(f"{action}: {exc.msg}") from exc
+    except docker.errors.APIError as exc:
+        if exc.status_code == 409:
+            raise ContainerConflict(f"{action}: {_explain(exc)}") from exc
+        raise DockerError(f"{action}: {_explain(exc)}") from exc
+    except docker.errors.DockerException as exc:
+        if isinstance(exc.__cause__ or exc.__context__, _TRANSIENT):
+            raise DockerUnavailable(f"{action}: Docker engine unreachable: {exc}") from exc
+        raise DockerError(f"{action}: {exc}") from exc
+    except _TRANSIENT as exc:
+        raise DockerUnavailable(f"{action}: Docker engine unreachable: {exc}") from exc
+
+
+def _explain(exc: docker.errors.APIError) -> str:
+    return str(exc.explanation or exc)
+
+
+def connect(settings: Any, environ: dict[str, str] | None = None) -> Any:
     """Open a docker-py client from ``DOCKER_HOST`` & co, sized for the worker's threads.
 
     Raises:
@@ -54,38 +120,3 @@ def connect(settings: Settings, environ: dict[str, str] | None = None) -> Any:
 def is_not_found(exc: BaseException) -> bool:
     """True when a docker-py error is a 404 (the object is gone)."""
     return isinstance(exc, docker.errors.NotFound)
-
-
-@contextlib.contextmanager
-def docker_errors(action: str) -> Iterator[None]:
-    """Translate docker-py and transport errors raised while doing ``action``.
-
-    Raises:
-        DockerUnavailable: the engine could not be reached.
-        ContainerNotFound / ImageNotFound: a 404 from the engine.
-        ContainerConflict: a 409 (a name already in use).
-        ImageBuildFailed: a build error.
-        DockerError: any other engine error.
-    """
-    try:
-        yield
-    except docker.errors.ImageNotFound as exc:
-        raise ImageNotFound(f"{action}: {_explain(exc)}") from exc
-    except docker.errors.NotFound as exc:
-        raise ContainerNotFound(f"{action}: {_explain(exc)}") from exc
-    except docker.errors.BuildError as exc:
-        raise ImageBuildFailed(f"{action}: {exc.msg}") from exc
-    except docker.errors.APIError as exc:
-        if exc.status_code == 409:
-            raise ContainerConflict(f"{action}: {_explain(exc)}") from exc
-        raise DockerError(f"{action}: {_explain(exc)}") from exc
-    except docker.errors.DockerException as exc:
-        if isinstance(exc.__cause__ or exc.__context__, _TRANSIENT):
-            raise DockerUnavailable(f"{action}: Docker engine unreachable: {exc}") from exc
-        raise DockerError(f"{action}: {exc}") from exc
-    except _TRANSIENT as exc:
-        raise DockerUnavailable(f"{action}: Docker engine unreachable: {exc}") from exc
-
-
-def _explain(exc: docker.errors.APIError) -> str:
-    return str(exc.explanation or exc)

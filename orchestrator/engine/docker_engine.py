@@ -1,0 +1,573 @@
+"""The real engine: docker-py behind :class:`~orchestrator.engine.base.Engine`.
+
+This module and :mod:`orchestrator.engine.translate` are the only ones that import
+docker. Every method translates engine errors itself (through
+:func:`~orchestrator.engine.translate.docker_errors`), so no docker-py type escapes.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+import socket
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import docker
+import docker.errors
+import docker.types
+import docker.utils.socket
+
+from orchestrator.engine import parse
+from orchestrator.engine.base import Engine
+from orchestrator.engine.translate import docker_errors, is_read_timeout
+from orchestrator.engine.types import (
+    ArchiveStat,
+    BuildSpec,
+    Chunk,
+    Container,
+    ContainerSpec,
+    ExecSpec,
+    Image,
+    Mount,
+    Network,
+    NetworkSpec,
+    Stream,
+    Volume,
+)
+from orchestrator.errors import (
+    ContainerNotFound,
+    ImageBuildFailed,
+    ImageNotFound,
+    NetworkInUse,
+    NetworkNotFound,
+    PathNotFound,
+    VolumeInUse,
+    VolumeNotFound,
+)
+
+__all__ = ["DockerEngine", "create_kwargs"]
+
+
+def _host_config(spec: ContainerSpec) -> dict[str, Any]:
+    host: dict[str, Any] = {
+        "CapDrop": list(spec.cap_drop) or None,
+        "CapAdd": list(spec.cap_add) or None,
+        "SecurityOpt": list(spec.security_opt) or None,
+        "Privileged": False,
+        "ReadonlyRootfs": spec.read_only,
+        "NetworkMode": spec.network,
+        "Tmpfs": dict(spec.tmpfs) or None,
+        "Runtime": spec.runtime,
+    }
+    if spec.memory_mb is not None:
+        host["Memory"] = host["MemorySwap"] = spec.memory_mb * 1024 * 1024  # no swap
+    if spec.cpu_limit is not None:
+        host["NanoCpus"] = int(round(spec.cpu_limit * 1_000_000_000))
+    if spec.pids_limit is not None:
+        host["PidsLimit"] = spec.pids_limit
+    if spec.log_max_size:
+        host["LogConfig"] = {
+            "Type": "json-file",
+            "Config": {"max-size": spec.log_max_size, "max-file": "1"},
+        }
+    if spec.mounts:
+        host["Mounts"] = [_mount(m) for m in spec.mounts]
+    if spec.ports:
+        host["PortBindings"] = {
+            f"{int(c)}/tcp": [{"HostIp": spec.ports_host_ip, "HostPort": str(int(h))}]
+            for c, h in spec.ports.items()
+        }
+    return {k: v for k, v in host.items() if v is not None}
+
+
+def _mount(mount: Mount) -> dict[str, Any]:
+    # A bind mount through ``Mounts`` (unlike ``Binds``) fails on a missing source instead
+    # of creating it as root.
+    entry: dict[str, Any] = {
+        "Type": mount.kind,
+        "Source": mount.source,
+        "Target": mount.target,
+        "ReadOnly": mount.read_only,
+    }
+    return entry
+
+
+def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
+    """The engine's ``POST /containers/create`` body for a spec (pure).
+
+    Returns:
+        ``{"config": ..., "networking_config": ...}``; the config holds ``HostConfig``.
+    """
+    config: dict[str, Any] = {
+        "Image": spec.image,
+        "Labels": dict(spec.labels),
+        "Env": [f"{k}={v}" for k, v in spec.environment.items()],
+        "OpenStdin": spec.stdin_open,
+        "StdinOnce": False,
+        "Tty": False,
+        "HostConfig": _host_config(spec),
+    }
+    if isinstance(spec.command, str):  # as docker-py and the docker CLI split it
+        config["Cmd"] = shlex.split(spec.command)
+    elif spec.command is not None:
+        config["Cmd"] = list(spec.command)
+    if spec.entrypoint is not None:
+        config["Entrypoint"] = list(spec.entrypoint)
+    if spec.ports:
+        config["ExposedPorts"] = {f"{int(c)}/tcp": {} for c in spec.ports}
+    if spec.working_dir:
+        config["WorkingDir"] = spec.working_dir
+    if spec.user:
+        config["User"] = spec.user
+    networking = None
+    if spec.aliases and spec.network not in ("none", "bridge", "host", "default"):
+        networking = {"EndpointsConfig": {spec.network: {"Aliases": list(spec.aliases)}}}
+    return {"config": config, "networking_config": networking}
+
+
+class _ClosingStream:
+    """Wrap a docker-py generator (and the response behind it) as a closable stream."""
+
+    def __init__(self, items: Iterable[Any], closers: Iterable[Any] = ()) -> None:
+        self._items = items
+        self._closers = list(closers)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+    def close(self) -> None:
+        for closer in [self._items, *self._closers]:
+            close = getattr(closer, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001, S110 - closing a finished stream may fail
+                    pass
+
+
+class _DockerExec:
+    """A started exec: demultiplexed output chunks, then its exit code."""
+
+    def __init__(self, api: Any, exec_id: str, frames: Iterable[tuple[int, bytes]], sock: Any):
+        self._api = api
+        self._id = exec_id
+        self._frames = frames
+        self._sock = sock
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    def __iter__(self) -> Iterator[Chunk]:
+        with docker_errors(f"read output of exec {self._id[:12]}"):
+            for stream, data in self._frames:
+                if data and stream in (1, 2):
+                    yield stream, data
+
+    def close(self) -> None:
+        for target in (self._frames, self._sock):
+            close = getattr(target, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001, S110 - already closed
+                    pass
+
+    def exit_code(self) -> int | None:
+        with docker_errors(f"inspect exec {self._id[:12]}"):
+            code = self._api.exec_inspect(self._id).get("ExitCode")
+        return None if code is None else int(code)
+
+
+def _label_filter(label_filters: Iterable[str]) -> dict[str, Any]:
+    labels = list(label_filters)
+    return {"label": labels} if labels else {}
+
+
+class DockerEngine(Engine):
+    """A Docker engine reached through docker-py.
+
+    Args:
+        client: a ``docker.DockerClient`` (its low-level ``api`` is what is used).
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.api = client.api
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        timeout_seconds: float = 60,
+        max_pool_size: int = 16,
+        environ: Mapping[str, str] | None = None,
+    ) -> DockerEngine:
+        """Connect through ``DOCKER_HOST`` & co (docker-py's own variables).
+
+        Raises:
+            DockerUnavailable: the engine does not answer.
+        """
+        with docker_errors("connect to the Docker engine"):
+            kwargs: dict[str, Any] = {"timeout": timeout_seconds, "max_pool_size": max_pool_size}
+            if environ is not None:
+                kwargs["environment"] = dict(environ)
+            return cls(docker.from_env(**kwargs))
+
+    # -- containers ---------------------------------------------------------------------
+
+    def create_container(self, spec: ContainerSpec) -> Container:
+        kwargs = create_kwargs(spec)
+        config = {**kwargs["config"], "NetworkingConfig": kwargs["networking_config"]}
+        with docker_errors(f"create container {spec.name}", not_found=ImageNotFound):
+            created = self.api.create_container_from_config(config, name=spec.name)
+        return self.inspect_container(str(created["Id"]))
+
+    def start_container(self, ref: str) -> None:
+        with docker_errors(f"start container {ref}"):
+            self.api.start(ref)
+
+    def inspect_container(self, ref: str) -> Container:
+        with docker_errors(f"inspect container {ref}"):
+            return parse.container(self.api.inspect_container(ref))
+
+    def list_containers(
+        self, label_filters: Iterable[str] = (), *, include_stopped: bool = True
+    ) -> list[Container]:
+        with docker_errors("list containers"):
+            listed = self.api.containers(all=include_stopped, filters=_label_filter(label_filters))
+        found = []
+        for summary in listed:
+            item = self.find_container(summary["Id"])
+            if item is not None:  # vanished while the list was read
+                found.append(item)
+        return found
+
+    def wait_container(self, ref: str, timeout_seconds: float) -> int | None:
+        with docker_errors(f"wait for container {ref}"):
+            try:
+                outcome = self.api.wait(ref, timeout=timeout_seconds)
+            except Exception as exc:
+                if is_read_timeout(exc):
+                    return None
+                raise
+        return int(outcome.get("StatusCode", -1))
+
+    def kill_container(self, ref: str, signal: str = "SIGKILL") -> bool:
+        with docker_errors(f"kill container {ref}"):
+            try:
+                self.api.kill(ref, signal=signal)
+            except docker.errors.APIError as exc:
+                if exc.status_code in (404, 409):  # gone, or not running
+                    return False
+                raise
+        return True
+
+    def stop_container(self, ref: str, grace_seconds: int) -> None:
+        with docker_errors(f"stop container {ref}"):
+            self.api.stop(ref, timeout=grace_seconds)
+
+    def remove_container(self, ref: str) -> bool:
+        try:
+            with docker_errors(f"remove container {ref}"):
+                self.api.remove_container(ref, force=True, v=True)
+            return True
+        except ContainerNotFound:
+            return False
+
+    def container_logs(
+        self,
+        ref: str,
+        *,
+        stdout: bool = True,
+        stderr: bool = True,
+        follow: bool = False,
+        tail: int | None = None,
+    ) -> Stream[bytes]:
+        with docker_errors(f"read logs of {ref}"):
+            stream = self.api.logs(
+                ref,
+                stdout=stdout,
+                stderr=stderr,
+                stream=True,
+                follow=follow,
+                tail="all" if tail is None else tail,
+            )
+        return _ClosingStream(_translated(stream, f"read logs of {ref}"), [stream])
+
+    def container_stats(self, ref: str) -> dict[str, Any]:
+        with docker_errors(f"read stats of {ref}"):
+            return dict(self.api.stats(ref, stream=False, decode=False))
+
+    def stream_stats(self, ref: str) -> Stream[dict[str, Any]]:
+        with docker_errors(f"follow stats of {ref}"):
+            items = self.api.stats(ref, stream=True, decode=True)
+        return _ClosingStream(_translated(items, f"follow stats of {ref}"), [items])
+
+    def exec_start(self, ref: str, spec: ExecSpec) -> _DockerExec:
+        with docker_errors(f"exec in {ref}"):
+            exec_id = self.api.exec_create(
+                ref,
+                list(spec.argv),
+                stdout=True,
+                stderr=True,
+                stdin=spec.stdin is not None,
+                environment=dict(spec.environment) or None,
+                workdir=spec.working_dir,
+                user=spec.user or "",
+            )["Id"]
+            sock = self.api.exec_start(exec_id, socket=True)
+        raw = getattr(sock, "_sock", sock)
+        # Our own wait loop enforces the deadline; a silent command is no read timeout.
+        raw.settimeout(None)
+        if spec.stdin is not None:
+            threading.Thread(
+                target=_feed_stdin, args=(raw, spec.stdin), name="exec-stdin", daemon=True
+            ).start()
+        frames = docker.utils.socket.frames_iter(sock, tty=False)
+        return _DockerExec(self.api, exec_id, frames, sock)
+
+    def put_archive(self, ref: str, path: str, tar_bytes: bytes) -> None:
+        with docker_errors(f"write files into {ref}:{path}"):
+            try:
+                self.api.put_archive(ref, path, tar_bytes)
+            except docker.errors.NotFound as exc:
+                raise self._path_or_container(ref, path, exc) from exc
+
+    def get_archive(self, ref: str, path: str) -> tuple[Stream[bytes], ArchiveStat]:
+        with docker_errors(f"read {ref}:{path}"):
+            try:
+                chunks, stat = self.api.get_archive(ref, path)
+            except docker.errors.NotFound as exc:
+                raise self._path_or_container(ref, path, exc) from exc
+        return _ClosingStream(_translated(chunks, f"read {ref}:{path}")), ArchiveStat(
+            name=str(stat.get("name", "")),
+            size=int(stat.get("size", 0)),
+            mode=int(stat.get("mode", 0)),
+            link_target=str(stat.get("linkTarget", "")),
+        )
+
+    def _path_or_container(self, ref: str, path: str, exc: Any) -> Exception:
+        """A 404 from the archive API: the container, or only the path, is missing."""
+        if self.find_container(ref) is None:
+            return ContainerNotFound(f"container {ref}: {exc.explanation}")
+        return PathNotFound(f"{path}: no such file or directory in container {ref}")
+
+    # -- networks -----------------------------------------------------------------------
+
+    def create_network(self, spec: NetworkSpec) -> Network:
+        ipam = None
+        if spec.subnet:
+            ipam = docker.types.IPAMConfig(
+                pool_configs=[docker.types.IPAMPool(subnet=spec.subnet, gateway=spec.gateway)]
+            )
+        with docker_errors(f"create network {spec.name}"):
+            created = self.api.create_network(
+                spec.name,
+                driver="bridge",
+                internal=spec.internal,
+                labels=dict(spec.labels),
+                ipam=ipam,
+                options=dict(spec.options) or None,
+                check_duplicate=True,
+            )
+        return self.inspect_network(created["Id"])
+
+    def inspect_network(self, name: str) -> Network:
+        with docker_errors(f"inspect network {name}", not_found=NetworkNotFound):
+            raw = self.api.inspect_network(name)
+        if name not in (raw.get("Name"), raw.get("Id")) and not raw.get("Id", "").startswith(name):
+            raise NetworkNotFound(f"inspect network {name}: no network of that exact name")
+        return parse.network(raw)
+
+    def list_networks(self, label_filters: Iterable[str] = ()) -> list[Network]:
+        with docker_errors("list networks", not_found=NetworkNotFound):
+            listed = self.api.networks(filters=_label_filter(label_filters))
+        found = []
+        for summary in listed:
+            item = self.find_network(summary["Id"])
+            if item is not None:
+                found.append(item)
+        return found
+
+    def remove_network(self, name: str) -> None:
+        with docker_errors(f"remove network {name}", not_found=NetworkNotFound):
+            try:
+                self.api.remove_network(name)
+            except docker.errors.APIError as exc:
+                if exc.status_code in (403, 409):  # "has active endpoints"
+                    raise NetworkInUse(f"remove network {name}: {exc.explanation}") from exc
+                raise
+
+    def connect_network(self, network: str, container: str, aliases: Iterable[str] = ()) -> None:
+        if self._attached(network, container):
+            return
+        with docker_errors(f"connect {container} to {network}", not_found=NetworkNotFound):
+            try:
+                self.api.connect_container_to_network(
+                    container, network, aliases=list(aliases) or None
+                )
+            except docker.errors.APIError as exc:
+                if exc.status_code == 404:
+                    raise _missing_of_two(network, container, exc) from exc
+                if exc.status_code == 403 and self._attached(network, container):
+                    return  # a concurrent connect won the race
+                raise
+
+    def disconnect_network(self, network: str, container: str) -> None:
+        if not self._attached(network, container):
+            return
+        with docker_errors(f"disconnect {container} from {network}", not_found=NetworkNotFound):
+            try:
+                self.api.disconnect_container_from_network(container, network, force=True)
+            except docker.errors.APIError as exc:
+                if exc.status_code != 404 and not self._attached(network, container):
+                    return  # a concurrent disconnect won the race
+                raise
+
+    def _attached(self, network: str, container: str) -> bool:
+        """True when ``container`` (id or name) is attached to ``network``."""
+        found = self.inspect_network(network)
+        if not found.containers:
+            return False
+        target = self.find_container(container)
+        return target is not None and target.id in found.containers
+
+    # -- volumes ------------------------------------------------------------------------
+
+    def create_volume(self, name: str, labels: Mapping[str, str]) -> Volume:
+        with docker_errors(f"create volume {name}", not_found=VolumeNotFound):
+            return parse.volume(self.api.create_volume(name, labels=dict(labels)))
+
+    def inspect_volume(self, name: str) -> Volume:
+        with docker_errors(f"inspect volume {name}", not_found=VolumeNotFound):
+            return parse.volume(self.api.inspect_volume(name))
+
+    def list_volumes(self, label_filters: Iterable[str] = ()) -> list[Volume]:
+        with docker_errors("list volumes", not_found=VolumeNotFound):
+            listed = self.api.volumes(filters=_label_filter(label_filters)) or {}
+        return [parse.volume(raw) for raw in listed.get("Volumes") or []]
+
+    def remove_volume(self, name: str) -> None:
+        with docker_errors(f"remove volume {name}", not_found=VolumeNotFound):
+            try:
+                self.api.remove_volume(name)
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:
+                    raise VolumeInUse(f"remove volume {name}: {exc.explanation}") from exc
+                raise
+
+    # -- images -------------------------------------------------------------------------
+
+    def inspect_image(self, ref: str) -> Image:
+        with docker_errors(f"inspect image {ref}", not_found=ImageNotFound):
+            return parse.image(self.api.inspect_image(ref))
+
+    def pull_image(self, ref: str) -> Image:
+        repository, tag = parse.split_reference(ref)
+        with docker_errors(f"pull image {ref}", not_found=ImageNotFound):
+            for event in self.api.pull(repository, tag=tag, stream=True, decode=True):
+                if isinstance(event, dict) and event.get("error"):
+                    raise ImageNotFound(f"pull image {ref}: {event['error']}")
+        return self.inspect_image(ref)
+
+    def build_image(self, spec: BuildSpec) -> Image:
+        container_limits: dict[str, Any] = {}
+        if spec.memory_mb is not None:
+            container_limits["memory"] = spec.memory_mb * 1024 * 1024
+            container_limits["memswap"] = spec.memory_mb * 1024 * 1024
+        if spec.cpu_limit is not None:
+            container_limits["cpuquota"] = int(spec.cpu_limit * 100_000)
+            container_limits["cpuperiod"] = 100_000
+        tail: list[str] = []
+        image_id = None
+        with docker_errors(f"build image {spec.tag}", not_found=ImageNotFound):
+            events = self.api.build(
+                fileobj=io.BytesIO(spec.context_tar),
+                custom_context=True,
+                encoding=None,
+                tag=spec.tag,
+                dockerfile=spec.dockerfile,
+                buildargs=dict(spec.build_args) or None,
+                labels=dict(spec.labels) or None,
+                network_mode=spec.network_mode,
+                container_limits=container_limits or None,
+                timeout=spec.timeout_seconds,
+                pull=spec.pull,
+                rm=True,
+                forcerm=True,
+                decode=True,
+            )
+            for event in events:
+                if "stream" in event:
+                    tail = (tail + str(event["stream"]).splitlines())[-20:]
+                if "error" in event:
+                    detail = "\n".join(tail[-10:])
+                    raise ImageBuildFailed(f"build image {spec.tag}: {event['error']}\n{detail}")
+                aux = event.get("aux")
+                if isinstance(aux, dict) and aux.get("ID"):
+                    image_id = aux["ID"]
+        return self.inspect_image(image_id or spec.tag)
+
+    def tag_image(self, ref: str, tag: str) -> None:
+        repository, version = parse.split_reference(tag)
+        with docker_errors(f"tag image {ref} as {tag}", not_found=ImageNotFound):
+            self.api.tag(ref, repository, version)
+
+    def list_images(self, label_filters: Iterable[str] = ()) -> list[Image]:
+        with docker_errors("list images", not_found=ImageNotFound):
+            listed = self.api.images(filters=_label_filter(label_filters))
+        found = []
+        for summary in listed:
+            try:
+                found.append(self.inspect_image(summary["Id"]))
+            except ImageNotFound:
+                continue
+        return found
+
+    def remove_image(self, ref: str) -> None:
+        with docker_errors(f"remove image {ref}", not_found=ImageNotFound):
+            self.api.remove_image(ref)
+
+    # -- engine -------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        with docker_errors("ping the Docker engine"):
+            self.api.ping()
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001, S110 - closing twice is harmless
+            pass
+
+
+def _translated(items: Iterable[Any], action: str) -> Iterator[Any]:
+    """Iterate a docker-py stream, translating the errors raised while reading it."""
+    with docker_errors(action):
+        yield from items
+
+
+def _missing_of_two(network: str, container: str, exc: Any) -> Exception:
+    """A 404 while connecting: say which of the two is missing."""
+    from orchestrator.errors import NetworkNotFound
+
+    return NetworkNotFound(f"connect {container} to {network}: {exc.explanation}")
+
+
+def _feed_stdin(raw: Any, data: bytes) -> None:
+    """Write an exec's standard input, then close our writing half (EOF for the command)."""
+    try:
+        view = memoryview(data)
+        while view:
+            sent = raw.send(view[:65536])
+            view = view[sent:]
+    except OSError:
+        pass  # the command ended without reading all of it
+    finally:
+        try:
+            raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
