@@ -14,8 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator.engine import translate as engine
+from orchestrator.engine import translate
+from orchestrator.engine.base import Engine
 from orchestrator.errors import HostUnavailable, WrongHost
+from orchestrator.protocol import RELICS_QUEUE, TOOLS_QUEUE, Task, host_queue
 from orchestrator.settings import Settings
 from orchestrator.state.leases import LeaseKeeper
 from orchestrator.state.registry import ExecutionRegistry, HostRegistry
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 # enqueue(work_id, request_json, queue, task=name): send the task again under the same id
 # (``task`` defaults to orchestrator.tools.execute; relic starts are in flight work too).
 Enqueue = Callable[..., None]
-TOOL_TASK = "orchestrator.tools.execute"
+TOOL_TASK = Task.TOOLS_EXECUTE.value
 
 
 class Runtime:
@@ -37,19 +39,23 @@ class Runtime:
     Args:
         settings: the operator's settings.
         redis: a redis-py client (fakeredis in unit tests).
-        docker_client: a docker-py client, or None to connect lazily.
+        engine: the Docker engine (a FakeEngine in unit tests), or None to connect
+            lazily from ``DOCKER_HOST`` & co.
         enqueue: how to send an execution again (given by the tasks layer).
+        docker_client: transitional: a docker-py client for code not yet on the Engine.
     """
 
     def __init__(
         self,
         settings: Settings,
         redis: Any,
-        docker_client: Any = None,
+        engine: Engine | None = None,
         enqueue: Enqueue | None = None,
+        docker_client: Any = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
+        self._engine = engine
         self._docker = docker_client
         self._docker_lock = threading.Lock()
         self.enqueue = enqueue
@@ -83,8 +89,23 @@ class Runtime:
         raise WrongHost(f"{what} lives on host {owner}", owner=owner)
 
     @property
+    def engine(self) -> Engine:
+        """This host's Docker engine, connecting on first use.
+
+        Raises:
+            DockerUnavailable: the engine does not answer yet.
+        """
+        if self._engine is None:
+            with self._docker_lock:
+                if self._engine is None:
+                    from orchestrator.engine.docker_engine import DockerEngine
+
+                    self._engine = DockerEngine(self.docker)
+        return self._engine
+
+    @property
     def docker(self) -> Any:
-        """The docker-py client, connecting on first use.
+        """Transitional: the docker-py client, for code not yet moved onto :attr:`engine`.
 
         Raises:
             DockerUnavailable: the engine does not answer yet.
@@ -92,7 +113,7 @@ class Runtime:
         if self._docker is None:
             with self._docker_lock:
                 if self._docker is None:
-                    self._docker = engine.connect(self.settings)
+                    self._docker = translate.connect(self.settings)
         return self._docker
 
     # -- housekeeping -------------------------------------------------------------------
@@ -172,9 +193,9 @@ class Runtime:
         task = entry.get("task") or TOOL_TASK
         owner = entry.get("host", "")
         if owner and self.hosts.alive(owner):
-            queue = f"host.{owner}"
+            queue = host_queue(owner)
         else:  # session work then fails there with HostUnavailable
-            queue = "tools" if task == TOOL_TASK else "relics"
+            queue = TOOLS_QUEUE if task == TOOL_TASK else RELICS_QUEUE
         log.warning("%s %s lost its worker; re-enqueued on %s", task, execution_id, queue)
         if task == TOOL_TASK:
             self.enqueue(execution_id, request, queue)
