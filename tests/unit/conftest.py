@@ -5,6 +5,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
+from orchestrator.engine.fake import FakeEngine
 from tests.unit.fakes import FakeDocker
 
 
@@ -14,5 +15,12 @@ def redis() -> fakeredis.FakeRedis:
 
 
 @pytest.fixture
+def engine() -> FakeEngine:
+    """An in-memory engine holding ``busybox:latest`` (containers exit 0 at once)."""
+    return FakeEngine()
+
+
+@pytest.fixture
 def docker() -> FakeDocker:
+    """Transitional: the docker-py imitation, until every test runs on :func:`engine`."""
     return FakeDocker()
