@@ -1,5 +1,5 @@
 # The README and CI call these targets.
-.PHONY: demo test unit integration lint typecheck bench setup stop hostb-up hostb-down
+.PHONY: demo test unit integration lint typecheck layers bench setup stop hostb-up hostb-down
 
 demo:           ## install what is missing, start a worker and Flower, run a sample tool
 	bash scripts/demo.sh
@@ -21,6 +21,9 @@ lint:
 
 typecheck:
 	mypy
+
+layers:         ## the layering check: only orchestrator/engine imports docker, no cycles upward
+	lint-imports --no-cache
 
 bench:          ## every benchmark, each against raw docker-py in the same run, ratios printed
 	python bench/run_overhead.py

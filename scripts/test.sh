@@ -9,6 +9,7 @@ export CI=${CI:-true}   # integration tests fail (never skip) when a service is 
 status=0
 echo "[test] ruff";  ruff check . && ruff format --check . || status=1
 echo "[test] mypy";  mypy || status=1
+echo "[test] layers"; lint-imports --no-cache || status=1
 mkdir -p artifacts
 echo "[test] pytest"
 python -m pytest -p no:cacheprovider "$@" || status=1

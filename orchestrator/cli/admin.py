@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import sys
 import time
 import urllib.error
@@ -23,8 +22,6 @@ from orchestrator.cli.errors import (
 from orchestrator.cli.output import _print_json, _sanitize, _table
 from orchestrator.client.sync import OrchestratorClient
 from orchestrator.models import AggregateStats, ContainerStats
-from orchestrator.state import keys
-from orchestrator.state.registry import HostRegistry
 
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 START_STACK = "start one with `orchestrator up` or `celery -A worker worker` (see README)"
@@ -145,7 +142,7 @@ def _cmd_session_touch(client: OrchestratorClient, args: argparse.Namespace) -> 
 
 
 def _check_registry(client: OrchestratorClient, args: argparse.Namespace) -> str:
-    client.redis.ping()
+    client.ping_registry()
     return _sanitize(client.settings.registry_url)
 
 
@@ -156,7 +153,7 @@ def _check_broker(client: OrchestratorClient, args: argparse.Namespace) -> str:
 
 
 def _check_hosts(client: OrchestratorClient, args: argparse.Namespace) -> str:
-    hosts = HostRegistry(client.redis, client.settings.host_ttl_seconds).live_hosts()
+    hosts = client.live_hosts()
     if not hosts:
         raise CliError(f"no live Docker host: {START_STACK}")
     return ", ".join(hosts)
@@ -171,17 +168,16 @@ def _check_workers(client: OrchestratorClient, args: argparse.Namespace) -> str:
 
 def _check_janitor(client: OrchestratorClient, args: argparse.Namespace) -> str:
     interval = client.settings.janitor_interval_seconds
-    raw = client.redis.get(keys.JANITOR_LAST_RUN)
-    if raw is None:
-        raise CliError(
-            f"no janitor pass recorded (beat sends the first {interval:g} s after it starts): "
-            f"{START_BEAT}"
-        )
     try:
-        last = json.loads(raw)
+        last = client.janitor_last_run()
+        if last is None:
+            raise CliError(
+                f"no janitor pass recorded (beat sends the first {interval:g} s after it "
+                f"starts): {START_BEAT}"
+            )
         age = time.time() - float(last["at"])
     except (ValueError, TypeError, KeyError) as exc:
-        raise CliError(f"unreadable {keys.JANITOR_LAST_RUN} ({exc}): {START_BEAT}") from exc
+        raise CliError(f"unreadable janitor summary ({exc}): {START_BEAT}") from exc
     if age > JANITOR_STALE_FACTOR * interval:
         raise CliError(f"no janitor pass for {age:.0f} s: {START_BEAT}")
     hosts = ", ".join(last.get("hosts") or []) or "none"

@@ -13,7 +13,6 @@ Neither starts Redis or the Docker engine: ``make setup`` does.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -30,7 +29,6 @@ from orchestrator.cli.errors import EXIT_OK, CliError
 from orchestrator.cli.output import _print_json, _sanitize, _table
 from orchestrator.client.sync import OrchestratorClient
 from orchestrator.settings import Settings
-from orchestrator.state import keys
 
 STATE_DIR_VARIABLE = "ORCHESTRATOR_STATE_DIR"
 DEFAULT_STATE_DIR = "/var/tmp/orchestrator"
@@ -169,16 +167,16 @@ def _start(proc: _Process, root: Path, state: Path, env: dict[str, str]) -> None
 # -- waiting for readiness -----------------------------------------------------------------
 
 
-def _host_registered(redis: Any, host_name: str, since: float | None) -> bool:
-    """The host's heartbeat key exists (and was written after ``since``, when given)."""
-    raw = redis.get(keys.host(host_name))
-    if raw is None:
+def _host_registered(client: OrchestratorClient, host_name: str, since: float | None) -> bool:
+    """The host has a heartbeat (written after ``since``, when given)."""
+    beat = client.host_heartbeat(host_name)
+    if beat is None:
         return False
     if since is None:
         return True
     try:
-        return float(json.loads(raw).get("seen_at", 0)) >= since
-    except (ValueError, TypeError, AttributeError):
+        return float(beat.get("seen_at", 0)) >= since
+    except (ValueError, TypeError):
         return True
 
 
@@ -207,9 +205,10 @@ def _wait(
 def _docker_problem() -> str | None:
     """Why the Docker engine cannot be reached, or None when it answers."""
     try:
-        import docker
+        # ``up`` runs the worker on this machine, so it checks this machine's engine.
+        from orchestrator.engine.docker_engine import DockerEngine
 
-        engine = docker.from_env(timeout=5)
+        engine = DockerEngine.from_env(timeout_seconds=5)
         try:
             engine.ping()
         finally:
@@ -221,7 +220,7 @@ def _docker_problem() -> str | None:
 
 def _check_redis(client: OrchestratorClient) -> None:
     try:
-        client.redis.ping()
+        client.ping_registry()
     except Exception as exc:  # noqa: BLE001 - reported with the fix
         raise CliError(
             f"cannot reach Redis at {_sanitize(client.settings.registry_url)} "
@@ -290,13 +289,13 @@ def _wait_for_worker(
         hint = "" if worker.popen else " (the running worker may serve another host name)"
         return (
             f"host {settings.host_name} did not register in Redis at "
-            f"{_sanitize(settings.registry_url)} within {wait_seconds:g} s (no key "
-            f"{keys.host(settings.host_name)}){hint}; last lines of {worker.log}:\n"
+            f"{_sanitize(settings.registry_url)} within {wait_seconds:g} s (no heartbeat)"
+            f"{hint}; last lines of {worker.log}:\n"
             f"{_log_tail(worker.log)}\n{KEEPS_RUNNING}"
         )
 
     def registered() -> bool:
-        return _host_registered(client.redis, settings.host_name, since or None)
+        return _host_registered(client, settings.host_name, since or None)
 
     _wait(registered, started, state, deadline, no_heartbeat)
 

@@ -19,8 +19,6 @@ from orchestrator.cli.output import _fields, _print_json
 from orchestrator.cli.request import _tool_request
 from orchestrator.client.sync import FINAL_CELERY_STATES, ExecutionHandle, OrchestratorClient
 from orchestrator.models import ToolExecutionResult
-from orchestrator.state import keys
-from orchestrator.state.logs import follow_live, read_live
 
 POLL_SECONDS = 0.2
 RUN_WAIT_SLACK_SECONDS = 120  # image pull or build before the tool's own timeout starts
@@ -208,8 +206,8 @@ def _follow_logs(client: OrchestratorClient, args: argparse.Namespace) -> int:
     finished = isinstance(client.get_execution(execution_id), ToolExecutionResult)
     streamed = False
     # A finished run whose live stream expired would otherwise wait forever for the end marker.
-    if not finished or client.redis.exists(keys.logs(execution_id)):
-        for stream, text in follow_live(client.redis, execution_id, block_ms=FOLLOW_BLOCK_MS):
+    if not finished or client.has_live_logs(execution_id):
+        for stream, text in client.follow_logs(execution_id, block_ms=FOLLOW_BLOCK_MS):
             _emit_chunk(stream, text, args.json)
             streamed = True
     if not streamed:
@@ -223,7 +221,7 @@ def _cmd_tool_logs(client: OrchestratorClient, args: argparse.Namespace) -> int:
     logs = client.get_logs(args.execution_id)
     if not any(logs.values()):
         # get_logs only knows finished runs; a running one has published live output.
-        live = read_live(client.redis, args.execution_id)
+        live = client.live_logs(args.execution_id)
         if any(live.values()):
             logs = live
         elif _is_unknown(client.get_execution(args.execution_id)):

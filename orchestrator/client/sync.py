@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
@@ -34,8 +35,10 @@ from orchestrator.models import (
 )
 from orchestrator.protocol import ROUTED_QUEUES, Task
 from orchestrator.settings import Settings
+from orchestrator.state import keys
 from orchestrator.state.logs import follow_live, read_live
 from orchestrator.state.redis_conn import broker_probe, redis_client
+from orchestrator.state.registry import HostRegistry
 from orchestrator.state.routing import queue_for
 
 __all__ = ["OrchestratorClient", "AsyncOrchestratorClient", "ExecutionHandle", "ExecutionProgress"]
@@ -215,10 +218,52 @@ class OrchestratorClient:
         return read_live(self.redis, execution_id)
 
     def follow_logs(
-        self, execution_id: str, idle_rounds: int | None = None
+        self, execution_id: str, idle_rounds: int | None = None, block_ms: int = 1000
     ) -> Iterator[tuple[str, str]]:
-        """Yield ``(stream, text)`` chunks of a run's output as it prints them, until it ends."""
-        yield from follow_live(self.redis, execution_id, idle_rounds=idle_rounds)
+        """Yield ``(stream, text)`` chunks of a run's output as it prints them, until it ends.
+
+        Args:
+            execution_id: whose output to follow.
+            idle_rounds: stop after this many reads that found nothing (None: until the end).
+            block_ms: how long one read waits for new output.
+        """
+        yield from follow_live(self.redis, execution_id, block_ms=block_ms, idle_rounds=idle_rounds)
+
+    def live_logs(self, execution_id: str) -> dict[str, str]:
+        """``{"stdout", "stderr"}`` published live so far (also while the run goes on)."""
+        return read_live(self.redis, execution_id)
+
+    def has_live_logs(self, execution_id: str) -> bool:
+        """True while a run's live output stream is kept (it expires with the results)."""
+        return bool(self.redis.exists(keys.logs(execution_id)))
+
+    # -- the registry, read-only: what the CLI's health checks show --------------------
+
+    def ping_registry(self) -> None:
+        """Check that the registry's Redis answers (raises redis-py's errors when not)."""
+        self.redis.ping()
+
+    def live_hosts(self) -> list[str]:
+        """Docker hosts that have a live worker (a fresh heartbeat), sorted."""
+        return HostRegistry(self.redis, self.settings.host_ttl_seconds).live_hosts()
+
+    def host_heartbeat(self, host_name: str) -> dict[str, Any] | None:
+        """The last heartbeat of a host's worker (``seen_at``, queue...), or None."""
+        return HostRegistry(self.redis, self.settings.host_ttl_seconds).info(host_name)
+
+    def janitor_last_run(self) -> dict[str, Any] | None:
+        """The summary of the janitor's last pass (``at``, ``hosts``...), or None.
+
+        Raises:
+            ValueError: the stored summary is not readable JSON.
+        """
+        raw = self.redis.get(keys.JANITOR_LAST_RUN)
+        if raw is None:
+            return None
+        summary = json.loads(raw)
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+        return summary
 
     def _cancelled_result(
         self, execution_id: str, tool_name: str, session_id: str
