@@ -1,4 +1,5 @@
-"""Forwarding a task to the host that owns its session (ARCHITECTURE rule 3)."""
+"""Forwarding a task to the host that owns its session (session affinity: a session's
+network and relics live on one Docker host, so its work runs there)."""
 
 from __future__ import annotations
 
