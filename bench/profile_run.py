@@ -19,14 +19,14 @@ import time
 import uuid
 from pathlib import Path
 
-import docker
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator import execution  # noqa: E402
+from orchestrator.engine.docker_engine import DockerEngine  # noqa: E402
 from orchestrator.models import ToolExecutionRequest  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
+from orchestrator.worker import execution  # noqa: E402
 from orchestrator.worker.runtime import Runtime  # noqa: E402
 from tests.integration.harness import REDIS_URL, TEST_IMAGE  # noqa: E402
 
@@ -42,7 +42,8 @@ def main() -> int:
     if args.pool:
         env["ORCHESTRATOR_POOL"] = json.dumps([{"image": TEST_IMAGE, "size": 3, **limits}])
     settings = Settings.from_env(env, host_name=f"profile-{uuid.uuid4().hex[:4]}")
-    runtime = Runtime(settings, redis.Redis.from_url(REDIS_URL), docker.from_env())
+    engine = DockerEngine.from_env(timeout_seconds=settings.docker_timeout_seconds)
+    runtime = Runtime(settings, redis.Redis.from_url(REDIS_URL), engine=engine)
     request = ToolExecutionRequest.model_validate(
         {
             "tool_name": "p",
@@ -68,8 +69,9 @@ def main() -> int:
         )
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(args.top)
     finally:
-        time.sleep(1)  # let background discards finish
-        runtime.pool.drain()
+        time.sleep(1)  # let the background refill finish: drain removes only what is pooled
+        runtime.pool.drain()  # waits for the background discards too
+        engine.close()
     return 0
 
 

@@ -10,8 +10,8 @@ from celery import chain, group, shared_task
 
 from orchestrator.errors import InvalidRequest
 from orchestrator.models import check_identifier
+from orchestrator.protocol import Task, host_queue
 from orchestrator.state import sessions
-from orchestrator.state.routing import host_queue
 from orchestrator.worker import cleanup
 from tasks.forwarding import fan_out
 from tasks.runtime import get_runtime
@@ -24,32 +24,32 @@ def _flag(value: Any, field: str) -> bool:
     return value
 
 
-@shared_task(name="orchestrator.cleanup.stop_containers", **RETRY)
+@shared_task(name=Task.CLEANUP_STOP_CONTAINERS.value, **RETRY)
 def stop_containers(session_id: str, force: bool, keep_volumes: bool) -> dict[str, Any]:
     """Step 1 on one host: kill (force) or stop gracefully in parallel."""
     rt = get_runtime()
     return cleanup.stop_containers(rt, cleanup.new_host_report(rt, session_id, force, keep_volumes))
 
 
-@shared_task(name="orchestrator.cleanup.remove_containers", **RETRY)
+@shared_task(name=Task.CLEANUP_REMOVE_CONTAINERS.value, **RETRY)
 def remove_containers(report: dict[str, Any]) -> dict[str, Any]:
     """Step 2 on one host: remove the session's containers."""
     return cleanup.remove_containers(get_runtime(), report)
 
 
-@shared_task(name="orchestrator.cleanup.remove_volumes", **RETRY)
+@shared_task(name=Task.CLEANUP_REMOVE_VOLUMES.value, **RETRY)
 def remove_volumes(report: dict[str, Any]) -> dict[str, Any]:
     """Step 3 on one host: remove the session's named volumes."""
     return cleanup.remove_volumes(get_runtime(), report)
 
 
-@shared_task(name="orchestrator.cleanup.remove_network", **RETRY)
+@shared_task(name=Task.CLEANUP_REMOVE_NETWORK.value, **RETRY)
 def remove_network(report: dict[str, Any]) -> dict[str, Any]:
     """Step 4 on one host: remove the session network, release its subnet."""
     return cleanup.remove_network(get_runtime(), report)
 
 
-@shared_task(name="orchestrator.cleanup.merge")
+@shared_task(name=Task.CLEANUP_MERGE.value)
 def merge(reports: list[dict[str, Any]], session_id: str, gone: list[str]) -> dict[str, Any]:
     """Final step: merge per-host reports into one CleanupReport; clear the registry."""
     report = cleanup.merge_reports(get_runtime().redis, session_id, reports)
@@ -72,7 +72,7 @@ def host_chain(host: str, session_id: str, force: bool, keep_volumes: bool) -> A
     )
 
 
-@shared_task(bind=True, name="orchestrator.cleanup.session")
+@shared_task(bind=True, name=Task.CLEANUP_SESSION.value)
 def session(
     self: Any, session_id: str, force: bool = True, keep_volumes: bool = False
 ) -> dict[str, Any]:
@@ -91,13 +91,13 @@ def session(
     raise self.replace(group(chains) | merge.s(session_id, gone))
 
 
-@shared_task(name="orchestrator.cleanup.networks_host", **RETRY)
+@shared_task(name=Task.CLEANUP_NETWORKS_HOST.value, **RETRY)
 def networks_host() -> dict[str, Any]:
     """On one host: remove managed networks without containers."""
     return cleanup.remove_empty_networks(get_runtime())
 
 
-@shared_task(name="orchestrator.cleanup.merge_networks")
+@shared_task(name=Task.CLEANUP_MERGE_NETWORKS.value)
 def merge_networks(replies: list[dict[str, Any]]) -> dict[str, Any]:
     """Sum the per-host network cleanups."""
     return {
@@ -107,7 +107,7 @@ def merge_networks(replies: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-@shared_task(bind=True, name="orchestrator.cleanup.networks")
+@shared_task(bind=True, name=Task.CLEANUP_NETWORKS.value)
 def networks(self: Any) -> dict[str, Any]:
     """Remove managed networks with no containers on every live host."""
     rt = get_runtime()

@@ -10,6 +10,7 @@ from typing import Any
 from celery import shared_task
 
 from orchestrator.errors import HostUnavailable
+from orchestrator.protocol import Task
 from orchestrator.state import keys
 from orchestrator.worker import cleanup, janitor
 from tasks.forwarding import fan_out
@@ -17,14 +18,14 @@ from tasks.runtime import get_runtime
 from tasks.tools import RETRY
 
 
-@shared_task(name="orchestrator.janitor.host", **RETRY)
+@shared_task(name=Task.JANITOR_HOST.value, **RETRY)
 def host() -> dict[str, Any]:
     """One janitor pass over the engine of the host that runs it."""
     rt = get_runtime()
     return janitor.reap_host(rt, network_grace_seconds=rt.settings.network_grace_seconds)
 
 
-@shared_task(name="orchestrator.janitor.merge")
+@shared_task(name=Task.JANITOR_MERGE.value)
 def merge(reports: list[dict[str, Any]], failed_messages: list[str]) -> dict[str, Any]:
     """Merge per-host janitor reports; forget the sessions that ended."""
     redis = get_runtime().redis
@@ -46,7 +47,7 @@ def merge(reports: list[dict[str, Any]], failed_messages: list[str]) -> dict[str
     return summary
 
 
-@shared_task(bind=True, name="orchestrator.janitor.run")
+@shared_task(bind=True, name=Task.JANITOR_RUN.value)
 def run(self: Any) -> dict[str, Any]:
     """Reap every live host; fail messages stuck on the queues of dead hosts."""
     rt = get_runtime()

@@ -10,6 +10,7 @@ from celery.exceptions import Ignore
 
 from orchestrator.errors import InvalidRequest, WrongHost
 from orchestrator.models import RelicStartRequest, check_identifier, parse_request
+from orchestrator.protocol import Task
 from orchestrator.state import routing
 from orchestrator.worker import relics
 from tasks.forwarding import fan_out, forward
@@ -21,7 +22,7 @@ def _relic_id(value: Any) -> str:
     return check_identifier(value, "relic_id")
 
 
-@shared_task(bind=True, name="orchestrator.relics.start", **RETRY)
+@shared_task(bind=True, name=Task.RELICS_START.value, **RETRY)
 def start(self: Any, request: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
     """Start a relic and wait until healthy; the relic id is this task's id. Returns RelicInfo."""
     req = parse_request(RelicStartRequest, request if request is not None else fields)
@@ -34,7 +35,7 @@ def start(self: Any, request: dict[str, Any] | None = None, **fields: Any) -> di
     return info.model_dump(mode="json")
 
 
-@shared_task(bind=True, name="orchestrator.relics.info", **RETRY)
+@shared_task(bind=True, name=Task.RELICS_INFO.value, **RETRY)
 def info(self: Any, relic_id: str) -> dict[str, Any]:
     """The relic's RelicInfo, status read from the engine."""
     try:
@@ -43,7 +44,7 @@ def info(self: Any, relic_id: str) -> dict[str, Any]:
         forward(self, exc, [relic_id])
 
 
-@shared_task(bind=True, name="orchestrator.relics.stop", **RETRY)
+@shared_task(bind=True, name=Task.RELICS_STOP.value, **RETRY)
 def stop(self: Any, relic_id: str, timeout_seconds: int = 10) -> dict[str, Any]:
     """Stop gracefully, then kill after ``timeout_seconds``. Returns RelicInfo."""
     if not isinstance(timeout_seconds, int) or not 0 <= timeout_seconds <= 600:
@@ -55,7 +56,7 @@ def stop(self: Any, relic_id: str, timeout_seconds: int = 10) -> dict[str, Any]:
         forward(self, exc, [relic_id, timeout_seconds])
 
 
-@shared_task(bind=True, name="orchestrator.relics.remove", **RETRY)
+@shared_task(bind=True, name=Task.RELICS_REMOVE.value, **RETRY)
 def remove(self: Any, relic_id: str) -> dict[str, Any]:
     """Remove the relic's container. Returns ``{"relic_id", "removed"}``."""
     try:
@@ -64,20 +65,20 @@ def remove(self: Any, relic_id: str) -> dict[str, Any]:
         forward(self, exc, [relic_id])
 
 
-@shared_task(name="orchestrator.relics.list_host", **RETRY)
+@shared_task(name=Task.RELICS_LIST_HOST.value, **RETRY)
 def list_host(session_id: str | None = None) -> list[dict[str, Any]]:
     """Relics on the host that runs this task."""
     return [r.model_dump(mode="json") for r in relics.local_relics(get_runtime(), session_id)]
 
 
-@shared_task(name="orchestrator.relics.merge_lists")
+@shared_task(name=Task.RELICS_MERGE_LISTS.value)
 def merge_lists(replies: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Concatenate per-host relic lists, sorted by session and name."""
     merged = [item for reply in replies for item in reply]
     return sorted(merged, key=lambda r: (r["session_id"], r["relic_name"]))
 
 
-@shared_task(bind=True, name="orchestrator.relics.list")
+@shared_task(bind=True, name=Task.RELICS_LIST.value)
 def list_relics(self: Any, session_id: str | None = None) -> list[dict[str, Any]]:
     """Every relic (of one session when given), from every host that may hold them."""
     if session_id is not None:

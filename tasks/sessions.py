@@ -8,11 +8,12 @@ from celery import shared_task
 
 from orchestrator.errors import InvalidRequest
 from orchestrator.models import check_identifier
+from orchestrator.protocol import Task
 from orchestrator.state import sessions
 from tasks.runtime import get_runtime
 
 
-@shared_task(name="orchestrator.sessions.touch")
+@shared_task(name=Task.SESSIONS_TOUCH.value)
 def touch(session_id: str, extend_seconds: float = 3600) -> dict[str, Any]:
     """Extend a session's life by ``extend_seconds``, up to the hard maximum lifetime.
 

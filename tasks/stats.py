@@ -8,13 +8,14 @@ from typing import Any
 from celery import shared_task
 
 from orchestrator.errors import WrongHost
+from orchestrator.protocol import Task
 from orchestrator.worker import collect
 from tasks.forwarding import fan_out, forward
 from tasks.runtime import get_runtime
 from tasks.tools import RETRY
 
 
-@shared_task(bind=True, name="orchestrator.stats.container", **RETRY)
+@shared_task(bind=True, name=Task.STATS_CONTAINER.value, **RETRY)
 def container(self: Any, ident: str) -> dict[str, Any]:
     """ContainerStats of a container id or name, an execution id or a relic id."""
     try:
@@ -23,19 +24,19 @@ def container(self: Any, ident: str) -> dict[str, Any]:
         forward(self, exc, [ident])
 
 
-@shared_task(name="orchestrator.stats.host")
+@shared_task(name=Task.STATS_HOST.value)
 def host() -> dict[str, Any]:
     """This host's managed containers; an engine failure is reported, not raised."""
     return collect.host_report(get_runtime()).model_dump(mode="json")
 
 
-@shared_task(name="orchestrator.stats.merge")
+@shared_task(name=Task.STATS_MERGE.value)
 def merge(replies: list[dict[str, Any]]) -> dict[str, Any]:
     """Merge the hosts' replies and the execution metrics into AggregateStats."""
     return collect.aggregate(replies, get_runtime().redis).model_dump(mode="json")
 
 
-@shared_task(bind=True, name="orchestrator.stats.all")
+@shared_task(bind=True, name=Task.STATS_ALL.value)
 def all_hosts(self: Any) -> dict[str, Any]:
     """AggregateStats over every live host (this one included)."""
     rt = get_runtime()

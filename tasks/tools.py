@@ -8,12 +8,8 @@ from celery import shared_task
 from celery.exceptions import Ignore
 
 from orchestrator.errors import DockerUnavailable, WrongHost
-from orchestrator.models import (
-    FINAL_STATUSES,
-    ToolExecutionRequest,
-    check_identifier,
-    parse_request,
-)
+from orchestrator.models import ToolExecutionRequest, check_identifier, parse_request
+from orchestrator.protocol import FINAL_STATUSES, Task
 from orchestrator.state import sessions
 from orchestrator.worker import execution
 from tasks.forwarding import forward
@@ -28,7 +24,7 @@ RETRY = {
 }
 
 
-@shared_task(bind=True, name="orchestrator.tools.execute", **RETRY)
+@shared_task(bind=True, name=Task.TOOLS_EXECUTE.value, **RETRY)
 def execute(
     self: Any, request: dict[str, Any] | None = None, requeued: bool = False, **fields: Any
 ) -> dict[str, Any]:
@@ -65,7 +61,7 @@ def _hide_secrets(task: Any, req: ToolExecutionRequest) -> None:
         task.request.kwargs = {}
 
 
-@shared_task(bind=True, name="orchestrator.tools.cancel")
+@shared_task(bind=True, name=Task.TOOLS_CANCEL.value)
 def cancel(self: Any, execution_id: str) -> dict[str, Any]:
     """Cancel an execution on whatever host runs it.
 

@@ -49,17 +49,22 @@ class Engine(abc.ABC):
     def create_container(self, spec: ContainerSpec) -> Container:
         """Create (not start) a container.
 
+        Its labels are the image's labels overlaid with ``spec.labels``. The network is
+        not checked here but when the container starts.
+
         Raises:
+            ImageNotFound: the image is not on this engine (checked before the name).
             ContainerConflict: a container of that name exists already.
-            ImageNotFound: the image is not on this engine.
+            DockerError: the name is invalid, or the engine refused the spec.
         """
 
     @abc.abstractmethod
     def start_container(self, ref: str) -> None:
-        """Start a created container (a running one is left as it is).
+        """Start a created container; an exited one runs again (a running one is left).
 
         Raises:
             ContainerNotFound: no such container.
+            NetworkNotFound: a network it joins does not exist (any more).
         """
 
     @abc.abstractmethod
@@ -90,26 +95,42 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def wait_container(self, ref: str, timeout_seconds: float) -> int | None:
-        """Wait up to ``timeout_seconds`` for the container to exit.
+        """Wait up to ``timeout_seconds`` for the container not to be running.
+
+        As Docker's own wait: a container never started answers at once with 0, and one
+        removed while waited on answers 137 (it was killed).
 
         Returns:
-            Its exit code, or None if it was still running when the time was up.
+            Its exit code, or None if it was still running when the time was up (the
+            time running out is no error).
 
         Raises:
-            ContainerNotFound: no such container (or it was removed while waited on).
+            ContainerNotFound: no such container.
         """
 
     @abc.abstractmethod
     def kill_container(self, ref: str, signal: str = "SIGKILL") -> bool:
-        """Send ``signal`` to the container's main process.
+        """Send ``signal`` (``SIGTERM``, ``TERM`` or ``15``) to the container's main process.
+
+        That process is PID 1 of the container, which ignores every signal it has no
+        handler for: only SIGKILL always ends it (exit code 137); another signal ends it
+        only through its handler, with whatever exit code that handler chooses.
 
         Returns:
-            False when the container is not running or does not exist.
+            True when the signal was sent; False when the container is not running or
+            does not exist.
+
+        Raises:
+            DockerError: ``signal`` names no signal.
         """
 
     @abc.abstractmethod
     def stop_container(self, ref: str, grace_seconds: int) -> None:
         """SIGTERM, then SIGKILL after ``grace_seconds``; a stopped one is left as it is.
+
+        A process with a SIGTERM handler ends with its handler's exit code (143 by
+        convention); one without (PID 1 then ignores SIGTERM) is killed after the grace,
+        with 137.
 
         Raises:
             ContainerNotFound: no such container.
@@ -135,6 +156,11 @@ class Engine(abc.ABC):
     ) -> Stream[bytes]:
         """The container's output as raw chunks; with ``follow``, until it exits.
 
+        ``tail`` takes the last lines of the whole log first, then ``stdout`` and
+        ``stderr`` pick among them (as Docker does): the last line being on stderr,
+        ``tail=1`` of stdout alone is empty. The order of stdout and stderr lines written
+        at nearly the same moment is not guaranteed.
+
         Raises:
             ContainerNotFound: no such container.
         """
@@ -143,13 +169,20 @@ class Engine(abc.ABC):
     def container_stats(self, ref: str) -> dict[str, Any]:
         """One stats sample, as the engine's ``/stats?stream=false`` returns it.
 
+        A container that is not running gives an empty sample: ``read`` is the zero time
+        ``0001-01-01T00:00:00Z`` and ``memory_stats`` is empty.
+
         Raises:
             ContainerNotFound: no such container.
         """
 
     @abc.abstractmethod
     def stream_stats(self, ref: str) -> Stream[dict[str, Any]]:
-        """Stats samples about once a second until the container stops.
+        """Stats samples, the first at once, then about once a second, until closed.
+
+        The stream does not end with the container: once it has stopped, the samples
+        are empty ones (``read`` is the zero time ``0001-01-01T00:00:00Z``). Readers stop
+        at the first such sample and close the stream.
 
         Raises:
             ContainerNotFound: no such container.
@@ -159,23 +192,36 @@ class Engine(abc.ABC):
     def exec_start(self, ref: str, spec: ExecSpec) -> ExecStream:
         """Start a command in a running container and stream its output.
 
+        The stream's ``exit_code()`` is None while the command runs, its exit code once
+        the output has ended, and 137 if the container stopped under it.
+
         Raises:
             ContainerNotFound: no such container.
-            DockerError: the container is not running.
+            DockerError: the container is not running (created or exited).
         """
 
     @abc.abstractmethod
     def put_archive(self, ref: str, path: str, tar_bytes: bytes) -> None:
         """Extract a tar archive into directory ``path`` of the container.
 
+        Works on created and stopped containers too. Members keep their modes (a
+        directory already there takes the archive's mode); missing parent directories
+        are made with mode 0755.
+
         Raises:
             ContainerNotFound: no such container.
             PathNotFound: ``path`` does not exist in it.
+            DockerError: ``path`` is not a directory.
         """
 
     @abc.abstractmethod
     def get_archive(self, ref: str, path: str) -> tuple[Stream[bytes], ArchiveStat]:
         """A tar archive of ``path`` in the container, and what the engine says of it.
+
+        A directory comes with everything under it. The tar headers' modes keep the
+        file-type bits (``0o100644``, ``0o40755``, ``0o120777``); the
+        :class:`~orchestrator.engine.types.ArchiveStat` describes ``path`` itself (a
+        symbolic link is not followed) with a Go ``os.FileMode``.
 
         Raises:
             ContainerNotFound: no such container.
@@ -186,9 +232,10 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def create_network(self, spec: NetworkSpec) -> Network:
-        """Create a bridge network.
+        """Create a bridge network (without ``spec.subnet``, the engine picks a free one).
 
         Raises:
+            ContainerConflict: a network of that name exists already.
             DockerError: the subnet overlaps another network, or the engine refused.
         """
 
@@ -211,23 +258,32 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def list_networks(self, label_filters: Iterable[str] = ()) -> list[Network]:
-        """Networks carrying every label given; vanishing ones are left out."""
+        """Networks carrying every ``key=value`` (or bare ``key``) label given.
+
+        A network that vanishes while the list is being read is left out, never an error.
+        """
 
     @abc.abstractmethod
     def remove_network(self, name: str) -> None:
         """Remove a network.
 
+        Only running containers hold it: stopped ones attached to it do not.
+
         Raises:
             NetworkNotFound: no such network.
-            NetworkInUse: containers are still attached to it.
+            NetworkInUse: running containers are still attached to it.
+            DockerError: it is one of the engine's own (``bridge``, ``host``, ``none``).
         """
 
     @abc.abstractmethod
     def connect_network(self, network: str, container: str, aliases: Iterable[str] = ()) -> None:
         """Attach a container to a network (already attached: nothing happens).
 
+        A running container gets an address there at once, another one when it starts.
+
         Raises:
             NetworkNotFound / ContainerNotFound: one of them does not exist.
+            DockerError: the container runs without networking (``none``) or in the host's.
         """
 
     @abc.abstractmethod
@@ -242,7 +298,11 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def create_volume(self, name: str, labels: Mapping[str, str]) -> Volume:
-        """Create a named volume (an existing one is returned as it is)."""
+        """Create a named volume (an existing one is returned as it is, labels included).
+
+        Raises:
+            DockerError: the name is invalid.
+        """
 
     @abc.abstractmethod
     def inspect_volume(self, name: str) -> Volume:
@@ -254,7 +314,7 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def list_volumes(self, label_filters: Iterable[str] = ()) -> list[Volume]:
-        """Named volumes carrying every label given."""
+        """Named volumes carrying every ``key=value`` (or bare ``key``) label given."""
 
     @abc.abstractmethod
     def remove_volume(self, name: str) -> None:
@@ -262,7 +322,7 @@ class Engine(abc.ABC):
 
         Raises:
             VolumeNotFound: no such volume.
-            VolumeInUse: a container still uses it.
+            VolumeInUse: a container still mounts it (even a created or stopped one).
         """
 
     # -- images -------------------------------------------------------------------------
@@ -277,39 +337,50 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def pull_image(self, ref: str) -> Image:
-        """Pull an image from its registry.
+        """Pull an image from its registry (always: a local copy is not enough).
 
         Raises:
             ImageNotFound: the registry has no such image, or none is reachable.
+            DockerError: ``ref`` is not a valid reference.
         """
 
     @abc.abstractmethod
     def build_image(self, spec: BuildSpec) -> Image:
         """Build an image from a tar context and tag it ``spec.tag``.
 
+        The image keeps its base image's config (command, environment, labels) under
+        what the Dockerfile and ``spec.labels`` add.
+
         Raises:
-            ImageBuildFailed: a build step failed (the message holds the log's tail).
+            ImageBuildFailed: a build step failed (the message holds the log's tail), or
+                the engine refused the build before any step: no such Dockerfile in the
+                context, a parse error, an unknown base image, an invalid tag.
         """
 
     @abc.abstractmethod
     def tag_image(self, ref: str, tag: str) -> None:
-        """Give an image one more tag.
+        """Give an image one more tag (a tag already on another image moves).
 
         Raises:
             ImageNotFound: no such image.
+            DockerError: ``tag`` is not a valid reference.
         """
 
     @abc.abstractmethod
     def list_images(self, label_filters: Iterable[str] = ()) -> list[Image]:
-        """Local images carrying every label given."""
+        """Local images carrying every ``key=value`` (or bare ``key``) label given."""
 
     @abc.abstractmethod
     def remove_image(self, ref: str) -> None:
-        """Remove an image (or one tag of it).
+        """Remove one tag of an image, and the image with its last tag.
+
+        A tag goes even while containers use the image, as long as the image keeps
+        another tag.
 
         Raises:
             ImageNotFound: no such image.
-            DockerError: a container uses it.
+            DockerError: the image would go while a container (even a stopped one) uses
+                it, or ``ref`` is an id and the image has several tags.
         """
 
     # -- engine -------------------------------------------------------------------------

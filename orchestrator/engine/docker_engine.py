@@ -11,6 +11,7 @@ import io
 import shlex
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -38,6 +39,7 @@ from orchestrator.engine.types import (
 )
 from orchestrator.errors import (
     ContainerNotFound,
+    DockerError,
     ImageBuildFailed,
     ImageNotFound,
     NetworkInUse,
@@ -48,6 +50,9 @@ from orchestrator.errors import (
 )
 
 __all__ = ["DockerEngine", "create_kwargs"]
+
+#: How long a drained exec may take to have its exit code recorded.
+_EXIT_RECORD_SECONDS = 2.0
 
 
 def _host_config(spec: ContainerSpec) -> dict[str, Any]:
@@ -155,6 +160,7 @@ class _DockerExec:
         self._id = exec_id
         self._frames = frames
         self._sock = sock
+        self._drained = False
 
     @property
     def id(self) -> str:
@@ -165,6 +171,7 @@ class _DockerExec:
             for stream, data in self._frames:
                 if data and stream in (1, 2):
                     yield stream, data
+        self._drained = True
 
     def close(self) -> None:
         for target in (self._frames, self._sock):
@@ -176,9 +183,15 @@ class _DockerExec:
                     pass
 
     def exit_code(self) -> int | None:
-        with docker_errors(f"inspect exec {self._id[:12]}"):
-            code = self._api.exec_inspect(self._id).get("ExitCode")
-        return None if code is None else int(code)
+        # The output can end a moment before the engine records the exit: once the
+        # stream is drained, give it that moment.
+        deadline = time.monotonic() + (_EXIT_RECORD_SECONDS if self._drained else 0)
+        while True:
+            with docker_errors(f"inspect exec {self._id[:12]}"):
+                code = self._api.exec_inspect(self._id).get("ExitCode")
+            if code is not None or time.monotonic() >= deadline:
+                return None if code is None else int(code)
+            time.sleep(0.01)
 
 
 def _label_filter(label_filters: Iterable[str]) -> dict[str, Any]:
@@ -227,7 +240,13 @@ class DockerEngine(Engine):
 
     def start_container(self, ref: str) -> None:
         with docker_errors(f"start container {ref}"):
-            self.api.start(ref)
+            try:
+                self.api.start(ref)
+            except docker.errors.NotFound as exc:
+                if self.find_container(ref) is None:
+                    raise
+                # The container is there: what is missing is a network it joins.
+                raise NetworkNotFound(f"start container {ref}: {exc.explanation}") from exc
 
     def inspect_container(self, ref: str) -> Container:
         with docker_errors(f"inspect container {ref}"):
@@ -302,12 +321,15 @@ class DockerEngine(Engine):
             return dict(self.api.stats(ref, stream=False, decode=False))
 
     def stream_stats(self, ref: str) -> Stream[dict[str, Any]]:
+        # docker-py reads the reply lazily: a missing container would only show when
+        # iterating, so look it up first.
+        self.inspect_container(ref)
         with docker_errors(f"follow stats of {ref}"):
             items = self.api.stats(ref, stream=True, decode=True)
         return _ClosingStream(_translated(items, f"follow stats of {ref}"), [items])
 
     def exec_start(self, ref: str, spec: ExecSpec) -> _DockerExec:
-        with docker_errors(f"exec in {ref}"):
+        with docker_errors(f"exec in {ref}", conflict=DockerError):
             exec_id = self.api.exec_create(
                 ref,
                 list(spec.argv),
@@ -397,9 +419,13 @@ class DockerEngine(Engine):
             try:
                 self.api.remove_network(name)
             except docker.errors.APIError as exc:
-                if exc.status_code in (403, 409):  # "has active endpoints"
-                    raise NetworkInUse(f"remove network {name}: {exc.explanation}") from exc
-                raise
+                explanation = str(exc.explanation or exc)
+                if exc.status_code not in (403, 409):
+                    raise
+                if "pre-defined" in explanation:  # bridge, host, none
+                    raise DockerError(f"remove network {name}: {explanation}") from exc
+                # "network x id y has active endpoints"
+                raise NetworkInUse(f"remove network {name}: {explanation}") from exc
 
     def connect_network(self, network: str, container: str, aliases: Iterable[str] = ()) -> None:
         if self._attached(network, container):
@@ -411,7 +437,7 @@ class DockerEngine(Engine):
                 )
             except docker.errors.APIError as exc:
                 if exc.status_code == 404:
-                    raise _missing_of_two(network, container, exc) from exc
+                    raise self._missing_of_two(network, container, exc) from exc
                 if exc.status_code == 403 and self._attached(network, container):
                     return  # a concurrent connect won the race
                 raise
@@ -427,13 +453,22 @@ class DockerEngine(Engine):
                     return  # a concurrent disconnect won the race
                 raise
 
+    def _missing_of_two(self, network: str, container: str, exc: Any) -> Exception:
+        """A 404 while connecting: say which of the two is missing."""
+        action = f"connect {container} to {network}"
+        if self.find_network(network) is None:
+            return NetworkNotFound(f"{action}: {exc.explanation}")
+        return ContainerNotFound(f"{action}: {exc.explanation}")
+
     def _attached(self, network: str, container: str) -> bool:
-        """True when ``container`` (id or name) is attached to ``network``."""
+        """True when ``container`` (id or name) is attached to ``network``.
+
+        The container's own list is what counts: the network lists only the containers
+        running in it, while a created or stopped one stays attached too.
+        """
         found = self.inspect_network(network)
-        if not found.containers:
-            return False
         target = self.find_container(container)
-        return target is not None and target.id in found.containers
+        return target is not None and found.name in target.networks
 
     # -- volumes ------------------------------------------------------------------------
 
@@ -468,9 +503,16 @@ class DockerEngine(Engine):
     def pull_image(self, ref: str) -> Image:
         repository, tag = parse.split_reference(ref)
         with docker_errors(f"pull image {ref}", not_found=ImageNotFound):
-            for event in self.api.pull(repository, tag=tag, stream=True, decode=True):
-                if isinstance(event, dict) and event.get("error"):
-                    raise ImageNotFound(f"pull image {ref}: {event['error']}")
+            try:
+                for event in self.api.pull(repository, tag=tag, stream=True, decode=True):
+                    if isinstance(event, dict) and event.get("error"):
+                        raise ImageNotFound(_pull_failed(ref, str(event["error"])))
+            except docker.errors.APIError as exc:
+                if exc.status_code == 400:  # an invalid reference: no pull was tried
+                    raise
+                # The engine answers 500 when no registry is reachable, 404 or 401/403
+                # when the registry has no such repository (or will not say).
+                raise ImageNotFound(_pull_failed(ref, str(exc.explanation or exc))) from exc
         return self.inspect_image(ref)
 
     def build_image(self, spec: BuildSpec) -> Image:
@@ -481,35 +523,56 @@ class DockerEngine(Engine):
         if spec.cpu_limit is not None:
             container_limits["cpuquota"] = int(spec.cpu_limit * 100_000)
             container_limits["cpuperiod"] = 100_000
+        with docker_errors(f"build image {spec.tag}", not_found=ImageNotFound):
+            try:
+                image_id = self._build(spec, container_limits)
+            except docker.errors.APIError as exc:
+                # 500 "Cannot locate specified Dockerfile", 400 "dockerfile parse error",
+                # 400 "invalid reference format": refused before any step ran.
+                explanation = exc.explanation or exc
+                raise ImageBuildFailed(f"build image {spec.tag}: {explanation}") from exc
+            except Exception as exc:
+                if is_read_timeout(exc):  # the build outran ``timeout_seconds``
+                    raise ImageBuildFailed(
+                        f"build image {spec.tag}: no end after {spec.timeout_seconds} s"
+                    ) from exc
+                raise
+        return self.inspect_image(image_id or spec.tag)
+
+    def _build(self, spec: BuildSpec, container_limits: dict[str, Any]) -> str | None:
+        """Run a build to its end; the id of the image it reports, if it does.
+
+        Raises:
+            ImageBuildFailed: a step failed (the message holds the log's tail).
+        """
         tail: list[str] = []
         image_id = None
-        with docker_errors(f"build image {spec.tag}", not_found=ImageNotFound):
-            events = self.api.build(
-                fileobj=io.BytesIO(spec.context_tar),
-                custom_context=True,
-                encoding=None,
-                tag=spec.tag,
-                dockerfile=spec.dockerfile,
-                buildargs=dict(spec.build_args) or None,
-                labels=dict(spec.labels) or None,
-                network_mode=spec.network_mode,
-                container_limits=container_limits or None,
-                timeout=spec.timeout_seconds,
-                pull=spec.pull,
-                rm=True,
-                forcerm=True,
-                decode=True,
-            )
-            for event in events:
-                if "stream" in event:
-                    tail = (tail + str(event["stream"]).splitlines())[-20:]
-                if "error" in event:
-                    detail = "\n".join(tail[-10:])
-                    raise ImageBuildFailed(f"build image {spec.tag}: {event['error']}\n{detail}")
-                aux = event.get("aux")
-                if isinstance(aux, dict) and aux.get("ID"):
-                    image_id = aux["ID"]
-        return self.inspect_image(image_id or spec.tag)
+        events = self.api.build(
+            fileobj=io.BytesIO(spec.context_tar),
+            custom_context=True,
+            encoding=None,
+            tag=spec.tag,
+            dockerfile=spec.dockerfile,
+            buildargs=dict(spec.build_args) or None,
+            labels=dict(spec.labels) or None,
+            network_mode=spec.network_mode,
+            container_limits=container_limits or None,
+            timeout=spec.timeout_seconds,
+            pull=spec.pull,
+            rm=True,
+            forcerm=True,
+            decode=True,
+        )
+        for event in events:
+            if "stream" in event:
+                tail = (tail + str(event["stream"]).splitlines())[-20:]
+            if "error" in event:
+                detail = "\n".join(tail[-10:])
+                raise ImageBuildFailed(f"build image {spec.tag}: {event['error']}\n{detail}")
+            aux = event.get("aux")
+            if isinstance(aux, dict) and aux.get("ID"):
+                image_id = str(aux["ID"])
+        return image_id
 
     def tag_image(self, ref: str, tag: str) -> None:
         repository, version = parse.split_reference(tag)
@@ -528,7 +591,7 @@ class DockerEngine(Engine):
         return found
 
     def remove_image(self, ref: str) -> None:
-        with docker_errors(f"remove image {ref}", not_found=ImageNotFound):
+        with docker_errors(f"remove image {ref}", not_found=ImageNotFound, conflict=DockerError):
             self.api.remove_image(ref)
 
     # -- engine -------------------------------------------------------------------------
@@ -550,11 +613,12 @@ def _translated(items: Iterable[Any], action: str) -> Iterator[Any]:
         yield from items
 
 
-def _missing_of_two(network: str, container: str, exc: Any) -> Exception:
-    """A 404 while connecting: say which of the two is missing."""
-    from orchestrator.errors import NetworkNotFound
-
-    return NetworkNotFound(f"connect {container} to {network}: {exc.explanation}")
+def _pull_failed(ref: str, detail: str) -> str:
+    """The message of a pull that found no image: what failed, then the engine's reason."""
+    return (
+        f"pull image {ref}: cannot be pulled (its registry has no such image, or no "
+        f"registry is reachable): {detail}"
+    )
 
 
 def _feed_stdin(raw: Any, data: bytes) -> None:

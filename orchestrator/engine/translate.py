@@ -60,18 +60,24 @@ def is_read_timeout(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def docker_errors(action: str, not_found: type[OrchestratorError] | None = None) -> Iterator[None]:
+def docker_errors(
+    action: str,
+    not_found: type[OrchestratorError] | None = None,
+    conflict: type[OrchestratorError] = ContainerConflict,
+) -> Iterator[None]:
     """Translate docker-py and transport errors raised while doing ``action``.
 
     Args:
         action: what was being done, first in every message.
         not_found: the error a 404 means here (default ``ContainerNotFound``; an image
             the engine reports as missing is always ``ImageNotFound``).
+        conflict: the error a 409 means here (default ``ContainerConflict``, a name in
+            use; ``DockerError`` where a 409 is a state, e.g. "container is not running").
 
     Raises:
         DockerUnavailable: the engine could not be reached.
         ContainerNotFound / NetworkNotFound / VolumeNotFound / ImageNotFound: a 404.
-        ContainerConflict: a 409 (a name already in use).
+        ContainerConflict: a 409 (a name already in use), unless ``conflict`` says otherwise.
         ImageBuildFailed: a build error.
         DockerError: any other engine error.
     """
@@ -87,7 +93,7 @@ def docker_errors(action: str, not_found: type[OrchestratorError] | None = None)
         raise ImageBuildFailed(f"{action}: {exc.msg}") from exc
     except docker.errors.APIError as exc:
         if exc.status_code == 409:
-            raise ContainerConflict(f"{action}: {_explain(exc)}") from exc
+            raise conflict(f"{action}: {_explain(exc)}") from exc
         raise DockerError(f"{action}: {_explain(exc)}") from exc
     except docker.errors.DockerException as exc:
         if isinstance(exc.__cause__ or exc.__context__, _TRANSIENT):

@@ -91,9 +91,14 @@ class Container:
     exit_code: int | None = None
     oom_killed: bool = False
     created_at: datetime | None = None
+    #: the last start (None: never started)
     started_at: datetime | None = None
+    #: the last exit (None: never exited). For a process that ends at once, Docker may
+    #: record it a moment *before* ``started_at``: never rely on their order.
     finished_at: datetime | None = None
-    #: network name -> the container's IPv4 address there ("" when none yet).
+    #: network name -> the container's IPv4 address there ("" when not running: Docker
+    #: gives addresses on start and takes them back on exit). ``{"none": ""}`` for a
+    #: container without networking.
     networks: Mapping[str, str] = field(default_factory=dict)
     #: "8000/tcp" -> [(host_ip, host_port)]
     ports: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
@@ -193,9 +198,14 @@ class ExecSpec:
 class ArchiveStat:
     """What the engine says about a path it archived: name, size, mode, link target."""
 
+    #: the path's last part (``/`` for the root)
     name: str
+    #: bytes of a file, length of a link's target, the file system's size of a directory
     size: int
+    #: a Go ``os.FileMode``, as Docker sends it: permission bits, plus 1<<31 for a
+    #: directory, 1<<27 for a symbolic link, 1<<23 setuid, 1<<22 setgid, 1<<20 sticky
     mode: int
+    #: for a symbolic link, its target resolved to an absolute path in the container
     link_target: str = ""
 
 

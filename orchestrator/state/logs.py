@@ -1,11 +1,9 @@
-"""A tool's output while it runs: followed from the engine, capped, and published live.
+"""A tool's output while it runs, published live in Redis and read back by clients.
 
-Two follow streams (stdout and stderr, kept apart) are read on daemon threads
-from the moment the container starts, so the head of a large output is kept
-even after the engine's json-file log rotates. Each chunk goes into a
-:class:`~orchestrator.output.CappedBuffer` and, up to a byte budget, into a
-capped Redis stream per execution that clients tail (``orchestrator tool logs
---follow``).
+Workers append each chunk of a tool's output (read from the engine by
+:class:`~orchestrator.worker.follow.LogFollower`, or from an exec) through
+:class:`LiveLog`, up to a byte budget, into a capped Redis stream per execution that
+clients tail (``orchestrator tool logs --follow``) with :func:`follow_live`.
 """
 
 from __future__ import annotations
@@ -16,11 +14,10 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from orchestrator.core.output import CappedBuffer
 from orchestrator.state import keys
 from orchestrator.state.registry import text
 
-__all__ = ["LiveLog", "LogFollower", "read_live", "follow_live", "redact_bytes", "EOF_FIELD"]
+__all__ = ["LiveLog", "read_live", "follow_live", "redact_bytes", "EOF_FIELD"]
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 8192
@@ -99,59 +96,6 @@ class LiveLog:
             self.redis.expire(self.key, self.ttl_seconds)
         except Exception:  # noqa: BLE001 - see append
             log.debug("could not close live output of %s", self.key, exc_info=True)
-
-
-class LogFollower:
-    """Follow a started container's stdout and stderr on two daemon threads."""
-
-    def __init__(self, container: Any, cap_bytes: int, live: LiveLog | None = None) -> None:
-        self.container = container
-        self.stdout = CappedBuffer(cap_bytes)
-        self.stderr = CappedBuffer(cap_bytes)
-        self.live = live
-        self._streams: list[Any] = []
-        self._errors: list[BaseException] = []
-        self._threads = [
-            threading.Thread(target=self._follow, args=("stdout", self.stdout), daemon=True),
-            threading.Thread(target=self._follow, args=("stderr", self.stderr), daemon=True),
-        ]
-
-    def start(self) -> LogFollower:
-        """Start both followers."""
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def _follow(self, name: str, buffer: CappedBuffer) -> None:
-        try:
-            stream = self.container.logs(
-                stdout=name == "stdout", stderr=name == "stderr", stream=True, follow=True
-            )
-            self._streams.append(stream)
-            for chunk in stream:
-                buffer.write(chunk)
-                if self.live is not None:
-                    self.live.append(name, chunk)
-        except Exception as exc:  # noqa: BLE001 - reported by finish()
-            self._errors.append(exc)
-
-    def finish(self, timeout_seconds: float = 10.0) -> bool:
-        """Wait for both streams to drain after the container stopped.
-
-        Returns:
-            True when both ended by themselves (the output is complete).
-        """
-        for thread in self._threads:
-            thread.join(timeout_seconds)
-        complete = not any(t.is_alive() for t in self._threads) and not self._errors
-        for stream in self._streams:
-            try:
-                stream.close()
-            except Exception:  # noqa: BLE001 - already closed
-                pass
-        if self.live is not None:
-            self.live.close()
-        return complete
 
 
 def redact_bytes(data: bytes, secrets: list[bytes]) -> bytes:

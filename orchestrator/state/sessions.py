@@ -9,25 +9,42 @@ raise :class:`~orchestrator.errors.WrongHost` and forward themselves.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from orchestrator.settings import Settings
 from orchestrator.state import keys
 from orchestrator.state.registry import text
-from orchestrator.worker import networks
-
-if TYPE_CHECKING:
-    from orchestrator.worker.runtime import Runtime
 
 __all__ = [
+    "SessionHost",
     "claim",
     "require_owner",
-    "join_session_network",
     "record_host",
     "hosts_of",
     "touch",
     "expiry",
     "forget",
 ]
+
+
+class SessionHost(Protocol):
+    """What the session functions need of a worker's runtime (a
+    :class:`~orchestrator.worker.runtime.Runtime` is one)."""
+
+    @property
+    def redis(self) -> Any:
+        """A redis-py client."""
+
+    @property
+    def settings(self) -> Settings:
+        """The worker's settings."""
+
+    @property
+    def host_name(self) -> str:
+        """This worker's Docker host name."""
+
+    def require_local(self, owner: str, what: str, hint: str = "") -> None:
+        """Raise WrongHost / HostUnavailable unless ``owner`` is this host (or empty)."""
 
 
 def claim(redis: Any, session_id: str, host_name: str) -> str:
@@ -38,7 +55,7 @@ def claim(redis: Any, session_id: str, host_name: str) -> str:
     return text(redis.get(key)) or host_name
 
 
-def require_owner(rt: Runtime, session_id: str) -> None:
+def require_owner(rt: SessionHost, session_id: str) -> None:
     """Make sure this host owns the session, claiming it if nobody does.
 
     Raises:
@@ -53,7 +70,7 @@ def require_owner(rt: Runtime, session_id: str) -> None:
     )
 
 
-def record_host(rt: Runtime, session_id: str) -> None:
+def record_host(rt: SessionHost, session_id: str) -> None:
     """Remember that the session has containers on this host; start its clock."""
     now = time.time()
     pipe = rt.redis.pipeline()
@@ -64,14 +81,6 @@ def record_host(rt: Runtime, session_id: str) -> None:
         keys.session_expiry(session_id), "expires_at", now + rt.settings.session_ttl_seconds
     )
     pipe.execute()
-
-
-def join_session_network(rt: Runtime, session_id: str) -> str:
-    """The name of the session's network on this host, created if needed."""
-    require_owner(rt, session_id)
-    record_host(rt, session_id)
-    network = networks.ensure_network(rt.docker, rt.redis, rt.settings, session_id)
-    return str(network.name)
 
 
 def hosts_of(redis: Any, session_id: str) -> list[str]:

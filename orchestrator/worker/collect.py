@@ -10,10 +10,11 @@ reading, so on Docker 20.10 (measured, cgroup v1):
   thing on the engine's side: 1 s when the collector is idle, 1-2 s (mean 1.65 s) when it
   is busy, with a correct CPU share (a container limited to 0.5 core shows 49-51 %).
 
-So :func:`sample` uses ``stats(stream=False)``: the same latency as the stream, and one
-HTTP response with nothing to close. The 1-2 s are spent waiting for the collector, not
-working, so :func:`host_stats` samples every running container at once and a whole host
-costs about one request, however many containers it runs.
+So :func:`sample` uses the Engine's ``container_stats`` (``/stats?stream=false``): the
+same latency as the stream, and one HTTP response with nothing to close. The 1-2 s are
+spent waiting for the collector, not working, so :func:`host_stats` samples every running
+container at once and a whole host costs about one request, however many containers it
+runs.
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from orchestrator.core import stats
-from orchestrator.core.specs import LABEL_PREFIX, tool_container_name
-from orchestrator.engine import containers
-from orchestrator.engine.translate import docker_errors
+from orchestrator.engine.types import Container
 from orchestrator.errors import (
     ContainerNotFound,
     InvalidRequest,
@@ -39,6 +38,7 @@ from orchestrator.errors import (
     RelicNotFound,
 )
 from orchestrator.models import AggregateStats, ContainerStats
+from orchestrator.protocol import label_filter, parse_labels, tool_container_name
 from orchestrator.state import keys
 from orchestrator.state.registry import text
 from orchestrator.worker import relics
@@ -61,7 +61,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_PARALLEL_SAMPLES = 32
-MANAGED = f"{LABEL_PREFIX}managed=true"
 SUMMED = ("cpu_percent", "memory_used_mb", "memory_limit_mb", "network_rx_mb", "network_tx_mb")
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 
@@ -77,59 +76,61 @@ class HostStats(BaseModel):
 # -- one host ---------------------------------------------------------------------------
 
 
-def sample(container: Any) -> dict[str, Any] | None:
+def sample(rt: Runtime, container: Container) -> dict[str, Any] | None:
     """One stats payload of a running container, with a previous reading for CPU.
 
     Blocks for one to two ticks of the engine's stats collector (1-2 s).
 
+    Args:
+        rt: this worker's runtime.
+        container: the container, as inspected or listed.
+
     Returns:
-        The payload; None when the container stopped during the request (the engine then
-        answers 200 with an empty body, which docker-py fails to decode as JSON).
+        The payload; None when the container stopped or was removed during the request
+        (the engine then answers 200 with an empty body).
 
     Raises:
         ContainerNotFound: the container is gone.
         DockerUnavailable / DockerError: the engine failed.
     """
     try:
-        with docker_errors(f"read stats of container {container.name}"):
-            return dict(container.stats(stream=False))
+        raw = rt.engine.container_stats(container.id)
     except ValueError:
+        # DockerEngine lets the empty body's JSON decoding error out (a ValueError);
+        # the Engine contract says it should not.
         return None
+    return dict(raw) if raw else None
 
 
-def container_stats(rt: Runtime, container: Any) -> ContainerStats:
+def container_stats(rt: Runtime, container: Container) -> ContainerStats:
     """The stats of one inspected container (zeros unless it is running).
 
     Args:
         rt: this worker's runtime (its host name fills a missing host label).
-        container: a docker-py container, as inspected by ``containers.get`` or ``list``.
+        container: the container, as ``inspect_container`` or ``list_containers`` gave it.
 
     Raises:
         ContainerNotFound: the container vanished while being sampled.
     """
-    running = containers.state(container).get("Status") == "running"
-    raw = sample(container) if running else {}
+    raw = sample(rt, container) if container.status == "running" else {}
     if raw is None:  # it stopped meanwhile: report its new state with zeros
-        with docker_errors(f"inspect container {container.name}"):
-            container.reload()
+        container = rt.engine.inspect_container(container.id)
         raw = {}
-    state = containers.state(container)
-    status = str(state.get("Status", "unknown"))
-    labels = container.labels or {}
+    labels = parse_labels(container.labels)
     return stats.summarize(
         raw,
         container_id=container.id,
         name=container.name,
-        status=status,
-        started_at=stats.parse_docker_time(state.get("StartedAt")),
+        status=container.status or "unknown",
+        started_at=container.started_at,
         now=datetime.now(UTC),
-        kind=labels.get(f"{LABEL_PREFIX}kind"),
-        session_id=labels.get(f"{LABEL_PREFIX}session"),
-        host=labels.get(f"{LABEL_PREFIX}host") or rt.host_name,
+        kind=labels.kind,
+        session_id=labels.session,
+        host=labels.host or rt.host_name,
     )
 
 
-def _or_none(rt: Runtime, container: Any) -> ContainerStats | None:
+def _or_none(rt: Runtime, container: Container) -> ContainerStats | None:
     try:
         return container_stats(rt, container)
     except ContainerNotFound:
@@ -142,7 +143,10 @@ def host_stats(rt: Runtime) -> list[ContainerStats]:
 
     Containers are those labelled with this host's name, so hosts that share one engine
     (as in tests) do not report each other's containers twice. A container removed while
-    it is sampled is left out.
+    it is listed or sampled is left out.
+
+    Args:
+        rt: this worker's runtime.
 
     Returns:
         The stats sorted by session, kind and name.
@@ -150,9 +154,7 @@ def host_stats(rt: Runtime) -> list[ContainerStats]:
     Raises:
         DockerUnavailable / DockerError: the engine failed.
     """
-    mine = {"label": [MANAGED, f"{LABEL_PREFIX}host={rt.host_name}"]}
-    with docker_errors("list managed containers"):
-        found = rt.docker.containers.list(all=True, filters=mine, ignore_removed=True)
+    found = rt.engine.list_containers(label_filter(host=rt.host_name))
     workers = max(1, min(MAX_PARALLEL_SAMPLES, len(found)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stats") as pool:
         sampled = list(pool.map(lambda c: _or_none(rt, c), found))
@@ -180,16 +182,16 @@ def _check_ident(ident: Any) -> str:
     return ident
 
 
-def _managed(rt: Runtime, name_or_id: str, what: str) -> Any:
-    found = containers.find(rt.docker, name_or_id)
-    if found is None or (found.labels or {}).get(f"{LABEL_PREFIX}managed") != "true":
+def _managed(rt: Runtime, name_or_id: str, what: str) -> Container:
+    found = rt.engine.find_container(name_or_id)
+    if found is None or not parse_labels(found.labels).managed:
         raise ContainerNotFound(
             f"{what}: no managed container {name_or_id!r} on host {rt.host_name}"
         )
     return found
 
 
-def _execution_container(rt: Runtime, execution_id: str, entry: dict[str, str]) -> Any:
+def _execution_container(rt: Runtime, execution_id: str, entry: dict[str, str]) -> Container:
     what = f"execution {execution_id}"
     rt.require_local(entry.get("host", ""), what)
     try:
@@ -212,7 +214,7 @@ def _relic_entry(rt: Runtime, relic_id: str) -> dict[str, str] | None:
         return None
 
 
-def find_container(rt: Runtime, ident: Any) -> Any:
+def find_container(rt: Runtime, ident: Any) -> Container:
     """Resolve an execution id, a relic id, or a container id or name to a local container.
 
     Args:
@@ -222,7 +224,7 @@ def find_container(rt: Runtime, ident: Any) -> Any:
             container of that id or name.
 
     Returns:
-        The docker-py container.
+        The container, as inspected.
 
     Raises:
         InvalidRequest: ``ident`` is not an id.

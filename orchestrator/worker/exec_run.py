@@ -10,16 +10,19 @@ from __future__ import annotations
 import shlex
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from orchestrator.core.output import CappedBuffer
-from orchestrator.engine import containers
-from orchestrator.engine.translate import docker_errors
+from orchestrator.engine.base import Engine
+from orchestrator.engine.types import ExecSpec, ExecStream, Image
 from orchestrator.state.logs import LiveLog
+from orchestrator.worker import waiting
 
 __all__ = ["ExecOutcome", "run_exec", "exec_command"]
+
+#: The stream names of the exec output's stream numbers.
+_STREAMS = {1: "stdout", 2: "stderr"}
 
 
 @dataclass
@@ -34,20 +37,30 @@ class ExecOutcome:
     errors: list[BaseException] = field(default_factory=list)
 
 
-def exec_command(command: list[str] | str | None, image_config: dict[str, Any]) -> list[str]:
-    """The argv to exec: the request's command, else the image's entrypoint and cmd."""
+def exec_command(command: list[str] | str | None, image: Image | None) -> list[str]:
+    """The argv to exec: the request's command, else the image's entrypoint and cmd.
+
+    Args:
+        command: the request's command (a string is split as a shell would).
+        image: the inspected image; only read when there is no command.
+
+    Returns:
+        The argv.
+    """
     if isinstance(command, str):
         return shlex.split(command)
     if command:
         return list(command)
-    return list(image_config.get("Entrypoint") or []) + list(image_config.get("Cmd") or [])
+    if image is None:
+        return []
+    return [*image.entrypoint, *image.cmd]
 
 
 def run_exec(
-    docker_client: Any,
-    container: Any,
+    engine: Engine,
+    container_id: str,
     argv: list[str],
-    environment: dict[str, str],
+    environment: Mapping[str, str],
     *,
     cap_bytes: int,
     live: LiveLog | None,
@@ -56,48 +69,63 @@ def run_exec(
     should_cancel: Callable[[], bool],
     on_started: Callable[[], None] = lambda: None,
 ) -> ExecOutcome:
-    """Exec ``argv`` in ``container`` and wait until it ends, the deadline or cancellation.
+    """Exec ``argv`` in a running container and wait until it ends, the deadline or cancellation.
 
-    ``on_started`` is called once the process was started in the container.
+    At the deadline or on cancellation the whole container is killed (the exec alone
+    cannot be), which ends the exec.
+
+    Args:
+        engine: the engine running the container.
+        container_id: the running container.
+        argv: the command to run.
+        environment: its environment.
+        cap_bytes: bytes of each stream kept (head and tail).
+        live: where output chunks are published while they arrive, if anywhere.
+        deadline: when to kill it, on ``time.monotonic``'s scale.
+        slice_seconds: how often cancellation is checked.
+        should_cancel: asked every slice; True kills it.
+        on_started: called once the process was started in the container.
+
+    Returns:
+        Its output, exit code and whether it was stopped.
+
+    Raises:
+        ContainerNotFound: no such container (nothing was started).
+        DockerError: the container is not running (nothing was started), or its exit code
+            could not be read.
     """
-    api = docker_client.api
     outcome = ExecOutcome(None, CappedBuffer(cap_bytes), CappedBuffer(cap_bytes))
-    with docker_errors(f"exec in {container.name}"):
-        exec_id = api.exec_create(
-            container.id, argv, stdout=True, stderr=True, environment=environment
-        )["Id"]
-        stream = api.exec_start(exec_id, stream=True, demux=True)
-    on_started()
-    reader = threading.Thread(target=_pump, args=(stream, outcome, live), daemon=True)
-    reader.start()
-    while reader.is_alive():
-        if should_cancel():
-            outcome.cancelled = True
-        elif time.monotonic() >= deadline:
-            outcome.timed_out = True
-        if outcome.cancelled or outcome.timed_out:
-            containers.kill(container)
-            reader.join(5)
-            break
-        reader.join(min(slice_seconds, max(0.0, deadline - time.monotonic())))
-    if live is not None:
-        live.close()
-    with docker_errors(f"inspect exec in {container.name}"):
-        code = api.exec_inspect(exec_id).get("ExitCode")
-    outcome.exit_code = None if code is None else int(code)
+    stream = engine.exec_start(container_id, ExecSpec(argv=tuple(argv), environment=environment))
+    try:
+        on_started()
+        reader = threading.Thread(target=_pump, args=(stream, outcome, live), daemon=True)
+        reader.start()
+        while reader.is_alive():
+            if should_cancel():
+                outcome.cancelled = True
+            elif time.monotonic() >= deadline:
+                outcome.timed_out = True
+            if outcome.cancelled or outcome.timed_out:
+                waiting.kill(engine, container_id)
+                reader.join(5)
+                break
+            reader.join(min(slice_seconds, max(0.0, deadline - time.monotonic())))
+        if live is not None:
+            live.close()
+        outcome.exit_code = stream.exit_code()
+    finally:
+        stream.close()
     return outcome
 
 
-def _pump(stream: Any, outcome: ExecOutcome, live: LiveLog | None) -> None:
+def _pump(stream: ExecStream, outcome: ExecOutcome, live: LiveLog | None) -> None:
     try:
-        for out, err in stream:
-            if out:
-                outcome.stdout.write(out)
-                if live is not None:
-                    live.append("stdout", out)
-            if err:
-                outcome.stderr.write(err)
-                if live is not None:
-                    live.append("stderr", err)
+        for number, data in stream:
+            name = _STREAMS.get(number)
+            if name is None or not data:
+                continue
+            (outcome.stdout if number == 1 else outcome.stderr).write(data)
+            if live is not None:
+                live.append(name, data)
     except Exception as exc:  # noqa: BLE001 - reported through the outcome
         outcome.errors.append(exc)

@@ -16,16 +16,9 @@ from typing import Any
 
 from orchestrator.core import redaction
 from orchestrator.core.output import extract_result
-from orchestrator.core.specs import (
-    check_limits,
-    check_volumes,
-    tool_container_config,
-    tool_environment,
-)
+from orchestrator.core.specs import check_limits, check_volumes, tool_environment, tool_spec
 from orchestrator.core.specs import tool_container_name as container_name
-from orchestrator.core.stats import parse_docker_time
-from orchestrator.engine import containers
-from orchestrator.engine.translate import docker_errors
+from orchestrator.engine.types import Container, Image
 from orchestrator.errors import (
     ContainerConflict,
     ContainerNotFound,
@@ -36,12 +29,14 @@ from orchestrator.errors import (
     SessionError,
 )
 from orchestrator.models import ToolExecutionRequest, ToolExecutionResult, ToolRunStats
-from orchestrator.state import sessions
-from orchestrator.state.logs import LiveLog, LogFollower
+from orchestrator.state.logs import LiveLog
+from orchestrator.worker import networks, waiting
 from orchestrator.worker.exec_run import exec_command, run_exec
+from orchestrator.worker.follow import LogFollower
 from orchestrator.worker.images import resolve_image
 from orchestrator.worker.runtime import Runtime
 from orchestrator.worker.sampling import UsageSampler
+from orchestrator.worker.waiting import Exit
 
 __all__ = ["run_execution", "DuplicateDelivery", "Progress"]
 
@@ -111,7 +106,8 @@ class _Run:
         self.progress = progress
         self.requeued = requeued
         self.name = container_name(execution_id)
-        self.container: Any = None
+        #: the container the run uses (a cold one or a pool one), once there is one
+        self.container_id: str | None = None
         self.pooled = False
         self.exec_started = False
         self.previous: dict[str, str] = {}
@@ -149,7 +145,7 @@ class _Run:
             if isinstance(exc, DockerUnavailable):
                 self._abandon()
                 raise
-            result = self._result("error", error=str(exc), container_id=self._container_id())
+            result = self._result("error", error=str(exc), container_id=self.container_id)
         except BaseException:
             self._abandon()
             raise
@@ -171,21 +167,18 @@ class _Run:
         except Exception:  # noqa: BLE001 - Redis is down: the reaper may resume it later
             log.warning("could not drop execution %s from the in-flight set", self.execution_id)
 
-    def _container_id(self) -> str | None:
-        return getattr(self.container, "id", None)
-
     def _attempt(self) -> ToolExecutionResult:
         rt = self.rt
         if self.previous.get("pooled") and self.previous.get("container_id"):
-            self.container = containers.find(rt.docker, self.previous["container_id"])
-            self.pooled = True
+            found = rt.engine.find_container(self.previous["container_id"])
+            self.container_id, self.pooled = (found.id if found else None), True
             return self._result(
                 "error",
                 error="its worker died during a warm-pool run, whose output cannot be "
                 "recovered; it is not run again (at most once): submit it again",
             )
-        self.container = containers.find(rt.docker, self.name)
-        if self.container is None:
+        container = rt.engine.find_container(self.name)
+        if container is None:
             if rt.executions.cancel_requested(self.execution_id):
                 return self._result("cancelled", error="cancelled before it started")
             if self.requeued and self.request.secret_parameters:
@@ -203,47 +196,42 @@ class _Run:
                         raise
                     log.info("pool container unusable (%s); running cold", exc)
                     rt.pool.discard(pooled)
-                    self.container, self.pooled = None, False
-            self.container = self._create()
+                    self.container_id, self.pooled = None, False
+            container = self._create()
         else:
             log.info("execution %s: attaching to existing container", self.execution_id)
-        return self._supervise()
+        self.container_id = container.id
+        return self._supervise(container)
 
-    def _run_pooled(self, container: Any) -> ToolExecutionResult:
+    def _run_pooled(self, container_id: str) -> ToolExecutionResult:
         """Run the tool with ``exec`` in a warm-pool container, then discard the container."""
         rt, request = self.rt, self.request
-        self.container, self.pooled = container, True
+        self.container_id, self.pooled = container_id, True
         self.progress(
             "RUNNING",
-            {"host": rt.host_name, "container_id": container.id, "tool_name": request.tool_name},
+            {"host": rt.host_name, "container_id": container_id, "tool_name": request.tool_name},
         )
-        image_config: dict[str, Any] = {}
-        if not request.command:
-            with docker_errors(f"inspect image {request.image}"):
-                image_config = rt.docker.images.get(request.image).attrs.get("Config") or {}
+        argv = exec_command(request.command, self._image_config())
         started = datetime.now(UTC)
-        sampler = UsageSampler(container).start()
+        sampler = UsageSampler(rt.engine, container_id).start()
         outcome = run_exec(
-            rt.docker,
-            container,
-            exec_command(request.command, image_config),
+            rt.engine,
+            container_id,
+            argv,
             tool_environment(request),
             cap_bytes=rt.settings.log_cap_bytes,
             live=self._live_log(),
             deadline=time.monotonic() + request.resource_limits.timeout_seconds,
             slice_seconds=rt.settings.wait_slice_seconds,
             should_cancel=lambda: rt.executions.cancel_requested(self.execution_id),
-            on_started=self._exec_started,
+            on_started=lambda: self._exec_started(container_id),
         )
         finished = datetime.now(UTC)
         usage = sampler.stop()
-        state: dict[str, Any] = {}
-        if outcome.exit_code != 0:  # only then can it have been OOM-killed
-            with docker_errors(f"inspect container {container.id}"):
-                container.reload()
-            state = containers.state(container)
-        exit_info = containers.Exit(outcome.exit_code, outcome.timed_out, outcome.cancelled)
-        status, error = _status(exit_info, state, outcome.exit_code, request)
+        # Only a run that failed can have been OOM-killed: a clean one saves the inspect.
+        oom = outcome.exit_code != 0 and rt.engine.inspect_container(container_id).oom_killed
+        exit_info = Exit(outcome.exit_code, outcome.timed_out, outcome.cancelled)
+        status, error = _status(exit_info, oom, outcome.exit_code, request)
         stdout_text = outcome.stdout.text()
         return self._result(
             status,
@@ -258,14 +246,20 @@ class _Run:
             finished_at=finished,
             duration_seconds=round((finished - started).total_seconds(), 3),
             stats=usage,
-            container_id=container.id,
+            container_id=container_id,
         )
 
-    def _exec_started(self) -> None:
+    def _image_config(self) -> Image | None:
+        """The image's entrypoint and cmd, needed only when the request has no command."""
+        if self.request.command or not self.request.image:
+            return None
+        return self.rt.engine.inspect_image(self.request.image)
+
+    def _exec_started(self, container_id: str) -> None:
         # The container is not renamed (a round trip saved): from here on a redelivery
         # finds the run through the registry and must not run the tool again.
         self.exec_started = True
-        self.rt.executions.update(self.execution_id, container_id=self.container.id, pooled="1")
+        self.rt.executions.update(self.execution_id, container_id=container_id, pooled="1")
 
     def _live_log(self) -> LiveLog:
         rt = self.rt
@@ -277,11 +271,11 @@ class _Run:
             secrets=self._secrets(),
         )
 
-    def _create(self) -> Any:
+    def _create(self) -> Container:
         rt = self.rt
         request = self.request
         image = resolve_image(
-            rt.docker,
+            rt.engine,
             rt.redis,
             rt.settings,
             request.image,
@@ -291,8 +285,8 @@ class _Run:
         )
         network = None
         if request.network_mode == "session":
-            network = sessions.join_session_network(rt, request.session_id)
-        config = tool_container_config(
+            network = networks.join_session_network(rt, request.session_id)
+        spec = tool_spec(
             request,
             execution_id=self.execution_id,
             image=image,
@@ -301,25 +295,24 @@ class _Run:
             network=network,
         )
         try:
-            return containers.create(rt.docker, config)
-        except ContainerConflict:
-            found = containers.find(rt.docker, self.name)
+            return rt.engine.create_container(spec)
+        except ContainerConflict:  # another delivery created it first: run that one
+            found = rt.engine.find_container(self.name)
             if found is None:
                 raise
             return found
 
-    def _supervise(self) -> ToolExecutionResult:
-        rt = self.rt
-        container = self.container
+    def _supervise(self, container: Container) -> ToolExecutionResult:
+        rt, engine = self.rt, self.rt.engine
+        # Engine calls name the container (not its id): their errors read as they always did.
         rt.executions.update(self.execution_id, container_id=container.id)
-        if containers.state(container).get("Status") == "created":
-            with docker_errors(f"start container {self.name}"):
-                container.start()
+        if container.status == "created":
+            engine.start_container(self.name)
             # Started here: our own clocks stand in for an inspect round trip.
             self.started_here = datetime.now(UTC)
             deadline = time.monotonic() + self.request.resource_limits.timeout_seconds
         else:
-            deadline = self._deadline(containers.state(container))
+            deadline = self._deadline(container.started_at)
         self.progress(
             "RUNNING",
             {
@@ -328,53 +321,60 @@ class _Run:
                 "tool_name": self.request.tool_name,
             },
         )
-        sampler = UsageSampler(container).start()
-        self.follower = LogFollower(container, rt.settings.log_cap_bytes, self._live_log()).start()
-        state = containers.state(container)
-        if state.get("Status") in ("exited", "dead"):  # a takeover after the tool finished
-            outcome = containers.Exit(int(state.get("ExitCode", -1)))
+        sampler = UsageSampler(engine, self.name).start()
+        self.follower = LogFollower(
+            engine, self.name, rt.settings.log_cap_bytes, self._live_log()
+        ).start()
+        if container.finished:  # a takeover after the tool finished
+            exit_code = container.exit_code
+            outcome = Exit(exit_code if exit_code is not None else -1)
         else:
-            outcome = containers.wait_for_exit(
-                container,
+            outcome = waiting.wait_for_exit(
+                engine,
+                self.name,
                 deadline=deadline,
                 slice_seconds=rt.settings.wait_slice_seconds,
                 should_cancel=lambda: rt.executions.cancel_requested(self.execution_id),
             )
         self.finished_here = datetime.now(UTC)
         if outcome.timed_out or outcome.cancelled:
-            containers.kill(container)
-            containers.wait_for_exit(
-                container, deadline=time.monotonic() + 10, slice_seconds=1.0, should_cancel=bool
+            waiting.kill(engine, self.name)
+            waiting.wait_for_exit(
+                engine,
+                self.name,
+                deadline=time.monotonic() + 10,
+                slice_seconds=1.0,
+                should_cancel=lambda: False,
             )
         usage = sampler.stop()
         return self._collect(outcome, usage)
 
-    def _deadline(self, state: dict[str, Any]) -> float:
+    def _deadline(self, started: datetime | None) -> float:
+        """The monotonic deadline of a container that was started before this attempt."""
         timeout = self.request.resource_limits.timeout_seconds
-        started = parse_docker_time(state.get("StartedAt"))
         elapsed = (datetime.now(UTC) - started).total_seconds() if started else 0.0
         return time.monotonic() + timeout - max(0.0, elapsed)
 
-    def _collect(self, outcome: containers.Exit, usage: ToolRunStats) -> ToolExecutionResult:
-        container = self.container
+    def _collect(self, outcome: Exit, usage: ToolRunStats) -> ToolExecutionResult:
+        engine = self.rt.engine
         clean_exit = self.started_here is not None and outcome.exit_code == 0
-        state: dict[str, Any] = {}
-        if not clean_exit:  # OOMKilled, the exit code and the times come from an inspect
-            with docker_errors(f"inspect container {self.name}"):
-                container.reload()
-            state = containers.state(container)
+        # OOMKilled, the exit code and the times come from an inspect, unless it ran cleanly
+        # from our own start (a round trip saved on the common path).
+        state = None if clean_exit else engine.inspect_container(self.name)
         if self.follower.finish():
             stdout, stderr = self.follower.stdout, self.follower.stderr
         else:  # a follow stream broke: read the engine's log instead
-            stdout, stderr = containers.collect_logs(container, self.rt.settings.log_cap_bytes)
+            stdout, stderr = waiting.collect_logs(engine, self.name, self.rt.settings.log_cap_bytes)
         stdout_text = stdout.text()
-        exit_code = outcome.exit_code if outcome.exit_code is not None else state.get("ExitCode")
-        status, error = _status(outcome, state, exit_code, self.request)
-        if clean_exit:
+        exit_code = outcome.exit_code
+        if exit_code is None and state is not None:
+            exit_code = state.exit_code
+        oom = state is not None and state.oom_killed
+        status, error = _status(outcome, oom, exit_code, self.request)
+        if state is None:
             started, finished = self.started_here, self.finished_here
         else:
-            started = parse_docker_time(state.get("StartedAt"))
-            finished = parse_docker_time(state.get("FinishedAt"))
+            started, finished = state.started_at, state.finished_at
         duration = max(0.0, (finished - started).total_seconds()) if started and finished else None
         return self._result(
             status,
@@ -389,19 +389,19 @@ class _Run:
             finished_at=finished,
             duration_seconds=round(duration, 3) if duration is not None else None,
             stats=usage,
-            container_id=container.id,
+            container_id=self.container_id,
         )
 
     def _cleanup(self) -> None:
-        if self.container is None:
+        if self.container_id is None:
             return
         if self.pooled:  # a pool container serves one run: discard it, off the hot path
-            self.rt.pool.discard(self.container)
+            self.rt.pool.discard(self.container_id)
             return
         if not self.request.cleanup:
             return
         try:
-            containers.remove(self.rt.docker, self.name)
+            self.rt.engine.remove_container(self.name)
         except OrchestratorError:
             log.exception("could not remove %s; the janitor will", self.name)
 
@@ -413,15 +413,16 @@ class _Run:
 
 
 def _status(
-    outcome: containers.Exit, state: dict[str, Any], exit_code: Any, request: ToolExecutionRequest
+    outcome: Exit, oom_killed: bool, exit_code: int | None, request: ToolExecutionRequest
 ) -> tuple[str, str | None]:
+    """The status of a run and its error message (None when it succeeded)."""
     if outcome.cancelled:
         return "cancelled", "cancelled by request"
     if outcome.timed_out:
         return "timed_out", (
             f"killed after the {request.resource_limits.timeout_seconds} s timeout"
         )
-    if state.get("OOMKilled"):
+    if oom_killed:
         return "oom_killed", (
             f"killed for exceeding its {request.resource_limits.memory_mb} MB memory limit"
         )

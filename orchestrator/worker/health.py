@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import http.client
 import time
-from typing import Any
 
-from orchestrator.engine import containers
-from orchestrator.engine.translate import docker_errors
+from orchestrator.engine.base import Engine
+from orchestrator.engine.types import Container
 from orchestrator.errors import OrchestratorError, RelicExited, RelicUnhealthy
 from orchestrator.models import RelicStartRequest
 
@@ -29,23 +28,40 @@ def probe(address: str, port: int, path: str, timeout_seconds: float = 1.0) -> b
         connection.close()
 
 
-def container_address(container: Any, network: str | None) -> str | None:
-    nets = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
-    chosen = nets.get(network) if network else next(iter(nets.values()), None)
-    return (chosen or {}).get("IPAddress") or None
+def container_address(container: Container, network: str | None) -> str | None:
+    """The container's IPv4 address in ``network`` (its first network when None).
+
+    Returns:
+        The address, or None when it has none there (yet).
+    """
+    if network:
+        return container.networks.get(network) or None
+    return next(iter(container.networks.values()), "") or None
 
 
-def logs_tail(container: Any) -> str:
+def logs_tail(engine: Engine, ref: str) -> str:
+    """The last :data:`LOG_TAIL_LINES` lines of the container's output ("" if unreadable)."""
     try:
-        with docker_errors("read relic logs"):
-            raw = container.logs(tail=LOG_TAIL_LINES)
-        return bytes(raw).decode("utf-8", errors="replace").strip()
+        stream = engine.container_logs(ref, tail=LOG_TAIL_LINES)
+        try:
+            raw = b"".join(stream)
+        finally:
+            stream.close()
     except OrchestratorError:
         return ""
+    return raw.decode("utf-8", errors="replace").strip()
 
 
-def wait_healthy(container: Any, network: str | None, request: RelicStartRequest) -> str:
+def wait_healthy(
+    engine: Engine, container: Container, network: str | None, request: RelicStartRequest
+) -> str:
     """Poll the health endpoint with a short adaptive interval until it answers.
+
+    Args:
+        engine: this host's engine.
+        container: the started relic container.
+        network: the network whose address is probed (the first one when None).
+        request: the relic's request (port, endpoint, timeout).
 
     Returns:
         The container's address.
@@ -53,27 +69,27 @@ def wait_healthy(container: Any, network: str | None, request: RelicStartRequest
     Raises:
         RelicExited: the container stopped during the wait (its log tail is in the message).
         RelicUnhealthy: no healthy answer within ``health_timeout_seconds``.
+        ContainerNotFound: the container was removed during the wait.
     """
     deadline = time.monotonic() + request.health_timeout_seconds
     interval = 0.005
     address: str | None = None
     while True:
-        with docker_errors(f"inspect relic {container.name}"):
-            container.reload()
-        state = containers.state(container)
-        if state.get("Status") in ("exited", "dead"):
+        current = engine.inspect_container(container.id)
+        if current.finished:
             raise RelicExited(
-                f"relic {request.relic_name!r} exited with code {state.get('ExitCode')} before "
-                f"it was healthy; last log lines:\n{logs_tail(container)}"
+                f"relic {request.relic_name!r} exited with code {current.exit_code} before "
+                f"it was healthy; last log lines:\n{logs_tail(engine, container.id)}"
             )
-        address = address or container_address(container, network)
+        address = address or container_address(current, network)
         if address and probe(address, request.port, request.health_check_endpoint, 0.5):
             return address
         if time.monotonic() >= deadline:
             raise RelicUnhealthy(
                 f"relic {request.relic_name!r} did not answer GET "
                 f"{request.health_check_endpoint} on port {request.port} within "
-                f"{request.health_timeout_seconds} s; last log lines:\n{logs_tail(container)}"
+                f"{request.health_timeout_seconds} s; last log lines:\n"
+                f"{logs_tail(engine, container.id)}"
             )
         time.sleep(interval)
         interval = min(interval * 1.5, 0.2)

@@ -19,9 +19,9 @@ import logging
 import time
 from typing import Any
 
-from orchestrator.core.specs import LABEL_PREFIX
-from orchestrator.engine.translate import docker_errors
-from orchestrator.errors import ContainerNotFound, OrchestratorError
+from orchestrator.engine.types import Container
+from orchestrator.errors import OrchestratorError, VolumeInUse, VolumeNotFound
+from orchestrator.protocol import MANAGED_FILTER, Kind, host_queue, parse_labels
 from orchestrator.state import keys, redis_broker, sessions
 from orchestrator.state.registry import text
 from orchestrator.worker import cleanup
@@ -30,12 +30,20 @@ from orchestrator.worker.runtime import Runtime
 __all__ = ["reap_host", "expired_sessions", "drain_dead_host_queues"]
 
 log = logging.getLogger(__name__)
-MANAGED = f"{LABEL_PREFIX}managed=true"
 
 
 def expired_sessions(redis: Any, now: float, max_lifetime_seconds: float) -> dict[str, str]:
-    """Sessions whose life is over, each with the limit that ended it: ``ttl`` (no keepalive
-    in time) or ``max_lifetime`` (keepalives were capped by the hard maximum)."""
+    """Sessions whose life is over, each with the limit that ended it.
+
+    Args:
+        redis: the registry's Redis client.
+        now: the unix time to judge by.
+        max_lifetime_seconds: the hard maximum lifetime of a session.
+
+    Returns:
+        session id -> ``ttl`` (no keepalive in time) or ``max_lifetime`` (keepalives were
+        capped by the hard maximum).
+    """
     ended: dict[str, str] = {}
     for raw in redis.smembers(keys.SESSIONS):
         session_id = text(raw) or ""
@@ -48,37 +56,31 @@ def expired_sessions(redis: Any, now: float, max_lifetime_seconds: float) -> dic
     return ended
 
 
-def _reap_container(rt: Runtime, container: Any, reason: str, report: dict[str, Any]) -> None:
+def _reap_container(rt: Runtime, container: Container, reason: str, report: dict[str, Any]) -> None:
     try:
-        with docker_errors(f"remove {container.name}"):
-            container.remove(force=True, v=True)
-        report["containers_removed"].append({"name": container.name, "reason": reason})
-    except ContainerNotFound:
-        pass
+        if rt.engine.remove_container(container.id):  # False: it vanished meanwhile
+            report["containers_removed"].append({"name": container.name, "reason": reason})
     except OrchestratorError as exc:
         report["errors"].append(f"{rt.host_name}: {container.name}: {exc}")
 
 
 def _container_verdict(
-    rt: Runtime, container: Any, now: float, ended: dict[str, str]
+    rt: Runtime, container: Container, now: float, ended: dict[str, str]
 ) -> str | None:
-    labels = container.labels
-    session_id = labels.get(f"{LABEL_PREFIX}session", "")
+    labels = parse_labels(container.labels)
+    session_id = labels.session or ""
     if session_id in ended:
         return f"session {session_id} ended ({ended[session_id]})"
-    kind = labels.get(f"{LABEL_PREFIX}kind")
-    deadline = float(labels.get(f"{LABEL_PREFIX}deadline", "0") or 0)
-    if kind == "relic":
+    deadline = labels.deadline
+    if labels.kind == Kind.RELIC:
         expires = sessions.expiry(rt.redis, session_id).get("expires_at")
         deadline = expires if expires is not None else deadline
     if deadline and deadline < now:
         return "past its deadline"
-    execution_id = labels.get(f"{LABEL_PREFIX}execution")
-    keep = labels.get(f"{LABEL_PREFIX}keep") == "true"
-    if kind == "tool" and execution_id and not keep:
+    if labels.kind == Kind.TOOL and labels.execution and not labels.keep:
         if (
-            rt.executions.result(execution_id) is not None
-            and rt.leases.holder(execution_id) is None
+            rt.executions.result(labels.execution) is not None
+            and rt.leases.holder(labels.execution) is None
         ):
             return "its execution has a final result"
     return None
@@ -89,9 +91,19 @@ def reap_host(
 ) -> dict[str, Any]:
     """One janitor pass over this host's engine.
 
+    A container that vanishes while the pass lists or removes it is simply not counted.
+
+    Args:
+        rt: this worker's runtime.
+        now: the unix time to judge deadlines by (the current time by default).
+        network_grace_seconds: empty networks younger than this are kept.
+
     Returns:
         ``{"host", "containers_removed": [{name, reason}], "networks_removed",
         "volumes_removed", "sessions_ended": {id: limit}, "errors"}``.
+
+    Raises:
+        DockerUnavailable / DockerError: listing the containers or volumes failed.
     """
     now = time.time() if now is None else now
     ended = expired_sessions(rt.redis, now, rt.settings.session_max_lifetime_seconds)
@@ -103,9 +115,7 @@ def reap_host(
         "sessions_ended": ended,
         "errors": [],
     }
-    with docker_errors("list managed containers"):
-        found = rt.docker.containers.list(all=True, filters={"label": [MANAGED]})
-    for container in found:
+    for container in rt.engine.list_containers([MANAGED_FILTER]):
         reason = _container_verdict(rt, container, now, ended)
         if reason:
             _reap_container(rt, container, reason, report)
@@ -119,27 +129,27 @@ def reap_host(
     empty = cleanup.remove_empty_networks(rt, network_grace_seconds, now)
     report["networks_removed"] += empty["removed"]
     report["errors"].extend(empty["errors"])
-    report["volumes_removed"] += _reap_volumes(rt, report)
+    report["volumes_removed"] += _reap_volumes(rt)
     return report
 
 
-def _reap_volumes(rt: Runtime, report: dict[str, Any]) -> int:
+def _reap_volumes(rt: Runtime) -> int:
+    """Remove managed volumes of sessions that are gone; those still in use are kept."""
     removed = 0
-    with docker_errors("list managed volumes"):
-        found = rt.docker.volumes.list(filters={"label": [MANAGED]})
+    found = rt.engine.list_volumes([MANAGED_FILTER])
     live = {text(s) for s in rt.redis.smembers(keys.SESSIONS)}
     for volume in found:
-        session_id = (volume.attrs.get("Labels") or {}).get(f"{LABEL_PREFIX}session")
-        if session_id in live:
+        if parse_labels(volume.labels).session in live:
             continue
         try:
-            with docker_errors(f"remove volume {volume.name}"):
-                volume.remove()
+            rt.engine.remove_volume(volume.name)
             removed += 1
-        except ContainerNotFound:
+        except VolumeNotFound:
             continue
-        except OrchestratorError as exc:  # in use: keep it
+        except VolumeInUse as exc:
             log.debug("volume %s kept: %s", volume.name, exc)
+        except OrchestratorError as exc:
+            log.warning("volume %s kept: %s", volume.name, exc)
     return removed
 
 
@@ -163,7 +173,7 @@ def drain_dead_host_queues(rt: Runtime, broker_redis: Any, mark_failed: Any) -> 
         host = text(raw) or ""
         if host in live or rt.hosts.silent_for(host) < gone_after:
             continue
-        for queue in redis_broker.queue_lists(f"host.{host}"):
+        for queue in redis_broker.queue_lists(host_queue(host)):
             while (payload := broker_redis.rpop(queue)) is not None:
                 task_id = redis_broker.task_id(payload)
                 if task_id:

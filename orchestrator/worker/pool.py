@@ -4,10 +4,11 @@ For each pool the operator configures (``ORCHESTRATOR_POOL``, a JSON list of
 :class:`PoolSpec`), every host keeps ``size`` idle containers of that image and those
 limits, with no network and the usual sandbox. A run whose request matches a pool
 (same image and limits, ``network_mode="none"``, no volumes, no build) takes one
-(``SPOP`` in Redis, so two runs never share one), renames it after its execution,
-runs the tool in it with ``exec`` and its parameters as environment, collects its
-output and exit code like a cold run, then discards the container; the pool refills
-in the background. Pool containers are labelled ``orchestrator.kind=pool`` with a
+(``SPOP`` in Redis, so two runs never share one), records it in the execution's
+registry entry (a redelivery then never runs the tool again: at most once), runs the
+tool in it with ``exec`` and its parameters as environment, collects its output and
+exit code like a cold run, then discards the container; the pool refills in the
+background. Pool containers are labelled ``orchestrator.kind=pool`` with a
 deadline, so the janitor reaps any that are left behind.
 """
 
@@ -17,11 +18,9 @@ import logging
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from orchestrator.core.specs import labels, limit_options, sandbox_options
-from orchestrator.engine import containers
-from orchestrator.engine.translate import docker_errors
+from orchestrator.core.specs import IDLE_SCRIPT, pool_spec
 from orchestrator.errors import OrchestratorError
 from orchestrator.models import PoolSpec, ToolExecutionRequest
 from orchestrator.state import keys
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["PoolSpec", "WarmPool", "IDLE_SCRIPT"]
 
 log = logging.getLogger(__name__)
-# Keeps a pooled container alive and idle until it is used; exits at once on SIGTERM.
-IDLE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
 
 
 class WarmPool:
@@ -59,29 +56,31 @@ class WarmPool:
         default_pids = self.rt.settings.default_pids_limit
         return next((s for s in self.specs if s.matches(request, default_pids)), None)
 
-    def take(self, request: ToolExecutionRequest) -> Any | None:
-        """A running idle container for ``request``, removed from the pool; None if empty."""
+    def take(self, request: ToolExecutionRequest) -> str | None:
+        """A running idle container for ``request``, removed from the pool.
+
+        Returns:
+            Its id; None when no pool matches or the pool is empty.
+        """
         spec = self.spec_for(request)
         if spec is None:
             return None
         try:
             raw = self.rt.redis.spop(self._key(spec))
-            if raw is None:
-                return None
             # No inspect on the hot path: a container that died since it was pooled makes
             # the exec fail, and the run falls back to a cold container.
-            return self.rt.docker.containers.prepare_model({"Id": text(raw), "Name": "pooled"})
+            return text(raw)
         finally:
             self.refill_soon()
 
-    def discard(self, container: Any) -> None:
+    def discard(self, container_id: str) -> None:
         """Remove a used (or broken) pool container, in the background."""
 
         def remove() -> None:
             try:
-                containers.remove(self.rt.docker, container.id)
+                self.rt.engine.remove_container(container_id)
             except OrchestratorError:
-                log.warning("could not discard pool container %s; the janitor will", container.id)
+                log.warning("could not discard pool container %s; the janitor will", container_id)
             finally:
                 with self._discards_lock:
                     self._discards.discard(threading.current_thread())
@@ -115,29 +114,12 @@ class WarmPool:
         return made
 
     def _make(self, spec: PoolSpec) -> str:
-        settings = self.rt.settings
-        limits = spec.limits(settings.default_pids_limit)
-        config = {
-            "image": spec.image,
-            "entrypoint": ["sh", "-c", IDLE_SCRIPT],
-            "command": [],
-            "name": f"orch-pool-{spec.key}-{uuid.uuid4().hex[:10]}",
-            "labels": labels(
-                "pool",
-                "",
-                time.time() + spec.max_age_seconds,
-                settings.host_name,
-                pool=spec.key,
-            ),
-            "network_mode": "none",
-            "detach": True,
-            **limit_options(limits),
-            **sandbox_options(settings),
-        }
-        container = containers.create(self.rt.docker, config)
-        with docker_errors(f"start pool container {container.name}"):
-            container.start()
-        return str(container.id)
+        engine = self.rt.engine
+        suffix = uuid.uuid4().hex[:10]
+        made = pool_spec(spec, settings=self.rt.settings, now=time.time(), suffix=suffix)
+        container = engine.create_container(made)
+        engine.start_container(container.id)
+        return container.id
 
     def drain(self, wait_seconds: float = 30) -> int:
         """At shutdown: finish pending discards and remove every idle pool container of
@@ -150,7 +132,7 @@ class WarmPool:
         for spec in self.specs:
             while (raw := self.rt.redis.spop(self._key(spec))) is not None:
                 try:
-                    removed += containers.remove(self.rt.docker, text(raw) or "")
+                    removed += self.rt.engine.remove_container(text(raw) or "")
                 except OrchestratorError:
                     continue
         return removed

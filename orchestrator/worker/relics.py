@@ -15,24 +15,24 @@ from orchestrator.core.specs import (
     check_limits,
     check_volumes,
     labels,
-    limit_options,
-    sandbox_options,
+    relic_container_name,
+    relic_spec,
+    volume_name,
 )
-from orchestrator.core.stats import parse_docker_time
-from orchestrator.engine import containers
-from orchestrator.engine.translate import docker_errors
+from orchestrator.engine.types import Container, ContainerSpec
 from orchestrator.errors import (
     ContainerConflict,
-    ContainerNotFound,
     OrchestratorError,
     RelicConflict,
     RelicNotFound,
     RelicUnhealthy,
+    VolumeNotFound,
 )
 from orchestrator.models import RelicInfo, RelicStartRequest, VolumeMount
+from orchestrator.protocol import Kind, Task, label, label_filter
 from orchestrator.state import keys, sessions
 from orchestrator.state.registry import text
-from orchestrator.worker import networks, self_attach
+from orchestrator.worker import health, networks, self_attach
 from orchestrator.worker.health import container_address, probe, wait_healthy
 from orchestrator.worker.images import resolve_image
 from orchestrator.worker.runtime import Runtime
@@ -43,26 +43,18 @@ __all__ = [
     "start_relic",
     "start_relic_once",
     "StartInProgress",
+    "describe",
     "relic_info",
     "local_relics",
     "stop_relic",
     "remove_relic",
     "lookup",
     "probe",
+    "wait_healthy",
 ]
 
 log = logging.getLogger(__name__)
 ENGINE_TO_STATUS = {"exited": "stopped", "created": "created", "dead": "dead"}
-
-
-def relic_container_name(session_id: str, relic_name: str) -> str:
-    """The relic's container name: unique per session and relic name."""
-    return f"orch-relic-{session_id}-{relic_name}"
-
-
-def volume_name(session_id: str, name: str) -> str:
-    """The engine-side name of a relic's named volume, scoped to its session."""
-    return f"orch-{session_id}-{name}"
 
 
 # -- registry ---------------------------------------------------------------------------
@@ -87,6 +79,13 @@ def _register(rt: Runtime, relic_id: str, request: RelicStartRequest, name: str)
 
 def lookup(redis: Any, relic_id: str) -> dict[str, str]:
     """The registry entry of a relic.
+
+    Args:
+        redis: a redis-py client.
+        relic_id: the relic's id.
+
+    Returns:
+        Its fields (relic_name, session_id, host, container_name, port, health).
 
     Raises:
         RelicNotFound: no relic has this id.
@@ -118,71 +117,42 @@ def _unregister(redis: Any, relic_id: str, session_id: str) -> None:
 # -- start ------------------------------------------------------------------------------
 
 
-def _volumes(rt: Runtime, request: RelicStartRequest) -> dict[str, dict[str, str]]:
-    """Bind mounts as given; named volumes created per session and labelled."""
-    mounts: dict[str, dict[str, str]] = {}
-    for mount in request.volumes:
-        source = mount.source if mount.is_bind else _session_volume(rt, request, mount)
-        mounts[source] = {"bind": mount.target, "mode": "ro" if mount.read_only else "rw"}
-    return mounts
+def _volumes(rt: Runtime, request: RelicStartRequest) -> dict[str, str]:
+    """Named volumes created per session and labelled: request name -> engine name."""
+    return {
+        mount.source: _session_volume(rt, request, mount)
+        for mount in request.volumes
+        if not mount.is_bind
+    }
 
 
 def _session_volume(rt: Runtime, request: RelicStartRequest, mount: VolumeMount) -> str:
     name = volume_name(request.session_id, mount.source)
     try:
-        with docker_errors(f"inspect volume {name}"):
-            rt.docker.volumes.get(name)
-    except ContainerNotFound:
+        rt.engine.inspect_volume(name)
+    except VolumeNotFound:
         volume_labels = labels("volume", request.session_id, 0, rt.host_name)
-        with docker_errors(f"create volume {name}"):
-            rt.docker.volumes.create(name=name, labels=volume_labels)
+        rt.engine.create_volume(name, volume_labels)
     return name
 
 
-def _config(
+def _spec(
     rt: Runtime, request: RelicStartRequest, relic_id: str, image: str, network: str | None
-) -> dict[str, Any]:
-    limits = check_limits(request.resource_limits, rt.settings)
+) -> ContainerSpec:
     expires = sessions.expiry(rt.redis, request.session_id).get("expires_at", 0)
-    config: dict[str, Any] = {
-        "image": image,
-        "command": request.command,
-        "name": relic_container_name(request.session_id, request.relic_name),
-        "environment": dict(request.environment),
-        "labels": labels(
-            "relic",
-            request.session_id,
-            expires,
-            rt.host_name,
-            relic=relic_id,
-            relic_name=request.relic_name,
-            port=str(request.port),
-        ),
-        "volumes": _volumes(rt, request),
-        "detach": True,
-        **limit_options(limits),
-        **sandbox_options(rt.settings, cap_add=rt.settings.relic_cap_add),
-    }
-    if network:
-        config["network"] = network
-        config["networking_config"] = {
-            network: rt.docker.api.create_endpoint_config(aliases=[request.relic_name])
-        }
-    else:
-        config["network_mode"] = "bridge"
-    if request.ports:
-        config["ports"] = {f"{cport}/tcp": hport for cport, hport in request.ports.items()}
-    return config
+    return relic_spec(
+        request,
+        relic_id=relic_id,
+        image=image,
+        settings=rt.settings,
+        expires_at=expires,
+        network=network,
+        volume_names=_volumes(rt, request),
+    )
 
 
-def start_relic(rt: Runtime, request: RelicStartRequest, relic_id: str) -> RelicInfo:
-    """Start a relic (or resume one this relic id already started) and wait until healthy.
-
-    Raises:
-        WrongHost: another host owns the session (the task forwards itself).
-        RelicConflict: a different relic of this session has the same name.
-        RelicExited / RelicUnhealthy: it never became healthy; nothing is left behind.
-    """
+def _check(rt: Runtime, request: RelicStartRequest) -> None:
+    """Reject a request that breaks server policy, before anything is touched."""
     check_limits(request.resource_limits, rt.settings)
     check_volumes(request.volumes, rt.settings)
     if request.health_timeout_seconds > rt.settings.relic_max_health_timeout_seconds:
@@ -190,41 +160,74 @@ def start_relic(rt: Runtime, request: RelicStartRequest, relic_id: str) -> Relic
             f"health_timeout_seconds: above the server maximum "
             f"{rt.settings.relic_max_health_timeout_seconds}"
         )
+
+
+def start_relic(rt: Runtime, request: RelicStartRequest, relic_id: str) -> RelicInfo:
+    """Start a relic (or resume one this relic id already started) and wait until healthy.
+
+    Args:
+        rt: this worker's runtime.
+        request: the validated request.
+        relic_id: the relic's id (the start task's id).
+
+    Returns:
+        The healthy relic.
+
+    Raises:
+        WrongHost: another host owns the session (the task forwards itself).
+        RelicConflict: a different relic of this session has the same name.
+        RelicExited / RelicUnhealthy: it never became healthy; nothing is left behind.
+    """
+    _check(rt, request)
     sessions.require_owner(rt, request.session_id)
     sessions.record_host(rt, request.session_id)
     name = relic_container_name(request.session_id, request.relic_name)
     container = _existing(rt, name, relic_id)
     network = None
     if request.create_private_network:
-        network = networks.ensure_network(rt.docker, rt.redis, rt.settings, request.session_id)
-        network = str(network.name)
+        session_network = networks.ensure_network(
+            rt.engine, rt.redis, rt.settings, request.session_id
+        )
+        network = session_network.name
     if container is None:
         image = resolve_image(
-            rt.docker, rt.redis, rt.settings, request.image, request.build, request.relic_name
+            rt.engine, rt.redis, rt.settings, request.image, request.build, request.relic_name
         )
-        container = _create(rt, _config(rt, request, relic_id, image, network), relic_id)
+        container = _create(rt, _spec(rt, request, relic_id, image, network), relic_id)
     _register(rt, relic_id, request, name)
     try:
-        if containers.state(container).get("Status") == "created":
-            _publish(rt, container, request, network)
-            with docker_errors(f"start relic {name}"):
-                container.start()
-        # A worker in a container reaches the relic only from inside its network.
-        with self_attach.attached(rt.docker, network or "bridge"):
-            wait_healthy(container, network, request)
+        healthy = _start_and_wait(rt, container, request, network)
     except BaseException:
-        containers.remove(rt.docker, name)
+        rt.engine.remove_container(name)
         _unregister(rt.redis, relic_id, request.session_id)
         raise
-    return describe(rt, container, relic_id, healthy=True)
+    return describe(rt, healthy, relic_id, healthy=True)
 
 
-def _publish(rt: Runtime, container: Any, request: RelicStartRequest, network: str | None) -> None:
+def _start_and_wait(
+    rt: Runtime, container: Container, request: RelicStartRequest, network: str | None
+) -> Container:
+    """Start the container unless it runs already, then wait until it is healthy.
+
+    Returns:
+        The container, inspected once healthy.
+    """
+    if container.status == "created":
+        _publish(rt, container, request, network)
+        rt.engine.start_container(container.id)
+    # A worker in a container reaches the relic only from inside its network.
+    with self_attach.attached(rt.engine, network or "bridge"):
+        wait_healthy(rt.engine, container, network, request)
+    return rt.engine.inspect_container(container.id)
+
+
+def _publish(
+    rt: Runtime, container: Container, request: RelicStartRequest, network: str | None
+) -> None:
     """Published ports need a non-internal network: join the default bridge as well."""
     if not request.ports or not network:
         return
-    with docker_errors(f"connect {container.name} to the default bridge"):
-        rt.docker.networks.get("bridge").connect(container)
+    rt.engine.connect_network("bridge", container.id)
 
 
 class StartInProgress(OrchestratorError):
@@ -238,6 +241,14 @@ def start_relic_once(rt: Runtime, request: RelicStartRequest, relic_id: str) -> 
     re-enqueues the start (same relic id) on the session's host, where it attaches to
     the container made so far, or to nothing, and ends healthy or cleanly failed.
 
+    Args:
+        rt: this worker's runtime.
+        request: the validated request.
+        relic_id: the relic's id (the start task's id).
+
+    Returns:
+        The healthy relic.
+
     Raises:
         StartInProgress: another worker holds this start's lease.
     """
@@ -247,7 +258,7 @@ def start_relic_once(rt: Runtime, request: RelicStartRequest, relic_id: str) -> 
         rt.executions.start(
             relic_id,
             {
-                "task": "orchestrator.relics.start",
+                "task": Task.RELICS_START.value,
                 "host": rt.host_name,
                 "session_id": request.session_id,
                 "request": request.model_dump(mode="json"),
@@ -261,27 +272,32 @@ def start_relic_once(rt: Runtime, request: RelicStartRequest, relic_id: str) -> 
         rt.leases.release(relic_id)
 
 
-def _existing(rt: Runtime, name: str, relic_id: str) -> Any | None:
-    found = containers.find(rt.docker, name)
+def _existing(rt: Runtime, name: str, relic_id: str) -> Container | None:
+    """This relic's container if it is there and alive; a dead one is removed.
+
+    Raises:
+        RelicConflict: the container belongs to another relic.
+    """
+    found = rt.engine.find_container(name)
     if found is None:
         return None
-    owner = found.labels.get("orchestrator.relic")
+    owner = found.labels.get(label("relic"))
     if owner != relic_id:
         raise RelicConflict(
             f"relic_name: the session already has relic {owner} under this name; "
             "stop and remove it first"
         )
-    if containers.state(found).get("Status") in ("exited", "dead"):
-        containers.remove(rt.docker, name)
+    if found.finished:
+        rt.engine.remove_container(name)
         return None
     return found
 
 
-def _create(rt: Runtime, config: dict[str, Any], relic_id: str) -> Any:
+def _create(rt: Runtime, spec: ContainerSpec, relic_id: str) -> Container:
     try:
-        return containers.create(rt.docker, config)
+        return rt.engine.create_container(spec)
     except ContainerConflict:
-        found = _existing(rt, config["name"], relic_id)
+        found = _existing(rt, spec.name, relic_id)
         if found is None:
             raise
         return found
@@ -290,32 +306,39 @@ def _create(rt: Runtime, config: dict[str, Any], relic_id: str) -> Any:
 # -- info, list, stop, remove --------------------------------------------------------------
 
 
-def describe(rt: Runtime, container: Any, relic_id: str, healthy: bool | None = None) -> RelicInfo:
-    """RelicInfo from an inspected container; health probed when not given."""
-    labels_ = container.labels
-    state = containers.state(container)
-    status = ENGINE_TO_STATUS.get(state.get("Status", ""), state.get("Status", "unknown"))
-    nets = (container.attrs.get("NetworkSettings") or {}).get("Networks") or {}
-    network = next((n for n in nets if n.startswith("session_")), None)
+def _session_network(container: Container) -> str | None:
+    return next((n for n in container.networks if n.startswith("session_")), None)
+
+
+def describe(
+    rt: Runtime, container: Container, relic_id: str, healthy: bool | None = None
+) -> RelicInfo:
+    """RelicInfo from an inspected container; health probed when not given.
+
+    Args:
+        rt: this worker's runtime.
+        container: the relic's container, as last inspected.
+        relic_id: the relic's id.
+        healthy: the known health; None to probe the endpoint now (running relics only).
+
+    Returns:
+        The relic as the engine sees it.
+    """
+    status = ENGINE_TO_STATUS.get(container.status, container.status or "unknown")
+    network = _session_network(container)
     address = container_address(container, network)
-    port = int(labels_.get("orchestrator.port", "8000"))
+    port = int(container.labels.get(label("port"), "8000"))
     if healthy is None:
         healthy = False
         if status == "running" and address:
             path = text(rt.redis.hget(keys.relic(relic_id), "health")) or "/health"
-            with self_attach.attached(rt.docker, network or "bridge"):
-                healthy = probe(address, port, path, 0.5)
-    ports = {
-        cport: int(bindings[0]["HostPort"])
-        for cport, bindings in (
-            (container.attrs.get("NetworkSettings") or {}).get("Ports") or {}
-        ).items()
-        if bindings
-    }
+            with self_attach.attached(rt.engine, network or "bridge"):
+                healthy = health.probe(address, port, path, 0.5)
+    ports = {cport: int(bindings[0][1]) for cport, bindings in container.ports.items() if bindings}
     return RelicInfo(
         relic_id=relic_id,
-        relic_name=labels_.get("orchestrator.relic_name", ""),
-        session_id=labels_.get("orchestrator.session", ""),
+        relic_name=container.labels.get(label("relic_name"), ""),
+        session_id=container.labels.get(label("session"), ""),
         container_id=container.id,
         container_name=container.name,
         status=status,
@@ -324,7 +347,7 @@ def describe(rt: Runtime, container: Any, relic_id: str, healthy: bool | None = 
         network=network,
         ip_address=address,
         host=rt.host_name,
-        started_at=parse_docker_time(state.get("StartedAt")),
+        started_at=container.started_at,
         ports=ports,
     )
 
@@ -332,12 +355,19 @@ def describe(rt: Runtime, container: Any, relic_id: str, healthy: bool | None = 
 def relic_info(rt: Runtime, relic_id: str) -> RelicInfo:
     """The relic's state as the engine sees it.
 
+    Args:
+        rt: this worker's runtime.
+        relic_id: the relic's id.
+
+    Returns:
+        The relic; status ``removed`` when its container is gone.
+
     Raises:
         RelicNotFound / WrongHost (another live host has it) / HostUnavailable (its host has
         no live worker).
     """
     entry = _local_entry(rt, relic_id)
-    container = containers.find(rt.docker, entry["container_name"])
+    container = rt.engine.find_container(entry["container_name"])
     if container is None:
         return RelicInfo(
             relic_id=relic_id,
@@ -351,33 +381,58 @@ def relic_info(rt: Runtime, relic_id: str) -> RelicInfo:
 
 
 def local_relics(rt: Runtime, session_id: str | None) -> list[RelicInfo]:
-    """Relics whose containers are on this host (all, or one session's)."""
-    filters = ["orchestrator.managed=true", "orchestrator.kind=relic"]
+    """Relics whose containers are on this host (all, or one session's).
+
+    Args:
+        rt: this worker's runtime.
+        session_id: only this session's relics; every relic when None.
+
+    Returns:
+        One RelicInfo per relic container, health probed.
+    """
+    selection = {"kind": Kind.RELIC.value}
     if session_id:
-        filters.append(f"orchestrator.session={session_id}")
-    with docker_errors("list relics"):
-        found = rt.docker.containers.list(all=True, filters={"label": filters})
-    return [describe(rt, c, c.labels.get("orchestrator.relic", "")) for c in found]
+        selection["session"] = session_id
+    found = rt.engine.list_containers(label_filter(**selection))
+    return [describe(rt, c, c.labels.get(label("relic"), "")) for c in found]
 
 
 def stop_relic(rt: Runtime, relic_id: str, timeout_seconds: int = 10) -> RelicInfo:
-    """Stop gracefully (SIGTERM), killing after ``timeout_seconds``."""
+    """Stop gracefully (SIGTERM), killing after ``timeout_seconds``.
+
+    Args:
+        rt: this worker's runtime.
+        relic_id: the relic's id.
+        timeout_seconds: the grace period before SIGKILL.
+
+    Returns:
+        The stopped relic (``healthy`` False).
+
+    Raises:
+        RelicNotFound / WrongHost / HostUnavailable: see :func:`relic_info`.
+    """
     entry = _local_entry(rt, relic_id)
-    container = containers.find(rt.docker, entry["container_name"])
+    container = rt.engine.find_container(entry["container_name"])
     if container is None:
         return relic_info(rt, relic_id)
-    with docker_errors(f"stop relic {container.name}"):
-        container.stop(timeout=timeout_seconds)
-        container.reload()
-    return describe(rt, container, relic_id, healthy=False)
+    rt.engine.stop_container(container.id, timeout_seconds)
+    return describe(rt, rt.engine.inspect_container(container.id), relic_id, healthy=False)
 
 
 def remove_relic(rt: Runtime, relic_id: str) -> dict[str, Any]:
-    """Remove the relic's container (its session volumes stay until session cleanup)."""
+    """Remove the relic's container (its session volumes stay until session cleanup).
+
+    Args:
+        rt: this worker's runtime.
+        relic_id: the relic's id.
+
+    Returns:
+        ``{"relic_id", "removed"}``: removed is False when the container was gone already.
+
+    Raises:
+        RelicNotFound / WrongHost / HostUnavailable: see :func:`relic_info`.
+    """
     entry = _local_entry(rt, relic_id)
-    try:
-        removed = containers.remove(rt.docker, entry["container_name"])
-    except ContainerNotFound:
-        removed = False
+    removed = rt.engine.remove_container(entry["container_name"])
     _unregister(rt.redis, relic_id, entry.get("session_id", ""))
     return {"relic_id": relic_id, "removed": removed}

@@ -57,7 +57,8 @@ class Runtime:
         self.redis = redis
         self._engine = engine
         self._docker = docker_client
-        self._docker_lock = threading.Lock()
+        # Re-entrant: the lazy engine property builds on the lazy docker client under it.
+        self._docker_lock = threading.RLock()
         self.enqueue = enqueue
         self.leases = LeaseKeeper(redis, settings.lease_seconds)
         self.executions = ExecutionRegistry(redis, settings.result_ttl_seconds)

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.core import stats
+from orchestrator.engine.base import Engine
+from orchestrator.engine.types import Stream
 from orchestrator.models import ToolRunStats
 
 __all__ = ["UsageSampler"]
@@ -22,30 +24,49 @@ MB = 1024 * 1024
 
 
 class UsageSampler:
-    """Follow a container's stats stream on a daemon thread until it ends."""
+    """Follow a container's stats stream on a daemon thread until it ends.
 
-    def __init__(self, container: Any) -> None:
-        self.container = container
+    Args:
+        engine: the engine running the container.
+        ref: the container's id or name.
+    """
+
+    def __init__(self, engine: Engine, ref: str) -> None:
+        self.engine = engine
+        self.ref = ref
         self._peak_memory = 0
         self._last: Mapping[str, Any] | None = None
         self._samples = 0
-        self._stream: Any = None
+        self._stream: Stream[dict[str, Any]] | None = None
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="usage-sampler", daemon=True)
 
     def start(self) -> UsageSampler:
-        """Start sampling."""
+        """Start sampling.
+
+        Returns:
+            This sampler.
+        """
         self._thread.start()
         return self
 
     def _run(self) -> None:
         try:
-            self._stream = self.container.stats(stream=True, decode=True)
-            for raw in self._stream:
-                if str(raw.get("read", "")).startswith("0001-"):
-                    break  # the container stopped: the engine now sends empty samples
+            stream = self.engine.stream_stats(self.ref)
+        except Exception as exc:  # noqa: BLE001 - sampling is best effort, never fatal
+            log.debug("no stats stream of %s: %s", self.ref, exc)
+            return
+        self._stream = stream
+        try:
+            for raw in stream:
+                # The stream does not end with the container: it then sends empty samples.
+                if self._stopped.is_set() or str(raw.get("read", "")).startswith("0001-"):
+                    break
                 self.add(raw)
         except Exception as exc:  # noqa: BLE001 - sampling is best effort, never fatal
-            log.debug("stats stream of %s ended: %s", self.container.name, exc)
+            log.debug("stats stream of %s ended: %s", self.ref, exc)
+        finally:
+            _close(stream)
 
     def add(self, raw: Mapping[str, Any]) -> None:
         """Fold one stats payload into the running figures."""
@@ -61,13 +82,17 @@ class UsageSampler:
 
         The reader thread is not waited for by default: it ends by itself on the
         engine's next (empty) sample, and everything it saw before is already folded in.
+
+        Args:
+            join_seconds: how long to wait for the reader thread to end.
+
+        Returns:
+            The figures seen so far.
         """
+        self._stopped.set()  # a reader still opening its stream closes it at once
         stream = self._stream
-        if stream is not None and hasattr(stream, "close"):
-            try:
-                stream.close()
-            except Exception:  # noqa: BLE001 - closing a finished stream may fail
-                pass
+        if stream is not None:
+            _close(stream)
         self._thread.join(join_seconds)
         return self.summary()
 
@@ -87,3 +112,10 @@ class UsageSampler:
             disk_write_mb=round(write / MB, 3),
             samples=self._samples,
         )
+
+
+def _close(stream: Stream[Any]) -> None:
+    try:
+        stream.close()
+    except Exception:  # noqa: BLE001, S110 - closing a finished stream may fail
+        pass

@@ -22,11 +22,10 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
 
-from orchestrator.core.specs import LABEL_PREFIX
-from orchestrator.engine.translate import docker_errors
-from orchestrator.errors import ContainerNotFound, DockerError
+from orchestrator.engine.base import Engine
+from orchestrator.errors import DockerError, NetworkNotFound
+from orchestrator.protocol import label
 
 __all__ = ["ENV_CONTAINER", "own_container_id", "join", "leave", "attached", "reset"]
 
@@ -67,7 +66,7 @@ def own_container_id(environ: Mapping[str, str] | None = None) -> str | None:
     return None
 
 
-def _self(docker_client: Any) -> str | None:
+def _self(engine: Engine) -> str | None:
     """The engine's id of this process's container, resolved once per process."""
     with _lock:
         if _own:
@@ -75,11 +74,9 @@ def _self(docker_client: Any) -> str | None:
     candidate = own_container_id()
     resolved: str | None = None
     if candidate is not None:  # on a plain host the engine is never asked
-        try:
-            with docker_errors(f"inspect own container {candidate}"):
-                resolved = str(docker_client.containers.get(candidate).id)
-        except ContainerNotFound:
-            resolved = None  # a container, but not on this engine: nothing to join
+        found = engine.find_container(candidate)
+        # None: a container, but not on this engine: nothing to join
+        resolved = found.id if found is not None else None
     with _lock:
         if not _own:
             _own.append(resolved)
@@ -95,66 +92,63 @@ def reset() -> None:
         _network_locks.clear()
 
 
-def join(docker_client: Any, network_name: str) -> bool:
+def join(engine: Engine, network_name: str) -> bool:
     """Connect this worker's container to ``network_name`` (idempotent).
+
+    Args:
+        engine: this host's engine.
+        network_name: the network to join.
 
     Returns:
         True when the container is now attached; False outside a container.
 
     Raises:
-        ContainerNotFound: the network does not exist.
+        NetworkNotFound: the network does not exist.
         DockerError / DockerUnavailable: the engine refused or is unreachable.
     """
-    own = _self(docker_client)
+    own = _self(engine)
     if own is None:
         return False
-    try:
-        with docker_errors(f"connect the worker container to {network_name}"):
-            docker_client.networks.get(network_name).connect(own)
-    except DockerError as exc:
-        if "already exists" not in str(exc):
-            raise
+    engine.connect_network(network_name, own)  # already attached: nothing happens
     return True
 
 
-def leave(docker_client: Any, network_name: str) -> int:
+def leave(engine: Engine, network_name: str) -> int:
     """Disconnect this worker's container, and any other unmanaged container (a worker
     that joined and died), from ``network_name`` so the network can be removed.
 
     Containers labelled ``orchestrator.managed=true`` (relics, tools) are left alone:
     they are removed by the cleanup steps before this one.
 
+    Args:
+        engine: this host's engine.
+        network_name: the network to empty of workers.
+
     Returns:
         How many containers were disconnected (0 outside a container or when the
         network is already gone).
     """
-    own = _self(docker_client)
-    try:
-        with docker_errors(f"inspect network {network_name}"):
-            network = docker_client.networks.get(network_name)
-    except ContainerNotFound:
+    own = _self(engine)
+    network = engine.find_network(network_name)
+    if network is None:
         return 0
-    endpoints = list(network.attrs.get("Containers") or {})
     disconnected = 0
-    for container_id in endpoints:
-        if container_id != own and _managed(docker_client, container_id):
+    for container_id in network.containers:
+        if container_id != own and _managed(engine, container_id):
             continue
         try:
-            with docker_errors(f"disconnect {container_id[:12]} from {network_name}"):
-                network.disconnect(container_id, force=True)
-            disconnected += 1
-        except ContainerNotFound:
-            continue
+            engine.disconnect_network(network_name, container_id)
+        except NetworkNotFound:
+            return disconnected  # removed in between: nothing left to disconnect
+        disconnected += 1
     return disconnected
 
 
-def _managed(docker_client: Any, container_id: str) -> bool:
-    try:
-        with docker_errors(f"inspect container {container_id[:12]}"):
-            found = docker_client.containers.get(container_id)
-    except ContainerNotFound:
+def _managed(engine: Engine, container_id: str) -> bool:
+    found = engine.find_container(container_id)
+    if found is None:
         return True  # gone already: nothing to disconnect
-    return bool(found.labels.get(f"{LABEL_PREFIX}managed") == "true")
+    return found.labels.get(label("managed")) == "true"
 
 
 def _network_lock(network_name: str) -> threading.Lock:
@@ -163,22 +157,26 @@ def _network_lock(network_name: str) -> threading.Lock:
 
 
 @contextlib.contextmanager
-def attached(docker_client: Any, network_name: str) -> Iterator[bool]:
+def attached(engine: Engine, network_name: str) -> Iterator[bool]:
     """Keep this worker's container attached to ``network_name`` for the ``with`` block.
 
     Concurrent blocks on the same network share one attachment: the first joins, the
     last leaves. Outside a container this does nothing.
 
+    Args:
+        engine: this host's engine.
+        network_name: the network to be in.
+
     Yields:
         True when the worker is in a container and attached.
     """
-    if _self(docker_client) is None:
+    if _self(engine) is None:
         yield False
         return
     lock = _network_lock(network_name)
     with lock:
         if _users.get(network_name, 0) == 0:
-            join(docker_client, network_name)
+            join(engine, network_name)
         _users[network_name] = _users.get(network_name, 0) + 1
     try:
         yield True
@@ -187,14 +185,17 @@ def attached(docker_client: Any, network_name: str) -> Iterator[bool]:
             _users[network_name] -= 1
             if _users[network_name] == 0:
                 del _users[network_name]
-                _disconnect_self(docker_client, network_name)
+                _disconnect_self(engine, network_name)
 
 
-def _disconnect_self(docker_client: Any, network_name: str) -> None:
-    own = _self(docker_client)
+def _disconnect_self(engine: Engine, network_name: str) -> None:
+    own = _self(engine)
+    if own is None:
+        return
     try:
-        with docker_errors(f"disconnect the worker container from {network_name}"):
-            docker_client.networks.get(network_name).disconnect(own, force=True)
-    except (ContainerNotFound, DockerError) as exc:
-        # Not attached any more, or the network is gone: cleanup's leave() covers the rest.
+        engine.disconnect_network(network_name, own)
+    except DockerError as exc:
+        # The engine refused or is unreachable: cleanup's leave() covers the rest.
         log.debug("leaving %s: %s", network_name, exc)
+    except NetworkNotFound:
+        log.debug("leaving %s: the network is gone", network_name)

@@ -10,6 +10,7 @@ import docker
 import pytest
 import redis
 
+from orchestrator.engine.docker_engine import DockerEngine
 from orchestrator.settings import Settings
 from orchestrator.worker import networks
 from tests.integration.harness import REDIS_URL
@@ -24,11 +25,12 @@ def test_one_host_holds_500_concurrent_session_networks(
     r = redis.Redis.from_url(REDIS_URL)
     sessions = [f"n{index:03d}-{uuid.uuid4().hex[:6]}" for index in range(500)]
     label = {"label": ["orchestrator.managed=true", f"orchestrator.host={host}"]}
+    engine = DockerEngine(docker_client)
     started = time.monotonic()
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
             made = list(
-                pool.map(lambda s: networks.ensure_network(docker_client, r, settings, s), sessions)
+                pool.map(lambda s: networks.ensure_network(engine, r, settings, s), sessions)
             )
         created_seconds = time.monotonic() - started
         assert len({n.id for n in made}) == 500
@@ -41,7 +43,7 @@ def test_one_host_holds_500_concurrent_session_networks(
     finally:
         with ThreadPoolExecutor(max_workers=8) as pool:
             removed = sum(
-                pool.map(lambda s: networks.remove_network(docker_client, r, settings, s), sessions)
+                pool.map(lambda s: networks.remove_network(engine, r, settings, s), sessions)
             )
     assert removed == 500
     assert docker_client.networks.list(filters=label) == []

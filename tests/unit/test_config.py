@@ -1,4 +1,5 @@
-"""Behaviour of :mod:`orchestrator.core.specs`: requests + Settings -> docker-py create kwargs."""
+"""Behaviour of :mod:`orchestrator.core.specs`: requests + Settings -> ContainerSpec, the one
+description of every container the orchestrator creates (tool runs, relics, warm pools)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,24 @@ from typing import Any
 import pytest
 
 from orchestrator.core.specs import (
+    IDLE_SCRIPT,
     check_limits,
     check_volumes,
-    tool_container_config,
+    pool_spec,
+    relic_spec,
     tool_environment,
+    tool_spec,
 )
+from orchestrator.engine.docker_engine import create_kwargs
+from orchestrator.engine.types import ContainerSpec, Mount
 from orchestrator.errors import InvalidRequest, LimitExceeded
-from orchestrator.models import ResourceLimits, ToolExecutionRequest, VolumeMount
+from orchestrator.models import (
+    PoolSpec,
+    RelicStartRequest,
+    ResourceLimits,
+    ToolExecutionRequest,
+    VolumeMount,
+)
 from orchestrator.settings import Settings
 
 NOW = 1_700_000_000.0
@@ -31,7 +43,7 @@ def make_request(**fields: Any) -> ToolExecutionRequest:
 
 
 def build(request: ToolExecutionRequest, settings: Settings | None = None, **kw: Any):
-    return tool_container_config(
+    return tool_spec(
         request,
         execution_id=kw.pop("execution_id", "exec-42"),
         image=kw.pop("image", "busybox:latest"),
@@ -41,25 +53,40 @@ def build(request: ToolExecutionRequest, settings: Settings | None = None, **kw:
     )
 
 
+def host_config(spec: ContainerSpec) -> dict[str, Any]:
+    """What the real engine is sent for ``spec`` (its ``HostConfig``)."""
+    return create_kwargs(spec)["config"]["HostConfig"]
+
+
 # -- name, labels, limits, sandbox -------------------------------------------------------------
 
 
 def test_container_is_named_after_the_execution_and_uses_the_resolved_image():
-    config = build(make_request(command=["echo", "hi"]), execution_id="abc123", image="img@x")
+    spec = build(make_request(command=["echo", "hi"]), execution_id="abc123", image="img@x")
 
-    assert config["name"] == "orch-tool-abc123"
-    assert config["image"] == "img@x"
-    assert config["command"] == ["echo", "hi"]
-    assert config["detach"] is True
+    assert spec.name == "orch-tool-abc123"
+    assert spec.image == "img@x"
+    assert spec.command == ("echo", "hi")
+    assert spec.entrypoint is None  # the image's own entrypoint runs the command
+
+
+def test_a_command_string_is_split_as_a_shell_would():
+    spec = build(make_request(command="grep -r 'two words' /data"))
+
+    assert spec.command == ("grep", "-r", "two words", "/data")
+
+
+def test_without_a_command_the_image_default_runs():
+    assert build(make_request()).command is None
 
 
 def test_labels_mark_a_managed_tool_with_its_session_execution_tool_host_and_deadline():
     request = make_request(resource_limits={"timeout_seconds": 30})
     settings = make_settings(grace_seconds=15)
 
-    config = build(request, settings, execution_id="e-1", now=1000.9)
+    spec = build(request, settings, execution_id="e-1", now=1000.9)
 
-    assert config["labels"] == {
+    assert spec.labels == {
         "orchestrator.managed": "true",
         "orchestrator.kind": "tool",
         "orchestrator.session": "sess-1",
@@ -71,9 +98,18 @@ def test_labels_mark_a_managed_tool_with_its_session_execution_tool_host_and_dea
 
 
 def test_deadline_uses_the_default_timeout_and_grace():
-    config = build(make_request(), now=NOW)
+    spec = build(make_request(), now=NOW)
 
-    assert config["labels"]["orchestrator.deadline"] == str(int(NOW) + 300 + 60)
+    assert spec.labels["orchestrator.deadline"] == str(int(NOW) + 300 + 60)
+
+
+def test_a_kept_container_is_labelled_keep_and_lives_until_its_result_expires():
+    settings = make_settings(grace_seconds=15, result_ttl_seconds=1000)
+
+    spec = build(make_request(cleanup=False, resource_limits={"timeout_seconds": 30}), settings)
+
+    assert spec.labels["orchestrator.keep"] == "true"
+    assert spec.labels["orchestrator.deadline"] == str(int(NOW) + 30 + 15 + 1000)
 
 
 @pytest.mark.parametrize(
@@ -88,37 +124,50 @@ def test_deadline_uses_the_default_timeout_and_grace():
 def test_memory_equals_memswap_and_cpus_become_nano_cpus(memory_mb, cpu_limit, nano_cpus):
     request = make_request(resource_limits={"memory_mb": memory_mb, "cpu_limit": cpu_limit})
 
-    config = build(request)
+    spec = build(request)
 
-    assert config["mem_limit"] == f"{memory_mb}m"
-    assert config["memswap_limit"] == config["mem_limit"]
-    assert config["nano_cpus"] == nano_cpus
-    assert isinstance(config["nano_cpus"], int)
+    assert (spec.memory_mb, spec.cpu_limit) == (memory_mb, cpu_limit)
+    sent = host_config(spec)
+    assert sent["Memory"] == memory_mb * 1024 * 1024
+    assert sent["MemorySwap"] == sent["Memory"]  # no swap
+    assert sent["NanoCpus"] == nano_cpus
+    assert isinstance(sent["NanoCpus"], int)
 
 
 def test_pids_limit_defaults_to_the_server_setting():
-    config = build(make_request(), make_settings(default_pids_limit=99))
+    spec = build(make_request(), make_settings(default_pids_limit=99))
 
-    assert config["pids_limit"] == 99
+    assert spec.pids_limit == 99
+    assert host_config(spec)["PidsLimit"] == 99
 
 
 def test_requested_pids_limit_is_kept():
-    config = build(make_request(resource_limits={"pids_limit": 17}))
+    spec = build(make_request(resource_limits={"pids_limit": 17}))
 
-    assert config["pids_limit"] == 17
+    assert spec.pids_limit == 17
 
 
 def test_sandbox_drops_all_capabilities_forbids_privilege_gain_and_caps_logs():
-    config = build(make_request(), make_settings(container_log_max_size="5m"))
+    spec = build(make_request(), make_settings(container_log_max_size="5m"))
 
-    assert config["cap_drop"] == ["ALL"]
-    assert "cap_add" not in config
-    assert config["security_opt"] == ["no-new-privileges:true"]
-    assert config["privileged"] is False
-    assert config["log_config"] == {
-        "type": "json-file",
-        "config": {"max-size": "5m", "max-file": "1"},
-    }
+    assert spec.cap_drop == ("ALL",)
+    assert spec.cap_add == ()
+    assert spec.security_opt == ("no-new-privileges:true",)
+    assert spec.log_max_size == "5m"
+    assert not spec.read_only
+    sent = host_config(spec)
+    assert sent["CapDrop"] == ["ALL"]
+    assert "CapAdd" not in sent
+    assert sent["SecurityOpt"] == ["no-new-privileges:true"]
+    assert sent["Privileged"] is False
+    assert sent["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "5m", "max-file": "1"}}
+
+
+def test_a_read_only_root_gets_a_small_tmp_tmpfs():
+    spec = build(make_request(), make_settings(read_only_root=True, tmpfs_size_mb=16))
+
+    assert spec.read_only is True
+    assert spec.tmpfs == {"/tmp": "rw,nosuid,nodev,size=16m"}
 
 
 @pytest.mark.parametrize(
@@ -131,9 +180,9 @@ def test_sandbox_drops_all_capabilities_forbids_privilege_gain_and_caps_logs():
     ],
 )
 def test_network_mode_maps_to_none_bridge_or_the_session_network(mode, network, expected):
-    config = build(make_request(network_mode=mode), network=network)
+    spec = build(make_request(network_mode=mode), network=network)
 
-    assert config["network_mode"] == expected
+    assert spec.network == expected
 
 
 def test_session_network_mode_without_a_network_is_rejected():
@@ -141,7 +190,7 @@ def test_session_network_mode_without_a_network_is_rejected():
         build(make_request(network_mode="session"))
 
 
-def test_volumes_become_docker_py_bind_mappings(tmp_path):
+def test_volumes_become_bind_and_named_volume_mounts(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     request = make_request(
@@ -151,12 +200,12 @@ def test_volumes_become_docker_py_bind_mappings(tmp_path):
         ]
     )
 
-    config = build(request, make_settings(allowed_volume_roots=[str(tmp_path)]))
+    spec = build(request, make_settings(allowed_volume_roots=[str(tmp_path)]))
 
-    assert config["volumes"] == {
-        str(data): {"bind": "/data", "mode": "ro"},
-        "cache": {"bind": "/cache", "mode": "rw"},
-    }
+    assert spec.mounts == (
+        Mount(source=str(data), target="/data", read_only=True, kind="bind"),
+        Mount(source="cache", target="/cache", read_only=False, kind="volume"),
+    )
 
 
 # -- environment -----------------------------------------------------------------------------
@@ -183,7 +232,7 @@ def test_parameter_strings_pass_as_is_and_other_values_are_compact_json(value, e
     request = make_request(parameters={"P": value})
 
     assert tool_environment(request) == {"P": encoded}
-    assert build(request)["environment"] == {"P": encoded}
+    assert build(request).environment == {"P": encoded}
 
 
 def test_environment_holds_parameters_then_secrets_then_plain_environment():
@@ -193,7 +242,7 @@ def test_environment_holds_parameters_then_secrets_then_plain_environment():
         environment={"LANG": "C", "HOME": "/tmp"},
     )
 
-    env = build(request)["environment"]
+    env = build(request).environment
 
     assert env == {
         "B_PARAM": "1",
@@ -210,6 +259,106 @@ def test_json_encoding_never_puts_a_raw_nul_in_the_environment():
     request = make_request(parameters={"P": {"k": "a\x00b"}})
 
     assert tool_environment(request) == {"P": '{"k":"a\\u0000b"}'}
+
+
+# -- relics ------------------------------------------------------------------------------------
+
+
+def relic(settings: Settings | None = None, **fields: Any) -> ContainerSpec:
+    data: dict[str, Any] = {"session_id": "sess-1", "relic_name": "db", "image": "postgres:16"}
+    data.update(fields)
+    network = data.pop("network", "orch-net-sess-1")
+    return relic_spec(
+        RelicStartRequest.model_validate(data),
+        relic_id="r-1",
+        image="postgres:16",
+        settings=settings or make_settings(),
+        expires_at=NOW + 3600.7,
+        network=network,
+        volume_names={"pgdata": "orch-sess-1-pgdata"},
+    )
+
+
+def test_a_relic_is_named_per_session_and_labelled_with_its_id_name_port_and_expiry():
+    spec = relic(port=5432, environment={"PGUSER": "app"}, command=["postgres", "-F"])
+
+    assert spec.name == "orch-relic-sess-1-db"
+    assert (spec.image, spec.command, spec.environment) == (
+        "postgres:16",
+        ("postgres", "-F"),
+        {"PGUSER": "app"},
+    )
+    assert spec.labels == {
+        "orchestrator.managed": "true",
+        "orchestrator.kind": "relic",
+        "orchestrator.session": "sess-1",
+        "orchestrator.relic": "r-1",
+        "orchestrator.relic_name": "db",
+        "orchestrator.port": "5432",
+        "orchestrator.deadline": str(int(NOW + 3600.7)),  # the session's expiry
+        "orchestrator.host": "host-a",
+    }
+
+
+def test_a_relic_joins_its_session_network_under_its_name():
+    spec = relic()
+
+    assert spec.network == "orch-net-sess-1"
+    assert spec.aliases == ("db",)
+
+
+def test_a_relic_without_a_session_network_is_on_the_default_bridge_with_no_alias():
+    spec = relic(network=None)
+
+    assert spec.network == "bridge"
+    assert spec.aliases == ()
+
+
+def test_a_relic_has_relic_limits_the_sandbox_and_only_the_operators_capabilities():
+    spec = relic(make_settings(relic_cap_add=["NET_BIND_SERVICE"], default_pids_limit=77))
+
+    assert (spec.memory_mb, spec.cpu_limit, spec.pids_limit) == (1024, 2.0, 77)
+    assert spec.cap_drop == ("ALL",)
+    assert spec.cap_add == ("NET_BIND_SERVICE",)
+    assert spec.security_opt == ("no-new-privileges:true",)
+
+
+def test_a_relics_named_volumes_are_session_scoped_and_its_ports_published():
+    spec = relic(volumes=[{"source": "pgdata", "target": "/var/lib/data"}], ports={5432: 15432})
+
+    assert spec.mounts == (Mount(source="orch-sess-1-pgdata", target="/var/lib/data"),)
+    assert spec.ports == {5432: 15432}
+
+
+def test_a_relic_above_the_server_limits_is_rejected():
+    with pytest.raises(LimitExceeded, match=r"^resource_limits\.memory_mb"):
+        relic(make_settings(max_memory_mb=512))  # relics ask 1024 MB by default
+
+
+# -- warm pool ---------------------------------------------------------------------------------
+
+
+def test_a_pool_container_idles_without_a_network_in_the_sandbox_with_the_pools_limits():
+    pool = PoolSpec(image="tool:1", memory_mb=96, cpu_limit=0.5, max_age_seconds=600)
+
+    spec = pool_spec(pool, settings=make_settings(default_pids_limit=50), now=NOW, suffix="abc")
+
+    assert spec.name == f"orch-pool-{pool.key}-abc"
+    assert spec.image == "tool:1"
+    assert spec.entrypoint == ("sh", "-c", IDLE_SCRIPT)
+    assert spec.command == ()  # the image's cmd would be arguments of the idle script
+    assert spec.network == "none"
+    assert (spec.memory_mb, spec.cpu_limit, spec.pids_limit) == (96, 0.5, 50)
+    assert spec.cap_drop == ("ALL",)
+    assert spec.security_opt == ("no-new-privileges:true",)
+    assert spec.labels == {
+        "orchestrator.managed": "true",
+        "orchestrator.kind": "pool",
+        "orchestrator.session": "",
+        "orchestrator.pool": pool.key,
+        "orchestrator.deadline": str(int(NOW) + 600),
+        "orchestrator.host": "host-a",
+    }
 
 
 # -- limits against server caps ---------------------------------------------------------------
@@ -244,7 +393,7 @@ def test_limit_above_server_maximum_is_rejected_naming_the_field(field, value, m
     assert isinstance(info.value, InvalidRequest)
 
 
-def test_limit_above_server_maximum_is_rejected_by_the_container_config_too():
+def test_limit_above_server_maximum_is_rejected_by_the_container_spec_too():
     request = make_request(resource_limits={"memory_mb": 9000})
 
     with pytest.raises(LimitExceeded, match=r"^resource_limits\.memory_mb: 9000"):

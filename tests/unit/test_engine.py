@@ -1,4 +1,5 @@
-"""Behaviour of :func:`orchestrator.engine.docker_errors`: docker-py errors become ours."""
+"""Behaviour of :mod:`orchestrator.engine.translate`: docker-py and transport errors become
+ours, and a slow answer (a read timeout) is told apart from an engine that is not there."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from types import SimpleNamespace
 import docker.errors
 import pytest
 import requests.exceptions
+import urllib3.exceptions
 
 from orchestrator import errors
-from orchestrator.engine.translate import docker_errors, is_not_found
+from orchestrator.engine.translate import docker_errors, is_not_found, is_read_timeout
 
 
 def response(status_code: int, reason: str = "Reason") -> SimpleNamespace:
@@ -187,3 +189,38 @@ def test_block_without_error_runs_normally():
 )
 def test_is_not_found_recognises_docker_404s(exc, expected):
     assert is_not_found(exc) is expected
+
+
+def read_timeout_error() -> urllib3.exceptions.ReadTimeoutError:
+    return urllib3.exceptions.ReadTimeoutError(None, "/containers/x/wait", "Read timed out.")
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        pytest.param(requests.exceptions.ReadTimeout("read timed out"), True, id="tcp"),
+        pytest.param(read_timeout_error(), True, id="urllib3"),
+        pytest.param(TimeoutError("timed out"), True, id="socket"),
+        pytest.param(
+            requests.exceptions.ConnectionError(read_timeout_error()), True, id="unix_socket"
+        ),
+        pytest.param(
+            requests.exceptions.ConnectionError(
+                urllib3.exceptions.MaxRetryError(None, "/x", reason=read_timeout_error())
+            ),
+            True,
+            id="unix_socket_after_retries",
+        ),
+        pytest.param(requests.exceptions.ConnectTimeout("connect timed out"), False, id="connect"),
+        pytest.param(
+            requests.exceptions.ConnectionError("Connection refused"), False, id="refused"
+        ),
+        pytest.param(
+            requests.exceptions.ConnectionError("Read timed out. (read timeout=0.05)"),
+            False,
+            id="said_in_words_only",  # the kind of error decides, never its text
+        ),
+    ],
+)
+def test_a_read_timeout_is_told_apart_from_an_unreachable_engine(exc, expected):
+    assert is_read_timeout(exc) is expected

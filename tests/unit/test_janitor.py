@@ -5,35 +5,39 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
 
 import fakeredis
 import pytest
 
 from orchestrator.core.specs import labels
+from orchestrator.engine.fake import FakeEngine, FakeProgram
+from orchestrator.engine.types import Container, ContainerSpec, Mount, NetworkSpec
+from orchestrator.errors import DockerError, DockerUnavailable
 from orchestrator.models import ToolExecutionResult
 from orchestrator.settings import Settings
 from orchestrator.state import keys, redis_broker
+from orchestrator.state.subnets import SubnetPool
 from orchestrator.worker import janitor
 from orchestrator.worker.janitor import drain_dead_host_queues, expired_sessions, reap_host
-from orchestrator.worker.networks import SubnetPool
 from orchestrator.worker.runtime import Runtime
-from tests.unit.fakes import (
-    FakeContainer,
-    FakeNetwork,
-    FakeVolume,
-    not_found,
-    server_error,
-)
 
 SETTINGS = Settings.from_env({}, host_name="h1", wait_slice_seconds=0.05, lease_seconds=5)
 NOW = 1_900_000_000.0
 HOUR = 3600.0
 MAX_LIFETIME = 86400.0
+#: An image whose containers run until stopped (busybox:latest exits at once).
+SLEEPER = "sleeper:latest"
+PREDEFINED = {n.name for n in FakeEngine().list_networks()}
 
 
 @pytest.fixture
-def rt(redis, docker) -> Runtime:
-    return Runtime(SETTINGS, redis, docker_client=docker)
+def rt(redis, engine: FakeEngine) -> Runtime:
+    engine.add_image(SLEEPER, FakeProgram(run_seconds=None))
+    return Runtime(SETTINGS, redis, engine=engine)
 
 
 def session(redis, session_id: str, created_at: float, expires_at: float) -> None:
@@ -52,19 +56,69 @@ def finished(rt: Runtime, execution_id: str, session_id: str = "s1") -> None:
     )
 
 
-def tool(name: str, deadline: float, session_id: str = "s1", **extra: str) -> FakeContainer:
-    return FakeContainer(
-        name, labels=labels("tool", session_id, deadline, "h1", **extra), status="exited"
+def tool(name: str, deadline: float, session_id: str = "s1", **extra: str) -> ContainerSpec:
+    """A tool container (its process exits at once)."""
+    return ContainerSpec(
+        name=name,
+        image="busybox:latest",
+        labels=labels("tool", session_id, deadline, "h1", **extra),
     )
 
 
-def relic(name: str, session_id: str, deadline: float) -> FakeContainer:
-    return FakeContainer(
-        name,
+def relic(name: str, session_id: str, deadline: float, network: str = "none") -> ContainerSpec:
+    """A relic container (it runs until stopped)."""
+    return ContainerSpec(
+        name=name,
+        image=SLEEPER,
         labels=labels("relic", session_id, deadline, "h1", relic="r1", relic_name="db"),
-        status="running",
-        run_seconds=None,
+        network=network,
     )
+
+
+def inspected(spec: ContainerSpec, status: str = "running") -> Container:
+    """What the engine would say of a container made from ``spec``."""
+    return Container(
+        id="c" * 64, name=spec.name, image=spec.image, labels=spec.labels, status=status
+    )
+
+
+def run(engine: FakeEngine, spec: ContainerSpec) -> Container:
+    """Create and start a container from ``spec``."""
+    created = engine.create_container(spec)
+    engine.start_container(created.id)
+    return engine.inspect_container(created.id)
+
+
+def before(
+    monkeypatch: pytest.MonkeyPatch,
+    engine: FakeEngine,
+    method: str,
+    ref: str,
+    action: Callable[[], Any],
+) -> None:
+    """Run ``action`` right before ``engine.<method>`` acts on ``ref`` (an id or a name)."""
+    original = getattr(engine, method)
+
+    def wrapped(target: str, *args: Any, **kwargs: Any) -> Any:
+        if target == ref:
+            action()
+        return original(target, *args, **kwargs)
+
+    monkeypatch.setattr(engine, method, wrapped)
+
+
+def container_names(engine: FakeEngine) -> list[str]:
+    return sorted(c.name for c in engine.list_containers())
+
+
+def network_names(engine: FakeEngine) -> list[str]:
+    """The networks besides the engine's own (``bridge``, ``host``, ``none``: always kept)."""
+    assert engine.find_network("bridge") is not None
+    return sorted(n.name for n in engine.list_networks() if n.name not in PREDEFINED)
+
+
+def volume_names(engine: FakeEngine) -> list[str]:
+    return sorted(v.name for v in engine.list_volumes())
 
 
 # -- expired_sessions ----------------------------------------------------------------------
@@ -101,8 +155,8 @@ def test_each_ended_session_gets_its_own_reason(redis):
 # -- _container_verdict --------------------------------------------------------------------
 
 
-def verdict(rt, container, ended=None):
-    return janitor._container_verdict(rt, container, NOW, ended or {})
+def verdict(rt, spec: ContainerSpec, ended=None):
+    return janitor._container_verdict(rt, inspected(spec), NOW, ended or {})
 
 
 def test_a_container_past_its_deadline_label_goes(rt):
@@ -161,7 +215,15 @@ def test_every_container_of_an_ended_session_goes_with_the_reason(rt):
 
 
 def test_a_container_without_labels_stays(rt):
-    assert verdict(rt, FakeContainer("stranger")) is None
+    assert verdict(rt, ContainerSpec(name="stranger", image="busybox:latest", labels={})) is None
+
+
+def test_a_container_with_an_unreadable_deadline_is_judged_by_its_other_labels(rt):
+    spec = tool("c", NOW + HOUR, execution="e1")
+    garbled = replace(spec, labels={**spec.labels, "orchestrator.deadline": "soon"})
+    assert verdict(rt, garbled) is None
+    finished(rt, "e1")
+    assert verdict(rt, garbled) == "its execution has a final result"
 
 
 # -- drain_dead_host_queues ---------------------------------------------------------------
@@ -253,8 +315,14 @@ def managed(session_id: str, **extra: str) -> dict[str, str]:
     return {**MANAGED, "orchestrator.session": session_id, **extra}
 
 
+def network(engine: FakeEngine, name: str, labels: dict[str, str], created: float) -> None:
+    """A network created at unix time ``created``."""
+    made = engine.create_network(NetworkSpec(name, labels))
+    engine.networks[made.id] = replace(made, created_at=datetime.fromtimestamp(created, UTC))
+
+
 @pytest.fixture
-def engine(rt, redis, docker):
+def day_of_work(rt, redis, engine) -> SubnetPool:
     """A host after a day of work: stale and live containers, networks and volumes."""
     session(redis, "old", created_at=NOW - 3 * HOUR, expires_at=NOW - HOUR)
     session(redis, "live", created_at=NOW - HOUR, expires_at=NOW + HOUR)
@@ -263,37 +331,26 @@ def engine(rt, redis, docker):
     pool.allocate("old")
     pool.allocate("gone")
     pool.allocate("live")
-    add = docker.containers.add
-    add(tool("orch-tool-late", NOW - 1, "live", execution="e-late"))
-    add(tool("orch-tool-done", NOW + HOUR, "live", execution="e-done"))
-    add(tool("orch-tool-busy", NOW + HOUR, "live", execution="e-busy"))
-    add(tool("orch-tool-kept", NOW + HOUR, "live", execution="e-done", keep="true"))
-    add(relic("orch-relic-old-db", "old", deadline=NOW + HOUR))
-    add(relic("orch-relic-live-db", "live", deadline=NOW - HOUR))
-    add(FakeContainer("someone-elses", status="exited"))
     long_ago = NOW - HOUR
-    nets = docker.networks
-    nets.add(FakeNetwork("session_old", labels=managed("old"), created=long_ago))
-    nets.add(FakeNetwork("session_gone", labels=managed("gone"), created=long_ago))
-    nets.add(FakeNetwork("session_new", labels=managed("new"), created=NOW - 5))
-    nets.add(
-        FakeNetwork(
-            "session_live",
-            labels=managed("live"),
-            created=long_ago,
-            containers={"abc": {"Name": "orch-relic-live-db"}},
-        )
-    )
-    nets.add(FakeNetwork("bridge", created=long_ago))
-    vols = docker.volumes
-    vols.add(FakeVolume("orch-old-data", labels=managed("old")))
-    vols.add(FakeVolume("orch-gone-data", labels=managed("gone")))
-    vols.add(FakeVolume("orch-live-data", labels=managed("live")))
-    vols.add(FakeVolume("someone-elses-data"))
+    network(engine, "session_old", managed("old"), long_ago)
+    network(engine, "session_gone", managed("gone"), long_ago)
+    network(engine, "session_new", managed("new"), NOW - 5)
+    network(engine, "session_live", managed("live"), long_ago)
+    run(engine, tool("orch-tool-late", NOW - 1, "live", execution="e-late"))
+    run(engine, tool("orch-tool-done", NOW + HOUR, "live", execution="e-done"))
+    run(engine, tool("orch-tool-busy", NOW + HOUR, "live", execution="e-busy"))
+    run(engine, tool("orch-tool-kept", NOW + HOUR, "live", execution="e-done", keep="true"))
+    run(engine, relic("orch-relic-old-db", "old", deadline=NOW + HOUR))
+    run(engine, relic("orch-relic-live-db", "live", NOW - HOUR, network="session_live"))
+    run(engine, ContainerSpec(name="someone-elses", image="busybox:latest", labels={}))
+    engine.create_volume("orch-old-data", managed("old"))
+    engine.create_volume("orch-gone-data", managed("gone"))
+    engine.create_volume("orch-live-data", managed("live"))
+    engine.create_volume("someone-elses-data", {})
     return pool
 
 
-def test_a_janitor_pass_removes_what_is_stale_and_nothing_else(rt, docker, engine):
+def test_a_janitor_pass_removes_what_is_stale_and_nothing_else(rt, engine, day_of_work):
     report = reap_host(rt, now=NOW, network_grace_seconds=60)
 
     assert sorted((c["name"], c["reason"]) for c in report["containers_removed"]) == [
@@ -301,7 +358,7 @@ def test_a_janitor_pass_removes_what_is_stale_and_nothing_else(rt, docker, engin
         ("orch-tool-done", "its execution has a final result"),
         ("orch-tool-late", "past its deadline"),
     ]
-    assert docker.containers.names == [
+    assert container_names(engine) == [
         "orch-relic-live-db",
         "orch-tool-busy",
         "orch-tool-kept",
@@ -309,27 +366,37 @@ def test_a_janitor_pass_removes_what_is_stale_and_nothing_else(rt, docker, engin
     ]
     assert report["sessions_ended"] == {"old": "ttl"}
     assert report["networks_removed"] == 2
-    assert docker.networks.names == ["bridge", "session_live", "session_new"]
+    assert network_names(engine) == ["session_live", "session_new"]
     assert report["volumes_removed"] == 2
-    assert docker.volumes.names == ["orch-live-data", "someone-elses-data"]
+    assert volume_names(engine) == ["orch-live-data", "someone-elses-data"]
     assert report["errors"] == []
     assert report["host"] == "h1"
 
 
-def test_a_janitor_pass_gives_back_the_subnets_of_removed_networks(rt, engine):
+def test_a_janitor_pass_gives_back_the_subnets_of_removed_networks(rt, day_of_work):
     reap_host(rt, now=NOW, network_grace_seconds=60)
 
-    assert engine.current("old") is None
-    assert engine.current("gone") is None
-    assert engine.current("live") is not None
+    assert day_of_work.current("old") is None
+    assert day_of_work.current("gone") is None
+    assert day_of_work.current("live") is not None
 
 
-def test_a_janitor_pass_collects_engine_errors_and_goes_on(rt, docker):
-    stuck = docker.containers.add(tool("orch-tool-stuck", NOW - 1, execution="e1"))
-    stuck.remove_error = server_error("removal of container is already in progress")
-    vanished = docker.containers.add(tool("orch-tool-vanished", NOW - 1, execution="e2"))
-    vanished.remove_error = not_found("orch-tool-vanished")
-    docker.containers.add(tool("orch-tool-late", NOW - 1, execution="e3"))
+def test_a_janitor_pass_collects_engine_errors_and_goes_on(rt, engine, monkeypatch):
+    stuck = run(engine, tool("orch-tool-stuck", NOW - 1, execution="e1"))
+    vanished = run(engine, tool("orch-tool-vanished", NOW - 1, execution="e2"))
+    run(engine, tool("orch-tool-late", NOW - 1, execution="e3"))
+
+    def refuse() -> None:
+        raise DockerError("remove container orch-tool-stuck: removal is already in progress")
+
+    before(monkeypatch, engine, "remove_container", stuck.id, refuse)
+    before(
+        monkeypatch,
+        engine,
+        "remove_container",
+        vanished.id,
+        lambda: FakeEngine.remove_container(engine, vanished.id),
+    )
 
     report = reap_host(rt, now=NOW)
 
@@ -339,7 +406,57 @@ def test_a_janitor_pass_collects_engine_errors_and_goes_on(rt, docker):
     assert "already in progress" in error
 
 
-def test_a_second_janitor_pass_finds_nothing_more_to_do(rt, engine):
+def test_a_janitor_pass_completes_when_a_container_vanishes_while_it_lists(rt, engine):
+    """Docker lists, then inspects each container: one removed in between is left out."""
+    run(engine, tool("orch-tool-a", NOW - 1, execution="e1"))
+    vanishing = run(engine, tool("orch-tool-b", NOW - 1, execution="e2"))
+    run(engine, tool("orch-tool-c", NOW - 1, execution="e3"))
+    vanish = [vanishing.id]
+
+    def remove_one() -> None:  # between the engine's listing and its inspections
+        if vanish:
+            FakeEngine.remove_container(engine, vanish.pop())
+
+    engine.on_list = remove_one
+
+    report = reap_host(rt, now=NOW)
+
+    assert vanish == []  # the hook did run, during the pass
+    assert sorted((c["name"], c["reason"]) for c in report["containers_removed"]) == [
+        ("orch-tool-a", "past its deadline"),
+        ("orch-tool-c", "past its deadline"),
+    ]
+    assert report["errors"] == []
+    assert container_names(engine) == []
+
+
+def test_volumes_of_gone_sessions_in_use_are_kept_without_error(rt, engine):
+    engine.create_volume("orch-gone-data", managed("gone"))
+    run(
+        engine,
+        ContainerSpec(
+            name="user",
+            image="busybox:latest",
+            labels={},
+            mounts=(Mount("orch-gone-data", "/data"),),
+        ),
+    )
+
+    report = reap_host(rt, now=NOW)
+
+    assert report["volumes_removed"] == 0
+    assert report["errors"] == []
+    assert volume_names(engine) == ["orch-gone-data"]
+
+
+def test_an_engine_that_cannot_list_fails_the_pass(rt, engine):
+    engine.fail_next("list_containers", DockerUnavailable("list containers: engine unreachable"))
+
+    with pytest.raises(DockerUnavailable):
+        reap_host(rt, now=NOW)
+
+
+def test_a_second_janitor_pass_finds_nothing_more_to_do(rt, day_of_work):
     reap_host(rt, now=NOW, network_grace_seconds=60)
 
     again = reap_host(rt, now=NOW, network_grace_seconds=60)

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
+from orchestrator.engine.fake import FakeEngine, FakeProgram
+from orchestrator.engine.types import ContainerSpec, Stream
+from orchestrator.errors import DockerUnavailable
 from orchestrator.state import keys
 from orchestrator.state.logs import (
     CHUNK_BYTES,
     EOF_FIELD,
     LiveLog,
-    LogFollower,
     follow_live,
     read_live,
     redact_bytes,
 )
-from tests.unit.fakes import FakeContainer
+from orchestrator.worker.follow import LogFollower
 
 TRUNCATED_TEXT = "\n[... live output truncated; the result keeps head and tail ...]\n"
 
@@ -31,10 +35,12 @@ def published(redis, stream: str, execution_id: str = "e1") -> bytes:
     )
 
 
-def started(**kwargs) -> FakeContainer:
-    container = FakeContainer("orch-tool-e1", **kwargs)
-    container.start()
-    return container
+def started(engine: FakeEngine, **program: Any) -> str:
+    """A started container running ``program``; returns its name."""
+    engine.add_image("tool:1", FakeProgram(**program))
+    engine.create_container(ContainerSpec(name="orch-tool-e1", image="tool:1", labels={}))
+    engine.start_container("orch-tool-e1")
+    return "orch-tool-e1"
 
 
 # -- LiveLog -------------------------------------------------------------------------------
@@ -219,23 +225,24 @@ def test_follow_live_keeps_a_multibyte_character_split_between_entries(redis):
 # -- LogFollower ----------------------------------------------------------------------------
 
 
-def test_the_follower_collects_both_streams_apart_and_reports_complete(redis):
-    container = started(stdout=[b"out 1\n", b"out 2\n"], stderr=[b"err 1\n"], run_seconds=0.05)
+def test_the_follower_collects_both_streams_apart_and_reports_complete(redis, engine):
+    name = started(engine, stdout=b"out 1\nout 2\n", stderr=b"err 1\n", run_seconds=0.05)
     live = LiveLog(redis, "e1", 1024, 60)
 
-    follower = LogFollower(container, cap_bytes=1024, live=live).start()
+    follower = LogFollower(engine, name, cap_bytes=1024, live=live).start()
 
     assert follower.finish(timeout_seconds=2) is True
     assert follower.stdout.text() == "out 1\nout 2\n"
     assert follower.stderr.text() == "err 1\n"
     assert read_live(redis, "e1") == {"stdout": "out 1\nout 2\n", "stderr": "err 1\n"}
     assert entries(redis)[-1].get(EOF_FIELD.encode()) == b"1"
+    assert sorted(engine.called("container_logs")) == [(name, True), (name, True)]  # followed
 
 
-def test_the_follower_keeps_head_and_tail_of_output_above_the_cap():
-    container = started(stdout=[b"H" * 1000, b"M" * 3000, b"T" * 1000], run_seconds=0.02)
+def test_the_follower_keeps_head_and_tail_of_output_above_the_cap(engine):
+    name = started(engine, stdout=b"H" * 1000 + b"M" * 3000 + b"T" * 1000, run_seconds=0.02)
 
-    follower = LogFollower(container, cap_bytes=1024).start()
+    follower = LogFollower(engine, name, cap_bytes=1024).start()
 
     assert follower.finish(timeout_seconds=2) is True
     assert follower.stdout.truncated is True
@@ -247,18 +254,44 @@ def test_the_follower_keeps_head_and_tail_of_output_above_the_cap():
     assert follower.stderr.text() == ""
 
 
-def test_a_broken_follow_stream_reports_the_output_incomplete():
-    container = started(stdout=[b"a\n", b"b\n", b"c\n"], follow_fails_after=1, run_seconds=0.02)
+class BrokenStream:
+    """A follow stream whose connection breaks after the first line of output."""
 
-    follower = LogFollower(container, cap_bytes=1024).start()
+    def __init__(self, inner: Stream[bytes]) -> None:
+        self.inner = inner
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.inner:
+            yield chunk.splitlines(keepends=True)[0]
+            raise DockerUnavailable("read logs: Connection broken: IncompleteRead")
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_broken_follow_stream_reports_the_output_incomplete(engine, monkeypatch):
+    name = started(engine, stdout=b"a\nb\nc\n", run_seconds=0.02)
+    logs = engine.container_logs
+    monkeypatch.setattr(engine, "container_logs", lambda *a, **kw: BrokenStream(logs(*a, **kw)))
+
+    follower = LogFollower(engine, name, cap_bytes=1024).start()
 
     assert follower.finish(timeout_seconds=2) is False
     assert follower.stdout.text() == "a\n"
 
 
-def test_finish_gives_up_on_a_container_that_keeps_running_and_closes_its_streams():
-    container = started(stdout=[b"tick\n"], run_seconds=None)
-    follower = LogFollower(container, cap_bytes=1024).start()
+def test_a_follow_that_cannot_start_reports_the_output_incomplete(engine):
+    name = started(engine, stdout=b"a\n", run_seconds=0.02)
+    engine.fail_next("container_logs", DockerUnavailable("read logs: engine unreachable"))
+
+    follower = LogFollower(engine, name, cap_bytes=1024).start()
+
+    assert follower.finish(timeout_seconds=2) is False
+
+
+def test_finish_gives_up_on_a_container_that_keeps_running_and_closes_its_streams(engine):
+    name = started(engine, stdout=b"tick\n", run_seconds=None)
+    follower = LogFollower(engine, name, cap_bytes=1024).start()
     begin = time.monotonic()
 
     assert follower.finish(timeout_seconds=0.1) is False

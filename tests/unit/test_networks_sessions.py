@@ -1,4 +1,5 @@
-"""Behaviour of the session subnet pool, host routes, routing and session bookkeeping."""
+"""Behaviour of the session subnet pool, host routes, session networks on the in-memory
+engine, routing and session bookkeeping."""
 
 from __future__ import annotations
 
@@ -8,11 +9,22 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator.errors import HostUnavailable, NetworkPoolExhausted, WrongHost
+from orchestrator.engine.fake import FakeEngine, FakeProgram
+from orchestrator.engine.types import ContainerSpec, NetworkSpec
+from orchestrator.errors import (
+    DockerError,
+    DockerUnavailable,
+    HostUnavailable,
+    NetworkInUse,
+    NetworkNotFound,
+    NetworkPoolExhausted,
+    WrongHost,
+)
 from orchestrator.settings import Settings
-from orchestrator.state import keys, routing, sessions
+from orchestrator.state import keys, routing, sessions, subnets
+from orchestrator.state.subnets import SubnetPool, host_routes
 from orchestrator.worker import networks, relics
-from orchestrator.worker.networks import SubnetPool, host_routes, network_name
+from orchestrator.worker.networks import network_name
 from orchestrator.worker.runtime import Runtime
 
 
@@ -204,7 +216,7 @@ def fake_route_file(monkeypatch, tmp_path):
             assert name == "/proc/net/route"
             return builtins.open(path, *args, **kwargs)
 
-        monkeypatch.setattr(networks, "open", fake_open, raising=False)
+        monkeypatch.setattr(subnets, "open", fake_open, raising=False)
         host_routes.cache_clear()
 
     yield install
@@ -243,6 +255,169 @@ def test_subnets_overlapping_the_docker0_route_are_avoided(fake_route_file, redi
     assert pool.subnet(index) == ipaddress.ip_network("172.16.0.0/16")  # 172.17/16 is docker0
     with pytest.raises(NetworkPoolExhausted):
         pool.allocate("s2")
+
+
+# -- session networks on the engine -------------------------------------------------------
+
+#: Two subnets: 10.213.0.0/26 (index 0) and 10.213.0.64/26 (index 1, the first one tried).
+SMALL = Settings(host_name="h1", session_subnet_pool="10.213.0.0/25", session_subnet_prefix=26)
+
+
+@pytest.fixture
+def no_routes(monkeypatch):
+    """This machine's routes do not shrink the pools of these tests."""
+    monkeypatch.setattr(subnets, "host_routes", lambda: ())
+
+
+def outside_network(engine: FakeEngine, name: str, subnet: str) -> None:
+    """A network someone else made on the engine, holding ``subnet``."""
+    engine.create_network(NetworkSpec(name=name, labels={}, subnet=subnet))
+    engine.calls.clear()
+
+
+def test_ensure_creates_a_labelled_internal_network_on_a_pool_subnet(redis, engine, no_routes):
+    network = networks.ensure_network(engine, redis, SMALL, "s1")
+
+    assert network.name == "session_s1"
+    assert network.internal is True
+    assert network.labels == {
+        "orchestrator.managed": "true",
+        "orchestrator.kind": "session-network",
+        "orchestrator.session": "s1",
+        "orchestrator.host": "h1",
+    }
+    index = SubnetPool.for_settings(redis, SMALL).current("s1")
+    assert index is not None
+    assert network.subnets == (str(SubnetPool.for_settings(redis, SMALL).subnet(index)),)
+    spec = engine.called("create_network")[0][0]
+    assert spec.gateway == str(next(ipaddress.ip_network(spec.subnet).hosts()))
+
+
+def test_ensure_with_egress_makes_a_network_that_reaches_out(redis, engine, no_routes):
+    settings = SMALL.model_copy(update={"session_egress": True})
+
+    assert networks.ensure_network(engine, redis, settings, "s1").internal is False
+
+
+def test_ensure_returns_the_existing_network_without_creating_another(redis, engine, no_routes):
+    first = networks.ensure_network(engine, redis, SMALL, "s1")
+
+    again = networks.ensure_network(engine, redis, SMALL, "s1")
+
+    assert again.id == first.id
+    assert len(engine.called("create_network")) == 1
+
+
+def test_a_subnet_used_outside_the_pool_is_skipped_for_another(redis, engine, no_routes):
+    outside_network(engine, "theirs", "10.213.0.64/26")
+
+    network = networks.ensure_network(engine, redis, SMALL, "s1")
+
+    assert network.subnets == ("10.213.0.0/26",)
+    assert len(engine.called("create_network")) == 2
+    assert SubnetPool.for_settings(redis, SMALL).current("s1") == 0
+    assert redis.get(keys.subnet("h1", 1)) is None  # the refused subnet is not held
+
+
+def test_every_pool_subnet_used_outside_exhausts_the_pool_and_holds_nothing(
+    redis, engine, no_routes
+):
+    outside_network(engine, "theirs-0", "10.213.0.0/26")
+    outside_network(engine, "theirs-1", "10.213.0.64/26")
+
+    with pytest.raises(NetworkPoolExhausted):
+        networks.ensure_network(engine, redis, SMALL, "s1")
+
+    assert SubnetPool.for_settings(redis, SMALL).current("s1") is None
+    assert redis.keys("orch:subnet:h1:*") == []
+
+
+def test_refusals_for_overlap_on_every_attempt_give_up_naming_the_network(redis, engine, no_routes):
+    outside_network(engine, "theirs-1", "10.213.0.64/26")
+
+    with pytest.raises(DockerError, match="could not create network session_s1"):
+        networks.ensure_network(engine, redis, SMALL, "s1", attempts=1)
+
+    assert SubnetPool.for_settings(redis, SMALL).current("s1") is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [DockerError("engine says no"), DockerUnavailable("engine down")],
+    ids=["refused", "unreachable"],
+)
+def test_any_other_refusal_is_raised_at_once_and_releases_the_subnet(
+    redis, engine, no_routes, error
+):
+    engine.fail_next("create_network", error)
+
+    with pytest.raises(type(error)) as caught:
+        networks.ensure_network(engine, redis, SMALL, "s1")
+
+    assert caught.value is error
+    assert len(engine.called("create_network")) == 1
+    assert SubnetPool.for_settings(redis, SMALL).current("s1") is None
+    assert engine.find_network("session_s1") is None
+
+
+def test_remove_removes_the_sessions_networks_only_and_releases_the_subnet(
+    redis, engine, no_routes
+):
+    networks.ensure_network(engine, redis, SMALL, "s1")
+    networks.ensure_network(engine, redis, SMALL, "s2")
+
+    assert networks.remove_network(engine, redis, SMALL, "s1") == 1
+
+    assert engine.find_network("session_s1") is None
+    assert engine.find_network("session_s2") is not None
+    assert SubnetPool.for_settings(redis, SMALL).current("s1") is None
+    assert SubnetPool.for_settings(redis, SMALL).current("s2") is not None
+    assert networks.remove_network(engine, redis, SMALL, "s1") == 0
+
+
+def test_a_network_removed_by_someone_else_meanwhile_is_not_counted(redis, engine, no_routes):
+    networks.ensure_network(engine, redis, SMALL, "s1")
+    engine.fail_next("remove_network", NetworkNotFound("network session_s1 not found"))
+
+    assert networks.remove_network(engine, redis, SMALL, "s1") == 0
+    assert SubnetPool.for_settings(redis, SMALL).current("s1") is None
+
+
+def test_a_network_with_a_running_container_is_in_use(redis, engine, no_routes):
+    network = networks.ensure_network(engine, redis, SMALL, "s1")
+    engine.add_image("svc:1", FakeProgram(run_seconds=None))
+    box = engine.create_container(
+        ContainerSpec(name="c1", image="svc:1", labels={}, network=network.name)
+    )
+    engine.start_container(box.id)
+
+    with pytest.raises(NetworkInUse):
+        networks.remove_network(engine, redis, SMALL, "s1")
+
+    assert engine.find_network("session_s1") is not None
+
+
+def test_joining_the_session_network_claims_the_session_and_records_the_host(
+    redis, engine, no_routes
+):
+    rt = make_runtime(redis, "h1", engine)
+
+    assert networks.join_session_network(rt, "s1") == "session_s1"
+
+    assert routing.session_owner(redis, "s1") == "h1"
+    assert sessions.hosts_of(redis, "s1") == ["h1"]
+    assert set(sessions.expiry(redis, "s1")) == {"created_at", "expires_at"}
+    assert engine.find_network("session_s1") is not None
+
+
+def test_joining_a_session_owned_by_another_live_host_creates_nothing(redis, engine, no_routes):
+    make_runtime(redis, "h1").heartbeat()
+    sessions.claim(redis, "s1", "h1")
+
+    with pytest.raises(WrongHost):
+        networks.join_session_network(make_runtime(redis, "h2", engine), "s1")
+
+    assert engine.called("create_network") == []
 
 
 # -- routing -----------------------------------------------------------------------------------
@@ -294,8 +469,8 @@ def test_claims_of_different_sessions_are_independent(redis):
     assert sessions.claim(redis, "s2", "h2") == "h2"
 
 
-def make_runtime(redis, host: str) -> Runtime:
-    return Runtime(Settings(host_name=host), redis, docker_client=object())
+def make_runtime(redis, host: str, engine: FakeEngine | None = None) -> Runtime:
+    return Runtime(Settings(host_name=host), redis, engine=engine or FakeEngine())
 
 
 def test_require_owner_claims_an_unowned_session_for_this_host(redis):

@@ -1,5 +1,6 @@
-"""Behaviour of relic helpers without an engine: the HTTP health probe against a real local
-server, container and volume names, and waiting for health on a fake container."""
+"""Behaviour of relics on the in-memory engine: the HTTP health probe against a real local
+server, container and volume names, waiting for health, and starting, describing,
+stopping and removing relics."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
-from orchestrator.errors import RelicExited, RelicUnhealthy
+from orchestrator.engine.fake import FakeEngine, FakeProgram
+from orchestrator.engine.types import Container, ContainerSpec
+from orchestrator.errors import RelicConflict, RelicExited, RelicNotFound, RelicUnhealthy
 from orchestrator.models import RelicStartRequest
+from orchestrator.settings import Settings
+from orchestrator.state import keys, routing
+from orchestrator.worker import health, relics
 from orchestrator.worker.relics import probe, relic_container_name, volume_name, wait_healthy
-from tests.unit.fakes import FakeContainer
+from orchestrator.worker.runtime import Runtime
 
 ROUTES = {"/health": 200, "/ready": 204, "/moved": 302, "/missing": 404, "/broken": 500}
 
@@ -119,35 +126,54 @@ def relic_request(port: int, timeout: float = 5.0, path: str = "/health") -> Rel
     )
 
 
-def running_relic(**kwargs) -> FakeContainer:
-    kwargs.setdefault("networks", {"session_s1": "127.0.0.1"})
-    kwargs.setdefault("run_seconds", None)
-    container = FakeContainer("orch-relic-s1-db", **kwargs)
-    container.start()
-    return container
-
-
-def test_wait_healthy_returns_the_address_once_the_endpoint_answers(server):
-    container = running_relic()
-
-    assert wait_healthy(container, "session_s1", relic_request(server)) == "127.0.0.1"
-
-
-def test_wait_healthy_uses_the_first_network_when_none_is_named(server):
-    container = running_relic(networks={"bridge": "127.0.0.1"})
-
-    assert wait_healthy(container, None, relic_request(server)) == "127.0.0.1"
-
-
-def test_a_relic_that_exits_while_waited_on_raises_with_its_last_log_lines(closed_port):
-    lines = [f"line {i}\n".encode() for i in range(30)]
-    container = running_relic(
-        run_seconds=0.1, exit_code=3, stdout=lines[:-1], stderr=[b"fatal: no config\n"]
+def running_relic(
+    engine: FakeEngine,
+    networks: dict[str, str] | None = None,
+    program: FakeProgram | None = None,
+) -> Container:
+    """A started container of its own image, at the addresses given in each network."""
+    networks = networks if networks is not None else {"session_s1": "127.0.0.1"}
+    engine.add_image("relic:1", program or FakeProgram(run_seconds=None))
+    for name in networks:
+        if engine.find_network(name) is None:
+            engine.add_network(name)
+    first, *others = networks
+    created = engine.create_container(
+        ContainerSpec(name="orch-relic-s1-db", image="relic:1", labels={}, network=first)
     )
+    for name in others:
+        engine.connect_network(name, created.id)
+    engine.start_container(created.id)
+    # The fake picks addresses of its own; the probe must reach this test's server.
+    engine.containers[created.id].networks.update(networks)
+    return engine.inspect_container(created.id)
+
+
+def test_wait_healthy_returns_the_address_once_the_endpoint_answers(engine, server):
+    container = running_relic(engine)
+
+    assert wait_healthy(engine, container, "session_s1", relic_request(server)) == "127.0.0.1"
+
+
+def test_wait_healthy_uses_the_first_network_when_none_is_named(engine, server):
+    container = running_relic(engine, networks={"bridge": "127.0.0.1"})
+
+    assert wait_healthy(engine, container, None, relic_request(server)) == "127.0.0.1"
+
+
+def test_a_relic_that_exits_while_waited_on_raises_with_its_last_log_lines(engine, closed_port):
+    lines = [f"line {i}\n".encode() for i in range(30)]
+    program = FakeProgram(
+        run_seconds=0.1,
+        exit_code=3,
+        stdout=b"".join(lines[:-1]),
+        stderr=b"fatal: no config\n",
+    )
+    container = running_relic(engine, program=program)
     begin = time.monotonic()
 
     with pytest.raises(RelicExited) as caught:
-        wait_healthy(container, "session_s1", relic_request(closed_port))
+        wait_healthy(engine, container, "session_s1", relic_request(closed_port))
 
     message = str(caught.value)
     assert time.monotonic() - begin < 2
@@ -157,30 +183,272 @@ def test_a_relic_that_exits_while_waited_on_raises_with_its_last_log_lines(close
     assert "line 9\n" not in message  # only the last 20 lines
 
 
-def test_a_relic_whose_endpoint_never_answers_is_unhealthy_after_the_timeout(closed_port):
-    container = running_relic(stdout=[b"listening on the wrong port\n"])
+def test_a_relic_whose_endpoint_never_answers_is_unhealthy_after_the_timeout(engine, closed_port):
+    program = FakeProgram(run_seconds=None, stdout=b"listening on the wrong port\n")
+    container = running_relic(engine, program=program)
     begin = time.monotonic()
 
     with pytest.raises(RelicUnhealthy) as caught:
-        wait_healthy(container, "session_s1", relic_request(closed_port, timeout=0.3))
+        wait_healthy(engine, container, "session_s1", relic_request(closed_port, timeout=0.3))
 
     elapsed = time.monotonic() - begin
     assert 0.3 <= elapsed < 1.5
     message = str(caught.value)
     assert f"did not answer GET /health on port {closed_port} within 0.3 s" in message
     assert "listening on the wrong port" in message
-    assert not container.exited
+    assert engine.inspect_container(container.id).running
 
 
-def test_a_relic_answering_with_an_error_status_is_unhealthy(server):
-    container = running_relic()
-
-    with pytest.raises(RelicUnhealthy):
-        wait_healthy(container, "session_s1", relic_request(server, timeout=0.3, path="/broken"))
-
-
-def test_a_relic_without_an_address_on_the_network_is_unhealthy(server):
-    container = running_relic(networks={"other": "127.0.0.1"})
+def test_a_relic_answering_with_an_error_status_is_unhealthy(engine, server):
+    container = running_relic(engine)
+    request = relic_request(server, timeout=0.3, path="/broken")
 
     with pytest.raises(RelicUnhealthy):
-        wait_healthy(container, "session_s1", relic_request(server, timeout=0.3))
+        wait_healthy(engine, container, "session_s1", request)
+
+
+def test_a_relic_without_an_address_on_the_network_is_unhealthy(engine, server):
+    container = running_relic(engine, networks={"other": "127.0.0.1"})
+
+    with pytest.raises(RelicUnhealthy):
+        wait_healthy(engine, container, "session_s1", relic_request(server, timeout=0.3))
+
+
+def test_the_log_tail_of_an_unreadable_container_is_empty(engine):
+    assert health.logs_tail(engine, "no-such-container") == ""
+
+
+# -- start, describe, stop, remove on the engine ----------------------------------------------
+
+SERVICE = "svc:1"
+
+
+class Probes:
+    """Stands in for the HTTP probe: records each probe; answers ``healthy``."""
+
+    def __init__(self) -> None:
+        self.healthy = True
+        self.calls: list[tuple[str, int, str]] = []
+
+    def __call__(self, address: str, port: int, path: str, timeout: float = 1.0) -> bool:
+        self.calls.append((address, port, path))
+        return self.healthy
+
+
+@pytest.fixture
+def probes(monkeypatch: pytest.MonkeyPatch) -> Probes:
+    fake = Probes()
+    monkeypatch.setattr(health, "probe", fake)
+    return fake
+
+
+@pytest.fixture
+def rt(redis, engine) -> Runtime:
+    engine.add_image(SERVICE, FakeProgram(run_seconds=None, stdout=b"serving\n"))
+    return Runtime(Settings(host_name="h1"), redis, engine=engine)
+
+
+def start_request(name: str = "db", **fields: Any) -> RelicStartRequest:
+    return RelicStartRequest.model_validate(
+        {"session_id": "s1", "relic_name": name, "image": SERVICE, "port": 8000, **fields}
+    )
+
+
+def test_a_started_relic_runs_in_the_session_network_and_is_registered(rt, engine, probes):
+    info = relics.start_relic(rt, start_request(health_check_endpoint="/ready"), "r1")
+
+    container = engine.inspect_container("orch-relic-s1-db")
+    address = container.networks["session_s1"]
+    assert info.status == "running" and info.healthy is True
+    assert info.relic_id == "r1" and info.relic_name == "db" and info.session_id == "s1"
+    assert (info.container_id, info.container_name) == (container.id, "orch-relic-s1-db")
+    assert info.network == "session_s1"
+    assert info.internal_url == "http://orch-relic-s1-db:8000"
+    assert info.ip_address == address and address
+    assert info.host == "h1" and info.started_at is not None and info.ports == {}
+    assert probes.calls[-1] == (address, 8000, "/ready")
+    spec = engine.called("create_container")[0][0]
+    assert spec.network == "session_s1" and spec.aliases == ("db",)
+    assert spec.labels["orchestrator.relic"] == "r1"
+    assert spec.labels["orchestrator.kind"] == "relic"
+    assert spec.labels["orchestrator.port"] == "8000"
+    network = engine.inspect_network("session_s1")
+    assert network.internal and network.labels["orchestrator.session"] == "s1"
+    assert relics.lookup(rt.redis, "r1") == {
+        "relic_name": "db",
+        "session_id": "s1",
+        "host": "h1",
+        "container_name": "orch-relic-s1-db",
+        "port": "8000",
+        "health": "/ready",
+    }
+    assert rt.redis.sismember(keys.session_relics("s1"), "r1")
+    assert routing.session_owner(rt.redis, "s1") == "h1"
+
+
+def test_a_relic_that_exits_before_it_is_healthy_leaves_nothing_behind(rt, engine, probes):
+    engine.add_image("crashy:1", FakeProgram(run_seconds=0.05, exit_code=7, stderr=b"boom\n"))
+    probes.healthy = False
+
+    with pytest.raises(RelicExited, match="boom"):
+        relics.start_relic(rt, start_request(image="crashy:1"), "r1")
+
+    assert engine.find_container("orch-relic-s1-db") is None
+    assert not rt.redis.exists(keys.relic("r1"))
+    assert not rt.redis.sismember(keys.session_relics("s1"), "r1")
+
+
+def test_a_relic_that_never_gets_healthy_is_removed(rt, engine, probes):
+    probes.healthy = False
+
+    with pytest.raises(RelicUnhealthy, match="did not answer GET /health"):
+        relics.start_relic(rt, start_request(health_timeout_seconds=0.2), "r1")
+
+    assert engine.find_container("orch-relic-s1-db") is None
+    with pytest.raises(RelicNotFound):
+        relics.lookup(rt.redis, "r1")
+
+
+def test_a_health_timeout_above_the_server_maximum_is_refused_before_anything_starts(
+    rt, engine, probes
+):
+    with pytest.raises(RelicUnhealthy, match="health_timeout_seconds: above the server maximum"):
+        relics.start_relic(rt, start_request(health_timeout_seconds=601), "r1")
+
+    assert engine.called("create_container") == []
+    assert engine.find_network("session_s1") is None
+
+
+def test_another_relic_of_the_same_name_is_a_conflict(rt, engine, probes):
+    first = relics.start_relic(rt, start_request(), "r1")
+
+    with pytest.raises(RelicConflict, match="relic_name: the session already has relic r1"):
+        relics.start_relic(rt, start_request(), "r2")
+
+    assert engine.inspect_container("orch-relic-s1-db").id == first.container_id
+    assert engine.inspect_container(first.container_id).running
+
+
+def test_starting_the_same_relic_again_resumes_its_container(rt, engine, probes):
+    first = relics.start_relic(rt, start_request(), "r1")
+
+    again = relics.start_relic(rt, start_request(), "r1")
+
+    assert again.container_id == first.container_id and again.healthy
+    assert len(engine.called("create_container")) == 1
+    assert len(engine.called("start_container")) == 1
+
+
+def test_an_exited_container_of_the_same_relic_is_replaced(rt, engine, probes):
+    first = relics.start_relic(rt, start_request(), "r1")
+    engine.stop_container(first.container_id, 0)
+
+    again = relics.start_relic(rt, start_request(), "r1")
+
+    assert again.container_id != first.container_id and again.status == "running"
+
+
+def test_named_volumes_are_scoped_to_the_session_and_labelled(redis, rt, engine, probes, tmp_path):
+    settings = Settings(host_name="h1", allowed_volume_roots=[str(tmp_path)])
+    with_binds = Runtime(settings, redis, engine=engine)
+    volumes = [
+        {"source": "data", "target": "/data"},
+        {"source": str(tmp_path), "target": "/in", "read_only": True},
+    ]
+
+    relics.start_relic(with_binds, start_request(volumes=volumes), "r1")
+
+    volume = engine.inspect_volume("orch-s1-data")
+    assert volume.labels["orchestrator.session"] == "s1"
+    assert volume.labels["orchestrator.kind"] == "volume"
+    assert volume.labels["orchestrator.managed"] == "true"
+    spec = engine.called("create_container")[0][0]
+    mounts = {(m.source, m.target, m.read_only, m.kind) for m in spec.mounts}
+    assert mounts == {
+        ("orch-s1-data", "/data", False, "volume"),
+        (str(tmp_path), "/in", True, "bind"),
+    }
+
+
+def test_an_existing_session_volume_is_reused_as_it_is(rt, engine, probes):
+    engine.create_volume("orch-s1-data", {"mine": "yes"})
+
+    relics.start_relic(rt, start_request(volumes=[{"source": "data", "target": "/d"}]), "r1")
+
+    assert engine.inspect_volume("orch-s1-data").labels == {"mine": "yes"}
+    assert engine.called("create_volume") == [("orch-s1-data",)]
+
+
+def test_published_ports_join_the_default_bridge_before_the_start(rt, engine, probes):
+    info = relics.start_relic(rt, start_request(ports={8000: 18000}), "r1")
+
+    assert info.ports == {"8000/tcp": 18000}
+    assert info.network == "session_s1"
+    connect = [(name, args) for name, args in engine.calls if name == "connect_network"]
+    assert connect == [("connect_network", ("bridge", info.container_id))]
+    names = [name for name, _ in engine.calls]
+    assert names.index("connect_network") < names.index("start_container")
+    assert set(engine.inspect_container(info.container_id).networks) == {"session_s1", "bridge"}
+
+
+def test_without_a_private_network_the_relic_uses_the_default_bridge(rt, engine, probes):
+    info = relics.start_relic(rt, start_request(create_private_network=False), "r1")
+
+    assert info.network is None
+    assert info.internal_url == f"http://{info.ip_address}:8000"
+    assert engine.find_network("session_s1") is None
+    assert engine.called("create_container")[0][0].network == "bridge"
+
+
+def test_info_probes_a_running_relic_and_reports_a_removed_one(rt, engine, probes):
+    started = relics.start_relic(rt, start_request(), "r1")
+    probes.calls.clear()
+
+    assert relics.relic_info(rt, "r1").healthy is True
+    assert probes.calls == [(started.ip_address, 8000, "/health")]
+    probes.healthy = False
+    assert relics.relic_info(rt, "r1").healthy is False
+
+    engine.remove_container(started.container_id)
+    gone = relics.relic_info(rt, "r1")
+    assert (gone.status, gone.container_name, gone.relic_name) == (
+        "removed",
+        "orch-relic-s1-db",
+        "db",
+    )
+    assert gone.container_id is None and gone.host == "h1"
+
+
+def test_stop_then_remove(rt, engine, probes):
+    relics.start_relic(rt, start_request(), "r1")
+
+    stopped = relics.stop_relic(rt, "r1", timeout_seconds=3)
+
+    assert (stopped.status, stopped.healthy) == ("stopped", False)
+    assert engine.called("stop_container")[-1][1] == 3
+    assert relics.relic_info(rt, "r1").status == "stopped"
+    assert relics.remove_relic(rt, "r1") == {"relic_id": "r1", "removed": True}
+    assert engine.find_container("orch-relic-s1-db") is None
+    with pytest.raises(RelicNotFound):
+        relics.relic_info(rt, "r1")
+
+
+def test_removing_a_relic_whose_container_is_gone_reports_it_and_forgets_it(rt, engine, probes):
+    started = relics.start_relic(rt, start_request(), "r1")
+    engine.remove_container(started.container_id)
+
+    assert relics.remove_relic(rt, "r1") == {"relic_id": "r1", "removed": False}
+    assert not rt.redis.sismember(keys.session_relics("s1"), "r1")
+
+
+def test_local_relics_lists_this_hosts_relics_of_one_session_or_all(rt, engine, probes):
+    relics.start_relic(rt, start_request("db"), "r1")
+    relics.start_relic(rt, start_request("cache"), "r2")
+    relics.start_relic(rt, start_request("db", session_id="s2"), "r3")
+
+    mine = relics.local_relics(rt, "s1")
+    every = relics.local_relics(rt, None)
+
+    assert sorted((r.relic_id, r.relic_name) for r in mine) == [("r1", "db"), ("r2", "cache")]
+    assert all(r.healthy and r.status == "running" for r in mine)
+    assert sorted(r.relic_id for r in every) == ["r1", "r2", "r3"]

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.engine.fake import FakeEngine, FakeProgram
+from orchestrator.engine.types import Container, ContainerSpec
 from orchestrator.worker import self_attach
-from tests.unit.fakes import FakeContainer, FakeDocker, FakeNetwork, api_error
 
 CONTAINER_ID = "3f" * 32
 PATTERNS = dict(self_attach._SOURCES)  # before the fixture empties them
@@ -25,12 +26,22 @@ def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     self_attach.reset()
 
 
-def engine_with_worker(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeDocker, FakeContainer]:
-    docker = FakeDocker()
-    worker = docker.containers.add(FakeContainer("orchestrator_worker_1", status="running"))
+def running(engine: FakeEngine, name: str, **labels: str) -> Container:
+    """A started container that runs until stopped."""
+    engine.add_image("idle:1", FakeProgram(run_seconds=None))
+    spec = ContainerSpec(name=name, image="idle:1", labels=labels, network="bridge")
+    created = engine.create_container(spec)
+    engine.start_container(created.id)
+    return engine.inspect_container(created.id)
+
+
+def engine_with_worker(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeEngine, Container]:
+    engine = FakeEngine()
+    worker = running(engine, "orchestrator_worker_1")
     monkeypatch.setenv(self_attach.ENV_CONTAINER, worker.name)
-    docker.networks.add(FakeNetwork("session_s1", labels={"orchestrator.managed": "true"}))
-    return docker, worker
+    engine.add_network("session_s1", **{"orchestrator.managed": "true"})
+    engine.calls.clear()
+    return engine, worker
 
 
 @pytest.mark.parametrize(
@@ -60,69 +71,74 @@ def test_explicit_setting_wins_and_a_plain_host_has_no_container() -> None:
 
 
 def test_on_a_plain_host_nothing_is_asked_of_the_engine() -> None:
-    docker = FakeDocker()
-    network = docker.networks.add(FakeNetwork("session_s1"))
-    with self_attach.attached(docker, "session_s1") as inside:
+    engine = FakeEngine()
+    engine.add_network("session_s1")
+    with self_attach.attached(engine, "session_s1") as inside:
         assert inside is False
-    assert self_attach.join(docker, "session_s1") is False
-    assert network.calls == []
+    assert self_attach.join(engine, "session_s1") is False
+    assert self_attach.leave(engine, "session_gone") == 0
+    assert [name for name, _ in engine.calls] == ["inspect_network"]  # leave's, only
 
 
 def test_a_container_not_on_this_engine_joins_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    docker = FakeDocker()
-    network = docker.networks.add(FakeNetwork("session_s1"))
+    engine = FakeEngine()
+    engine.add_network("session_s1")
     monkeypatch.setenv(self_attach.ENV_CONTAINER, "elsewhere")
-    assert self_attach.join(docker, "session_s1") is False
-    assert network.calls == []
+    assert self_attach.join(engine, "session_s1") is False
+    with self_attach.attached(engine, "session_s1") as inside:
+        assert inside is False
+    assert engine.called("connect_network") == []
+    assert engine.called("inspect_container") == [("elsewhere",)]  # resolved once
 
 
 def test_concurrent_probes_share_one_attachment(monkeypatch: pytest.MonkeyPatch) -> None:
-    docker, worker = engine_with_worker(monkeypatch)
-    network = docker.networks.get("session_s1")
+    engine, worker = engine_with_worker(monkeypatch)
     inside = threading.Barrier(4)
+    seen: list[bool] = []
 
     def probe() -> None:
-        with self_attach.attached(docker, "session_s1"):
+        with self_attach.attached(engine, "session_s1"):
             inside.wait(5)
-            assert worker.id in network.attrs["Containers"]
+            seen.append(worker.id in engine.inspect_network("session_s1").containers)
 
     threads = [threading.Thread(target=probe) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(10)
-    verbs = [call[0] for call in network.calls]
-    assert verbs == ["connect", "disconnect"]
-    assert network.attrs["Containers"] == {}
+    assert seen == [True] * 4
+    verbs = [name for name, _ in engine.calls if name.endswith("connect_network")]
+    assert verbs == ["connect_network", "disconnect_network"]
+    assert engine.inspect_network("session_s1").containers == ()
 
 
 def test_joining_twice_is_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    docker, worker = engine_with_worker(monkeypatch)
-    network = docker.networks.get("session_s1")
+    engine, worker = engine_with_worker(monkeypatch)
+    assert self_attach.join(engine, "session_s1") is True
+    assert self_attach.join(engine, "session_s1") is True
+    assert engine.inspect_network("session_s1").containers == (worker.id,)
 
-    def already(container: object, **_: object) -> None:
-        raise api_error(403, f"endpoint with name {worker.name} already exists in network x")
 
-    monkeypatch.setattr(network, "connect", already)
-    assert self_attach.join(docker, "session_s1") is True
+def test_leaving_a_network_that_is_gone_is_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, worker = engine_with_worker(monkeypatch)
+    with self_attach.attached(engine, "session_s1") as inside:
+        assert inside is True
+        engine.disconnect_network("session_s1", worker.id)
+        engine.remove_network("session_s1")
+    assert engine.find_network("session_s1") is None
 
 
 def test_leave_disconnects_workers_but_not_managed_containers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    docker, worker = engine_with_worker(monkeypatch)
-    stale = docker.containers.add(FakeContainer("orchestrator_worker_2", status="running"))
-    relic = docker.containers.add(
-        FakeContainer(
-            "orch-relic-s1-api", status="running", labels={"orchestrator.managed": "true"}
-        )
-    )
-    network = docker.networks.get("session_s1")
+    engine, worker = engine_with_worker(monkeypatch)
+    stale = running(engine, "orchestrator_worker_2")
+    relic = running(engine, "orch-relic-s1-api", **{"orchestrator.managed": "true"})
     for container in (worker, stale, relic):
-        network.connect(container)
-    assert self_attach.leave(docker, "session_s1") == 2
-    assert set(network.attrs["Containers"]) == {relic.id}
-    assert self_attach.leave(docker, "session_gone") == 0
+        engine.connect_network("session_s1", container.id)
+    assert self_attach.leave(engine, "session_s1") == 2
+    assert engine.inspect_network("session_s1").containers == (relic.id,)
+    assert self_attach.leave(engine, "session_gone") == 0
 
 
 def test_sources_find_docker_ids_only() -> None:

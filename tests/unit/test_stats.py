@@ -1,4 +1,5 @@
-"""Table-driven tests of :mod:`orchestrator.core.stats` against captured and hand-written payloads.
+"""Table-driven tests of :mod:`orchestrator.core.stats` against captured and hand-written payloads,
+then the collection on one host (:mod:`orchestrator.worker.collect`) on a FakeEngine.
 
 Every expected number below was worked out by hand from the fixture's raw numbers (the
 derivation is in the comment next to it), never by calling the code under test. See
@@ -16,7 +17,21 @@ from typing import Any
 import pytest
 
 from orchestrator.core import stats
-from orchestrator.models import ContainerStats
+from orchestrator.core.specs import labels
+from orchestrator.engine.fake import FakeEngine, FakeProgram
+from orchestrator.engine.types import Container, ContainerSpec
+from orchestrator.errors import (
+    ContainerNotFound,
+    DockerUnavailable,
+    HostUnavailable,
+    InvalidRequest,
+    WrongHost,
+)
+from orchestrator.models import ContainerStats, RelicStartRequest, ToolExecutionResult
+from orchestrator.settings import Settings
+from orchestrator.state import keys
+from orchestrator.worker import collect, relics
+from orchestrator.worker.runtime import Runtime
 
 FIXTURES = Path(__file__).parent / "fixtures" / "stats"
 
@@ -730,3 +745,226 @@ def test_public_api() -> None:
         "peak_memory_bytes",
         "summarize",
     ]
+
+
+# --- collecting on one host: orchestrator.worker.collect on a FakeEngine ---------------------
+
+SETTINGS = Settings.from_env({}, host_name="h1")
+#: An image whose containers run until stopped, each using 8 MiB (busybox:latest exits at once).
+SLEEPER = "sleeper:latest"
+MIB = 1024 * 1024
+LATER = 1_900_000_000.0
+
+
+@pytest.fixture
+def rt(redis, engine: FakeEngine) -> Runtime:
+    engine.add_image(SLEEPER, FakeProgram(run_seconds=None, memory_bytes=8 * MIB))
+    return Runtime(SETTINGS, redis, engine=engine)
+
+
+def container(
+    engine: FakeEngine,
+    name: str,
+    *,
+    session: str = "s1",
+    kind: str = "tool",
+    host: str = "h1",
+    running: bool = True,
+    managed: bool = True,
+    memory_mb: int | None = None,
+) -> Container:
+    """A started container: running (8 MiB in use), or already exited."""
+    tags = labels(kind, session, LATER, host) if managed else {}
+    spec = ContainerSpec(
+        name=name,
+        image=SLEEPER if running else "busybox:latest",
+        labels=tags,
+        memory_mb=memory_mb,
+    )
+    created = engine.create_container(spec)
+    engine.start_container(created.id)
+    return engine.inspect_container(created.id)
+
+
+def test_host_stats_sample_the_running_managed_containers_of_this_host(rt, engine):
+    relic = container(engine, "orch-relic-s1-db", kind="relic", memory_mb=256)
+    running = container(engine, "orch-tool-e1")
+    container(engine, "orch-tool-e0", running=False)
+    first = container(engine, "orch-tool-e9", session="s0")
+    container(engine, "orch-tool-elsewhere", host="h2")
+    container(engine, "stranger", managed=False)
+
+    found = collect.host_stats(rt)
+
+    assert [s.name for s in found] == [
+        "orch-tool-e9",  # session s0 first, then by kind and name
+        "orch-relic-s1-db",
+        "orch-tool-e0",
+        "orch-tool-e1",
+    ]
+    by_name = {s.name: s for s in found}
+    assert by_name["orch-relic-s1-db"].memory_used_mb == 8.0  # 8 MiB in use
+    assert by_name["orch-relic-s1-db"].memory_limit_mb == 256.0
+    assert by_name["orch-relic-s1-db"].kind == "relic"
+    assert by_name["orch-tool-e1"].memory_used_mb == 8.0
+    assert by_name["orch-tool-e1"].status == "running"
+    assert by_name["orch-tool-e1"].container_id == running.id
+    stopped = by_name["orch-tool-e0"]
+    assert (stopped.status, stopped.memory_used_mb, stopped.running_seconds) == ("exited", 0, 0)
+    assert {(s.host, s.session_id) for s in found} == {("h1", "s0"), ("h1", "s1")}
+    sampled = sorted(ref for (ref,) in engine.called("container_stats"))
+    assert sampled == sorted([relic.id, running.id, first.id])  # never the exited one
+
+
+def test_host_stats_leave_out_containers_that_vanish_while_listed_or_sampled(rt, engine):
+    container(engine, "orch-tool-a", running=False)
+    listed_away = container(engine, "orch-tool-b")
+    container(engine, "orch-tool-c")  # the only one sampled: it vanishes meanwhile
+    vanish = [listed_away.id]
+
+    def remove_one() -> None:  # between the engine's listing and its inspections
+        if vanish:
+            engine.remove_container(vanish.pop())
+
+    engine.on_list = remove_one
+    engine.fail_next("container_stats", ContainerNotFound("read stats of orch-tool-c: gone"))
+
+    found = collect.host_stats(rt)
+
+    assert vanish == []
+    assert [s.name for s in found] == ["orch-tool-a"]
+
+
+@pytest.mark.parametrize(
+    "empty_answer",
+    [
+        pytest.param(ValueError("Expecting value: line 1 column 1 (char 0)"), id="undecodable"),
+        pytest.param({}, id="empty"),
+    ],
+)
+def test_a_container_that_stops_while_sampled_is_reported_stopped_with_zeros(
+    rt, engine, monkeypatch, empty_answer
+):
+    """The engine answers 200 with an empty body when the container stops meanwhile."""
+    stopping = container(engine, "orch-tool-e1")
+
+    def stopped_meanwhile(ref: str) -> dict[str, Any]:
+        engine.kill_container(ref)
+        if isinstance(empty_answer, Exception):
+            raise empty_answer
+        return empty_answer
+
+    monkeypatch.setattr(engine, "container_stats", stopped_meanwhile)
+
+    [found] = collect.host_stats(rt)
+
+    assert found.container_id == stopping.id
+    assert (found.status, found.memory_used_mb, found.running_seconds) == ("exited", 0, 0)
+
+
+def test_an_engine_failure_is_a_host_error_not_an_exception(rt, engine):
+    engine.fail_next("list_containers", DockerUnavailable("list containers: engine unreachable"))
+
+    report = collect.host_report(rt)
+
+    assert report.model_dump() == {
+        "host": "h1",
+        "containers": [],
+        "errors": ["list containers: engine unreachable"],
+    }
+
+
+def test_a_container_is_found_by_name_id_relic_id_or_execution_id(rt, engine):
+    relic = container(engine, "orch-relic-s1-db", kind="relic")
+    tool = container(engine, "orch-tool-e1")
+    request = RelicStartRequest(session_id="s1", relic_name="db", image="busybox:latest")
+    relics._register(rt, "r1", request, "orch-relic-s1-db")
+    rt.executions.start("e1", {"host": "h1", "container_id": tool.id})
+
+    assert collect.find_container(rt, "orch-relic-s1-db").id == relic.id
+    assert collect.find_container(rt, relic.id).id == relic.id
+    assert collect.find_container(rt, relic.id[:12]).id == relic.id
+    assert collect.find_container(rt, "r1").id == relic.id
+    assert collect.find_container(rt, "e1").id == tool.id
+    assert collect.stats_for(rt, "e1").name == "orch-tool-e1"
+
+
+def test_only_managed_containers_are_found(rt, engine):
+    container(engine, "stranger", managed=False)
+
+    with pytest.raises(ContainerNotFound, match="no managed container 'stranger' on host h1"):
+        collect.stats_for(rt, "stranger")
+    with pytest.raises(ContainerNotFound, match="no managed container 'nothing'"):
+        collect.stats_for(rt, "nothing")
+    with pytest.raises(InvalidRequest, match="container:"):
+        collect.stats_for(rt, "../etc")
+
+
+def test_an_execution_without_a_container_says_why(rt, engine):
+    rt.executions.start("e-pulling", {"host": "h1"})
+    rt.executions.start("e-done", {"host": "h1"})
+    done = ToolExecutionResult(
+        execution_id="e-done", tool_name="t", session_id="s1", status="succeeded"
+    )
+    rt.executions.finish(done)
+
+    with pytest.raises(ContainerNotFound, match="has no container yet"):
+        collect.stats_for(rt, "e-pulling")
+    with pytest.raises(ContainerNotFound, match=r"finished \(succeeded\) .*removed"):
+        collect.stats_for(rt, "e-done")
+
+
+def test_a_relic_on_another_host_is_forwarded_or_unavailable(rt, redis):
+    request = RelicStartRequest(session_id="s1", relic_name="db", image="busybox:latest")
+    relics._register(rt, "r1", request, "orch-relic-s1-db")
+    redis.hset(keys.relic("r1"), "host", "h2")
+
+    with pytest.raises(HostUnavailable, match="'h2', which has no live worker"):
+        collect.stats_for(rt, "r1")
+    rt.hosts.beat("h2", {})
+    with pytest.raises(WrongHost) as raised:
+        collect.stats_for(rt, "r1")
+    assert raised.value.owner == "h2"
+
+
+def test_aggregate_sums_per_session_and_overall_with_the_run_metrics(redis):
+    def one(name: str, session: str, status: str, memory: float, host: str) -> ContainerStats:
+        return ContainerStats(
+            container_id=name,
+            name=name,
+            status=status,
+            memory_used_mb=memory,
+            cpu_percent=10.0,
+            session_id=session,
+            host=host,
+        )
+
+    replies = [
+        collect.HostStats(host="h2", containers=[one("c", "s2", "running", 3.0, "h2")]),
+        collect.HostStats(
+            host="h1",
+            containers=[one("a", "s1", "running", 1.5, "h1"), one("b", "s1", "exited", 0, "h1")],
+            errors=["list containers: slow"],
+        ).model_dump(mode="json"),
+    ]
+    for seconds in (1.0, 2.0, 6.0):
+        redis.lpush(keys.METRICS_DURATIONS, seconds)
+    redis.hset(keys.METRICS_BY_STATUS, "succeeded", 3)
+    redis.hset(keys.METRICS_BY_TOOL, "t", 3)
+
+    overview = collect.aggregate(replies, redis)
+
+    assert [c.name for c in overview.containers] == ["a", "b", "c"]  # by host, session, name
+    assert overview.sessions["s1"]["containers"] == 2
+    assert overview.sessions["s1"]["running"] == 1
+    assert overview.sessions["s1"]["memory_used_mb"] == 1.5
+    assert overview.sessions["s1"]["cpu_percent"] == 20.0
+    assert overview.totals["containers"] == 3
+    assert overview.totals["memory_used_mb"] == 4.5
+    assert overview.totals["durations_sampled"] == 3
+    assert overview.totals["duration_mean_seconds"] == 3.0  # (1 + 2 + 6) / 3
+    assert overview.totals["duration_p95_seconds"] == 6.0  # nearest rank: ceil(0.95 * 3) = 3rd
+    assert overview.executions_by_status == {"succeeded": 3}
+    assert overview.executions_by_tool == {"t": 3}
+    assert overview.hosts == ["h1", "h2"]
+    assert overview.errors == ["h1: list containers: slow"]

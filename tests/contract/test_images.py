@@ -1,0 +1,229 @@
+"""Images: inspect, pull, tag, build, list, remove."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.engine.types import BuildSpec
+from orchestrator.errors import (
+    ContainerConflict,
+    DockerError,
+    ImageBuildFailed,
+    ImageNotFound,
+)
+from tests.contract.harness import RUN_LABEL, Harness, TarEntry, make_tar
+from tests.contract.scenarios import (
+    BUILD_STEP,
+    EXITS_0,
+    FAILING_BUILD_STEP,
+    TEST_IMAGE,
+    TEST_IMAGE_CMD,
+    TEST_IMAGE_ENV,
+)
+
+
+def context(dockerfile: str, name: str = "Dockerfile") -> bytes:
+    """A build context holding only the Dockerfile, under ``name``."""
+    return make_tar(TarEntry(name, dockerfile.encode()))
+
+
+GOOD_DOCKERFILE = f'FROM {TEST_IMAGE}\nRUN ["/bin/sh","-c","echo built > /built"]\n'
+
+
+def build_spec(
+    harness: Harness, dockerfile: str, what: str = "built", **fields: object
+) -> BuildSpec:
+    """A build of this test (labelled with its run), with ``fields`` overriding."""
+    values: dict[str, object] = {
+        "context_tar": context(dockerfile),
+        "tag": harness.tag(what),
+        "labels": harness.labels(),
+        "network_mode": "none",
+    }
+    values.update(fields)
+    return BuildSpec(**values)  # type: ignore[arg-type]
+
+
+def test_inspect_the_test_image(harness: Harness) -> None:
+    image = harness.engine.inspect_image(TEST_IMAGE)
+
+    assert image.id.startswith("sha256:")
+    assert TEST_IMAGE in image.tags
+    assert image.cmd == TEST_IMAGE_CMD
+    assert image.environment == TEST_IMAGE_ENV
+    assert harness.engine.inspect_image(image.id).id == image.id
+
+
+def test_a_missing_image_is_image_not_found(harness: Harness) -> None:
+    engine = harness.engine
+    missing = harness.tag("missing")
+
+    with pytest.raises(ImageNotFound):
+        engine.inspect_image(missing)
+    with pytest.raises(ImageNotFound):
+        engine.tag_image(missing, harness.tag("other"))
+    with pytest.raises(ImageNotFound):
+        engine.remove_image(missing)
+
+
+@pytest.mark.parametrize("which", ["unknown", "local-only"])
+def test_pull_of_an_image_no_registry_has_is_image_not_found(harness: Harness, which: str) -> None:
+    """A pull always asks the registry, even for an image present locally."""
+    ref = harness.tag("missing") if which == "unknown" else TEST_IMAGE
+
+    with pytest.raises(ImageNotFound) as info:
+        harness.engine.pull_image(ref)
+
+    assert ref in str(info.value)
+    assert "cannot be pulled" in str(info.value)
+
+
+def test_pull_of_an_invalid_reference_is_refused(harness: Harness) -> None:
+    with pytest.raises(DockerError) as info:
+        harness.engine.pull_image("Not/A Valid:Reference")
+
+    assert not isinstance(info.value, ImageNotFound)
+
+
+def test_tag_and_untag(harness: Harness) -> None:
+    engine = harness.engine
+    base = engine.inspect_image(TEST_IMAGE)
+    tag = harness.tag("tagged")
+
+    engine.tag_image(TEST_IMAGE, tag)
+
+    tagged = engine.inspect_image(tag)
+    assert tagged.id == base.id
+    assert {tag, TEST_IMAGE} <= set(tagged.tags)
+    assert tag in engine.inspect_image(TEST_IMAGE).tags
+
+    engine.remove_image(tag)  # only the tag goes: the image has another
+
+    with pytest.raises(ImageNotFound):
+        engine.inspect_image(tag)
+    assert engine.inspect_image(TEST_IMAGE).id == base.id
+    assert tag not in engine.inspect_image(TEST_IMAGE).tags
+
+
+def test_an_invalid_tag_is_refused(harness: Harness) -> None:
+    with pytest.raises(DockerError) as info:
+        harness.engine.tag_image(TEST_IMAGE, f"{harness.prefix}/Upper:1")
+
+    assert not isinstance(info.value, ImageNotFound)
+
+
+def test_a_tag_in_use_can_go_while_the_image_keeps_another(harness: Harness) -> None:
+    engine = harness.engine
+    tag = harness.tag("in-use")
+    engine.tag_image(TEST_IMAGE, tag)
+    engine.create_container(harness.spec(EXITS_0, image=tag))
+
+    engine.remove_image(tag)
+
+    with pytest.raises(ImageNotFound):
+        engine.inspect_image(tag)
+
+
+def test_build_from_a_tar_context(harness: Harness) -> None:
+    engine = harness.engine
+    harness.learn(BUILD_STEP)
+    spec = build_spec(harness, GOOD_DOCKERFILE, labels=harness.labels(kind="contract-build"))
+
+    built = engine.build_image(spec)
+
+    assert spec.tag in built.tags
+    assert engine.inspect_image(spec.tag).id == built.id
+    assert dict(built.labels) == dict(spec.labels)
+    base = engine.inspect_image(TEST_IMAGE)
+    assert built.id != base.id
+    assert built.cmd == base.cmd  # inherited from the base image
+    assert built.environment == base.environment
+
+
+def test_list_images_by_label(harness: Harness) -> None:
+    engine = harness.engine
+    harness.learn(BUILD_STEP)
+    built = engine.build_image(
+        build_spec(harness, GOOD_DOCKERFILE, labels=harness.labels(kind="contract-build"))
+    )
+    run = f"{RUN_LABEL}={harness.prefix}"
+
+    assert [i.id for i in engine.list_images([run])] == [built.id]
+    assert [i.id for i in engine.list_images([run, "kind=contract-build"])] == [built.id]
+    assert [i.id for i in engine.list_images([run, "kind"])] == [built.id]
+    assert engine.list_images([run, "kind=other"]) == []
+
+
+def test_containers_carry_their_image_labels(harness: Harness) -> None:
+    engine = harness.engine
+    dockerfile = f"FROM {TEST_IMAGE}\nLABEL from=image shared=image\n"
+    built = engine.build_image(build_spec(harness, dockerfile))
+    labels = harness.labels(shared="container")
+
+    created = engine.create_container(harness.spec(EXITS_0, image=built.tags[0], labels=labels))
+
+    assert dict(created.labels) == {**labels, "from": "image"}
+    filters = [f"{RUN_LABEL}={harness.prefix}", "from=image", "shared=container"]
+    assert [c.id for c in engine.list_containers(filters)] == [created.id]
+
+
+def test_a_failing_step_fails_the_build(harness: Harness) -> None:
+    engine = harness.engine
+    harness.learn(FAILING_BUILD_STEP)
+    dockerfile = f'FROM {TEST_IMAGE}\nRUN ["/bin/sh","-c","echo failing; exit 3"]\n'
+    spec = build_spec(harness, dockerfile, "failing")
+
+    with pytest.raises(ImageBuildFailed) as info:
+        engine.build_image(spec)
+
+    message = str(info.value)
+    assert spec.tag in message
+    assert "returned a non-zero code: 3" in message
+    assert "failing" in message.split("returned a non-zero code: 3", 1)[1]  # the log's tail
+    with pytest.raises(ImageNotFound):
+        engine.inspect_image(spec.tag)
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "name"),
+    [
+        (GOOD_DOCKERFILE, "Other.dockerfile"),
+        ("FROM contract-missing-base/none:1\n", "Dockerfile"),
+        (f"FROM {TEST_IMAGE}\nFROMM nothing\n", "Dockerfile"),
+    ],
+    ids=["no-dockerfile", "unknown-base", "parse-error"],
+)
+def test_a_build_refused_before_any_step_is_a_failed_build(
+    harness: Harness, dockerfile: str, name: str
+) -> None:
+    spec = build_spec(harness, dockerfile, context_tar=context(dockerfile, name))
+
+    with pytest.raises(ImageBuildFailed):
+        harness.engine.build_image(spec)
+
+
+def test_an_image_in_use_cannot_be_removed(harness: Harness) -> None:
+    engine = harness.engine
+    built = engine.build_image(build_spec(harness, f"FROM {TEST_IMAGE}\nLABEL x=y\n"))
+    engine.create_container(harness.spec(EXITS_0, image=built.tags[0]))
+
+    with pytest.raises(DockerError) as info:
+        engine.remove_image(built.tags[0])
+
+    assert not isinstance(info.value, ContainerConflict | ImageNotFound)
+    assert engine.inspect_image(built.id).id == built.id
+
+
+def test_removing_by_id_an_image_with_several_tags_is_refused(harness: Harness) -> None:
+    engine = harness.engine
+    built = engine.build_image(build_spec(harness, f"FROM {TEST_IMAGE}\nLABEL x=y\n"))
+    engine.tag_image(built.id, harness.tag("second"))
+
+    with pytest.raises(DockerError) as info:
+        engine.remove_image(built.id)
+    assert not isinstance(info.value, ContainerConflict | ImageNotFound)
+
+    engine.remove_image(harness.tag("second"))
+    engine.remove_image(built.id)
+    with pytest.raises(ImageNotFound):
+        engine.inspect_image(built.id)
