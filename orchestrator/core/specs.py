@@ -1,7 +1,7 @@
 """The one place where every container the orchestrator creates is decided (pure).
 
 Nothing here talks to Docker or Redis. Each builder turns a validated request plus the
-server's Settings into an :class:`~orchestrator.engine.types.ContainerSpec`: names,
+server's Settings into an :class:`~orchestrator.core.types.ContainerSpec`: names,
 labels, limits and sandbox options (no capabilities, no privilege gain, pids limit,
 read-only root when configured). Server-side policy is enforced here, so it is tested
 without an engine: tool runs (:func:`tool_spec`), relics (:func:`relic_spec`) and
@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.engine.types import ContainerSpec, Mount
+from orchestrator.core.types import ContainerSpec, Mount
 from orchestrator.errors import InvalidRequest, LimitExceeded
 from orchestrator.models import (
     PoolSpec,
@@ -139,7 +139,8 @@ def tool_environment(request: ToolExecutionRequest) -> dict[str, str]:
 
 
 def labels(kind: str, session_id: str, deadline: float, host: str, **extra: str) -> dict[str, str]:
-    """The labels every managed container carries (ARCHITECTURE rule 6)."""
+    """The labels every managed object carries; cleanup, listing and the janitor select by
+    them, never by name."""
     base = {
         "managed": "true",
         "kind": kind,

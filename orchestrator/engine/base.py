@@ -5,7 +5,7 @@ through docker-py; :class:`~orchestrator.engine.fake.FakeEngine` is an in-memory
 for unit tests. One contract suite (``tests/contract``) runs against both, so the fake
 cannot drift from the real engine without a red test.
 
-Every method takes and returns the project's own types (:mod:`orchestrator.engine.types`)
+Every method takes and returns the project's own types (:mod:`orchestrator.core.types`)
 and raises only :mod:`orchestrator.errors` types:
 
 - ``DockerUnavailable``: the engine cannot be reached (transient; tasks retry on it);
@@ -23,7 +23,7 @@ import abc
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from orchestrator.engine.types import (
+from orchestrator.core.types import (
     ArchiveStat,
     BuildSpec,
     Container,
@@ -220,7 +220,7 @@ class Engine(abc.ABC):
 
         A directory comes with everything under it. The tar headers' modes keep the
         file-type bits (``0o100644``, ``0o40755``, ``0o120777``); the
-        :class:`~orchestrator.engine.types.ArchiveStat` describes ``path`` itself (a
+        :class:`~orchestrator.core.types.ArchiveStat` describes ``path`` itself (a
         symbolic link is not followed) with a Go ``os.FileMode``.
 
         Raises:

@@ -20,10 +20,7 @@ import docker.errors
 import docker.types
 import docker.utils.socket
 
-from orchestrator.engine import parse
-from orchestrator.engine.base import Engine
-from orchestrator.engine.translate import docker_errors, is_read_timeout
-from orchestrator.engine.types import (
+from orchestrator.core.types import (
     ArchiveStat,
     BuildSpec,
     Chunk,
@@ -37,6 +34,9 @@ from orchestrator.engine.types import (
     Stream,
     Volume,
 )
+from orchestrator.engine import parse
+from orchestrator.engine.base import Engine
+from orchestrator.engine.translate import docker_errors, is_read_timeout
 from orchestrator.errors import (
     ContainerNotFound,
     DockerError,
@@ -50,6 +50,9 @@ from orchestrator.errors import (
 )
 
 __all__ = ["DockerEngine", "create_kwargs"]
+
+#: Go's zero time: what the engine sends as the ``read`` time of a stopped container.
+STOPPED_SAMPLE_TIME = "0001-01-01T00:00:00Z"
 
 #: How long a drained exec may take to have its exit code recorded.
 _EXIT_RECORD_SECONDS = 2.0
@@ -318,7 +321,14 @@ class DockerEngine(Engine):
 
     def container_stats(self, ref: str) -> dict[str, Any]:
         with docker_errors(f"read stats of {ref}"):
-            return dict(self.api.stats(ref, stream=False, decode=False))
+            try:
+                return dict(self.api.stats(ref, stream=False, decode=False))
+            except ValueError:
+                # The engine answers 200 with an empty body when the container stops or is
+                # removed while it samples: gone -> not found, stopped -> an empty sample.
+                if self.find_container(ref) is None:
+                    raise ContainerNotFound(f"read stats of {ref}: no such container") from None
+                return {"read": STOPPED_SAMPLE_TIME, "memory_stats": {}, "cpu_stats": {}}
 
     def stream_stats(self, ref: str) -> Stream[dict[str, Any]]:
         # docker-py reads the reply lazily: a missing container would only show when

@@ -36,8 +36,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from orchestrator.engine.base import Engine
-from orchestrator.engine.types import (
+from orchestrator.core.types import (
     ArchiveStat,
     BuildSpec,
     Chunk,
@@ -50,6 +49,7 @@ from orchestrator.engine.types import (
     Stream,
     Volume,
 )
+from orchestrator.engine.base import Engine
 from orchestrator.errors import (
     ContainerConflict,
     ContainerNotFound,

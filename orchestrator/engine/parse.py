@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.core.stats import parse_docker_time
-from orchestrator.engine.types import Container, Image, Network, Volume
+from orchestrator.core.types import Container, Image, Network, Volume
 
 __all__ = ["container", "network", "volume", "image", "split_reference", "docker_time"]
 

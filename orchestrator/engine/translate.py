@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterator
-from typing import Any
 
 import docker
 import docker.errors
@@ -26,7 +25,7 @@ from orchestrator.errors import (
     OrchestratorError,
 )
 
-__all__ = ["docker_errors", "is_read_timeout", "connect", "is_not_found"]
+__all__ = ["docker_errors", "is_read_timeout"]
 
 _TRANSIENT = (
     requests.exceptions.ConnectionError,
@@ -105,24 +104,3 @@ def docker_errors(
 
 def _explain(exc: docker.errors.APIError) -> str:
     return str(exc.explanation or exc)
-
-
-def connect(settings: Any, environ: dict[str, str] | None = None) -> Any:
-    """Open a docker-py client from ``DOCKER_HOST`` & co, sized for the worker's threads.
-
-    Raises:
-        DockerUnavailable: the engine does not answer.
-    """
-    with docker_errors("connect to the Docker engine"):
-        kwargs: dict[str, Any] = {
-            "timeout": settings.docker_timeout_seconds,
-            "max_pool_size": settings.worker_concurrency + 8,
-        }
-        if environ is not None:
-            kwargs["environment"] = environ
-        return docker.from_env(**kwargs)
-
-
-def is_not_found(exc: BaseException) -> bool:
-    """True when a docker-py error is a 404 (the object is gone)."""
-    return isinstance(exc, docker.errors.NotFound)

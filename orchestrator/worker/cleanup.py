@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from orchestrator.engine.types import Container, Network
+from orchestrator.core.types import Container, Network
 from orchestrator.errors import (
     ContainerNotFound,
     NetworkInUse,

@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from orchestrator.core import stats
-from orchestrator.engine.types import Container
+from orchestrator.core.types import Container
 from orchestrator.errors import (
     ContainerNotFound,
     InvalidRequest,

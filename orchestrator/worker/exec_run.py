@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from orchestrator.core.output import CappedBuffer
+from orchestrator.core.types import ExecSpec, ExecStream, Image
 from orchestrator.engine.base import Engine
-from orchestrator.engine.types import ExecSpec, ExecStream, Image
 from orchestrator.state.logs import LiveLog
 from orchestrator.worker import waiting
 

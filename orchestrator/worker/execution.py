@@ -18,7 +18,7 @@ from orchestrator.core import redaction
 from orchestrator.core.output import extract_result
 from orchestrator.core.specs import check_limits, check_volumes, tool_environment, tool_spec
 from orchestrator.core.specs import tool_container_name as container_name
-from orchestrator.engine.types import Container, Image
+from orchestrator.core.types import Container, Image
 from orchestrator.errors import (
     ContainerConflict,
     ContainerNotFound,

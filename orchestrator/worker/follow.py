@@ -13,8 +13,8 @@ import logging
 import threading
 
 from orchestrator.core.output import CappedBuffer
+from orchestrator.core.types import Stream
 from orchestrator.engine.base import Engine
-from orchestrator.engine.types import Stream
 from orchestrator.state.logs import LiveLog
 
 __all__ = ["LogFollower"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import http.client
 import time
 
+from orchestrator.core.types import Container
 from orchestrator.engine.base import Engine
-from orchestrator.engine.types import Container
 from orchestrator.errors import OrchestratorError, RelicExited, RelicUnhealthy
 from orchestrator.models import RelicStartRequest
 

@@ -16,8 +16,8 @@ import tarfile
 from collections.abc import Callable
 from typing import Any
 
+from orchestrator.core import types
 from orchestrator.core.specs import path_within
-from orchestrator.engine import types
 from orchestrator.engine.base import Engine
 from orchestrator.errors import (
     DockerUnavailable,

@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Any
 
-from orchestrator.engine.types import Container
+from orchestrator.core.types import Container
 from orchestrator.errors import OrchestratorError, VolumeInUse, VolumeNotFound
 from orchestrator.protocol import MANAGED_FILTER, Kind, host_queue, parse_labels
 from orchestrator.state import keys, redis_broker, sessions

@@ -10,8 +10,8 @@ import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.core.types import Network, NetworkSpec
 from orchestrator.engine.base import Engine
-from orchestrator.engine.types import Network, NetworkSpec
 from orchestrator.errors import (
     ContainerConflict,
     DockerError,

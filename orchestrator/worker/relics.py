@@ -19,7 +19,7 @@ from orchestrator.core.specs import (
     relic_spec,
     volume_name,
 )
-from orchestrator.engine.types import Container, ContainerSpec
+from orchestrator.core.types import Container, ContainerSpec
 from orchestrator.errors import (
     ContainerConflict,
     OrchestratorError,

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator.engine import translate
 from orchestrator.engine.base import Engine
+from orchestrator.engine.docker_engine import DockerEngine
 from orchestrator.errors import HostUnavailable, WrongHost
 from orchestrator.protocol import RELICS_QUEUE, TOOLS_QUEUE, Task, host_queue
 from orchestrator.settings import Settings
@@ -42,7 +42,6 @@ class Runtime:
         engine: the Docker engine (a FakeEngine in unit tests), or None to connect
             lazily from ``DOCKER_HOST`` & co.
         enqueue: how to send an execution again (given by the tasks layer).
-        docker_client: transitional: a docker-py client for code not yet on the Engine.
     """
 
     def __init__(
@@ -51,14 +50,11 @@ class Runtime:
         redis: Any,
         engine: Engine | None = None,
         enqueue: Enqueue | None = None,
-        docker_client: Any = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self._engine = engine
-        self._docker = docker_client
-        # Re-entrant: the lazy engine property builds on the lazy docker client under it.
-        self._docker_lock = threading.RLock()
+        self._engine_lock = threading.Lock()
         self.enqueue = enqueue
         self.leases = LeaseKeeper(redis, settings.lease_seconds)
         self.executions = ExecutionRegistry(redis, settings.result_ttl_seconds)
@@ -97,25 +93,13 @@ class Runtime:
             DockerUnavailable: the engine does not answer yet.
         """
         if self._engine is None:
-            with self._docker_lock:
+            with self._engine_lock:
                 if self._engine is None:
-                    from orchestrator.engine.docker_engine import DockerEngine
-
-                    self._engine = DockerEngine(self.docker)
+                    self._engine = DockerEngine.from_env(
+                        timeout_seconds=self.settings.docker_timeout_seconds,
+                        max_pool_size=self.settings.worker_concurrency + 8,
+                    )
         return self._engine
-
-    @property
-    def docker(self) -> Any:
-        """Transitional: the docker-py client, for code not yet moved onto :attr:`engine`.
-
-        Raises:
-            DockerUnavailable: the engine does not answer yet.
-        """
-        if self._docker is None:
-            with self._docker_lock:
-                if self._docker is None:
-                    self._docker = translate.connect(self.settings)
-        return self._docker
 
     # -- housekeeping -------------------------------------------------------------------
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.core import stats
+from orchestrator.core.types import Stream
 from orchestrator.engine.base import Engine
-from orchestrator.engine.types import Stream
 from orchestrator.models import ToolRunStats
 
 __all__ = ["UsageSampler"]

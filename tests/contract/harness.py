@@ -19,10 +19,10 @@ from typing import Any, Literal
 import docker
 import pytest
 
+from orchestrator.core.types import ContainerSpec, ExecSpec, ExecStream, Stream
 from orchestrator.engine.base import Engine
 from orchestrator.engine.docker_engine import DockerEngine
 from orchestrator.engine.fake import FakeEngine, FakeExec, FakeProgram
-from orchestrator.engine.types import ContainerSpec, ExecSpec, ExecStream, Stream
 from tests.contract.scenarios import (
     TEST_IMAGE,
     TEST_IMAGE_CMD,

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orchestrator.core.types import ExecSpec
 from orchestrator.engine.fake import FakeExec, FakeProgram
-from orchestrator.engine.types import ExecSpec
 
 TEST_IMAGE = "orchestrator-test/busybox:latest"
 #: The test image's config, as ``docker image inspect`` reports it (the fake's copy).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.engine.types import BuildSpec
+from orchestrator.core.types import BuildSpec
 from orchestrator.errors import (
     ContainerConflict,
     DockerError,

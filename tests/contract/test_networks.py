@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from orchestrator.engine.types import NetworkSpec
+from orchestrator.core.types import NetworkSpec
 from orchestrator.errors import (
     ContainerConflict,
     ContainerNotFound,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.engine.types import Mount
+from orchestrator.core.types import Mount
 from orchestrator.errors import DockerError, VolumeInUse, VolumeNotFound
 from tests.contract.harness import Harness
 from tests.contract.scenarios import EXITS_0, SLEEPS

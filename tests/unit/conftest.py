@@ -6,7 +6,6 @@ import fakeredis
 import pytest
 
 from orchestrator.engine.fake import FakeEngine
-from tests.unit.fakes import FakeDocker
 
 
 @pytest.fixture
@@ -18,9 +17,3 @@ def redis() -> fakeredis.FakeRedis:
 def engine() -> FakeEngine:
     """An in-memory engine holding ``busybox:latest`` (containers exit 0 at once)."""
     return FakeEngine()
-
-
-@pytest.fixture
-def docker() -> FakeDocker:
-    """Transitional: the docker-py imitation, until every test runs on :func:`engine`."""
-    return FakeDocker()

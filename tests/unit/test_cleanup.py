@@ -9,8 +9,8 @@ from typing import Any
 import fakeredis
 import pytest
 
+from orchestrator.core.types import Container, ContainerSpec, Mount, NetworkSpec
 from orchestrator.engine.fake import FakeEngine, FakeProgram
-from orchestrator.engine.types import Container, ContainerSpec, Mount, NetworkSpec
 from orchestrator.errors import DockerError
 from orchestrator.models import RelicStartRequest
 from orchestrator.settings import Settings

@@ -17,8 +17,8 @@ from orchestrator.core.specs import (
     tool_environment,
     tool_spec,
 )
+from orchestrator.core.types import ContainerSpec, Mount
 from orchestrator.engine.docker_engine import create_kwargs
-from orchestrator.engine.types import ContainerSpec, Mount
 from orchestrator.errors import InvalidRequest, LimitExceeded
 from orchestrator.models import (
     PoolSpec,

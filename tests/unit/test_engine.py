@@ -11,7 +11,7 @@ import requests.exceptions
 import urllib3.exceptions
 
 from orchestrator import errors
-from orchestrator.engine.translate import docker_errors, is_not_found, is_read_timeout
+from orchestrator.engine.translate import docker_errors, is_read_timeout
 
 
 def response(status_code: int, reason: str = "Reason") -> SimpleNamespace:
@@ -176,19 +176,6 @@ def test_block_without_error_runs_normally():
         done.append(True)
 
     assert done == [True]
-
-
-@pytest.mark.parametrize(
-    ("exc", "expected"),
-    [
-        (api_error(docker.errors.NotFound, 404), True),
-        (api_error(docker.errors.ImageNotFound, 404), True),
-        (api_error(docker.errors.APIError, 409), False),
-        (ValueError("x"), False),
-    ],
-)
-def test_is_not_found_recognises_docker_404s(exc, expected):
-    assert is_not_found(exc) is expected
 
 
 def read_timeout_error() -> urllib3.exceptions.ReadTimeoutError:

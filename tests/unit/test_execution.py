@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from orchestrator.core.specs import IDLE_SCRIPT, tool_spec
+from orchestrator.core.types import ContainerSpec, ExecSpec, Stream
 from orchestrator.engine.fake import FakeEngine, FakeExec, FakeProgram
-from orchestrator.engine.types import ContainerSpec, ExecSpec, Stream
 from orchestrator.errors import ContainerNotFound, DockerError, DockerUnavailable, LimitExceeded
 from orchestrator.models import ResourceLimits, ToolExecutionRequest, ToolRunStats
 from orchestrator.settings import Settings

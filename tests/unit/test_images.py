@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator.core.types import BuildSpec as EngineBuild
+from orchestrator.core.types import Image
 from orchestrator.engine.fake import FakeEngine, FakeProgram
-from orchestrator.engine.types import BuildSpec as EngineBuild
-from orchestrator.engine.types import Image
 from orchestrator.errors import DockerUnavailable, ImageBuildFailed, ImageNotFound, InvalidRequest
 from orchestrator.models import BuildSpec
 from orchestrator.settings import Settings

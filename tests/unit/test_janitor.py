@@ -14,8 +14,8 @@ import fakeredis
 import pytest
 
 from orchestrator.core.specs import labels
+from orchestrator.core.types import Container, ContainerSpec, Mount, NetworkSpec
 from orchestrator.engine.fake import FakeEngine, FakeProgram
-from orchestrator.engine.types import Container, ContainerSpec, Mount, NetworkSpec
 from orchestrator.errors import DockerError, DockerUnavailable
 from orchestrator.models import ToolExecutionResult
 from orchestrator.settings import Settings

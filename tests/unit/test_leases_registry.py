@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.engine.fake import FakeEngine
 from orchestrator.models import ToolExecutionResult
 from orchestrator.settings import Settings
 from orchestrator.state import keys
@@ -311,7 +312,7 @@ def recorder() -> Recorder:
 @pytest.fixture
 def runtime(redis, recorder) -> Runtime:
     settings = Settings(host_name="reaper-host", lease_seconds=20)
-    return Runtime(settings, redis, docker_client=object(), enqueue=recorder)
+    return Runtime(settings, redis, enqueue=recorder)
 
 
 def start(runtime: Runtime, execution_id: str, host: str = "dead-host") -> None:
@@ -406,7 +407,7 @@ def test_entry_without_a_stored_request_is_kept_but_not_re_enqueued(runtime, rec
 
 
 def test_reaper_without_an_enqueue_callable_re_enqueues_nothing(redis):
-    runtime = Runtime(Settings(host_name="h"), redis, docker_client=object(), enqueue=None)
+    runtime = Runtime(Settings(host_name="h"), redis, enqueue=None)
     start(runtime, "e1")
 
     assert runtime.reap_expired() == []
@@ -440,10 +441,10 @@ def test_heartbeat_makes_the_runtimes_host_alive(runtime):
     assert runtime.hosts.info("reaper-host")["queue"] == "host.reaper-host"
 
 
-def test_runtime_keeps_the_injected_docker_client(redis):
-    client = object()
+def test_runtime_keeps_the_injected_engine(redis):
+    engine = FakeEngine()
 
-    assert Runtime(Settings(host_name="h"), redis, docker_client=client).docker is client
+    assert Runtime(Settings(host_name="h"), redis, engine=engine).engine is engine
 
 
 def test_requeued_request_is_the_stored_json_decoded(runtime, recorder, redis):

@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from orchestrator.core.types import ContainerSpec, Stream
 from orchestrator.engine.fake import FakeEngine, FakeProgram
-from orchestrator.engine.types import ContainerSpec, Stream
 from orchestrator.errors import DockerUnavailable
 from orchestrator.state import keys
 from orchestrator.state.logs import (

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from orchestrator.core.types import ContainerSpec, NetworkSpec
 from orchestrator.engine.fake import FakeEngine, FakeProgram
-from orchestrator.engine.types import ContainerSpec, NetworkSpec
 from orchestrator.errors import (
     DockerError,
     DockerUnavailable,

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from orchestrator.core.types import Container, ContainerSpec
 from orchestrator.engine.fake import FakeEngine, FakeProgram
-from orchestrator.engine.types import Container, ContainerSpec
 from orchestrator.errors import RelicConflict, RelicExited, RelicNotFound, RelicUnhealthy
 from orchestrator.models import RelicStartRequest
 from orchestrator.settings import Settings

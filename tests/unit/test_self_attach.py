@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.core.types import Container, ContainerSpec
 from orchestrator.engine.fake import FakeEngine, FakeProgram
-from orchestrator.engine.types import Container, ContainerSpec
 from orchestrator.worker import self_attach
 
 CONTAINER_ID = "3f" * 32

@@ -18,8 +18,8 @@ import pytest
 
 from orchestrator.core import stats
 from orchestrator.core.specs import labels
+from orchestrator.core.types import Container, ContainerSpec
 from orchestrator.engine.fake import FakeEngine, FakeProgram
-from orchestrator.engine.types import Container, ContainerSpec
 from orchestrator.errors import (
     ContainerNotFound,
     DockerUnavailable,
