@@ -9,7 +9,9 @@ on the client with the same type and text.
 
     OrchestratorError
     ├── InvalidRequest            bad input, rejected before anything starts
-    │   └── LimitExceeded         a resource request above the server's maxima
+    │   ├── LimitExceeded         a resource request above the server's maxima
+    │   │   └── QuotaExceeded     a session, host or Redis budget is used up
+    │   └── Forbidden             the server's containment policy refuses what was asked
     ├── NotFound
     │   ├── ExecutionNotFound
     │   ├── RelicNotFound
@@ -41,6 +43,8 @@ __all__ = [
     "OrchestratorError",
     "InvalidRequest",
     "LimitExceeded",
+    "QuotaExceeded",
+    "Forbidden",
     "NotFound",
     "ExecutionNotFound",
     "RelicNotFound",
@@ -84,6 +88,16 @@ class InvalidRequest(OrchestratorError):
 
 class LimitExceeded(InvalidRequest):
     """Raised when a requested resource limit is above the server's maximum."""
+
+
+class QuotaExceeded(LimitExceeded):
+    """Raised when a session, host or Redis budget set by the operator is used up; the
+    message names the quota and the setting that sets it."""
+
+
+class Forbidden(InvalidRequest):
+    """Raised when the containment policy refuses a request field; the message names the
+    field, the rule and the setting (if any) that would allow it."""
 
 
 class NotFound(OrchestratorError):
