@@ -56,6 +56,17 @@ class CappedBuffer:
     def _kept_tail_size(self) -> int:
         return min(self._tail_size, self._tail_cap)
 
+    def with_tail_of(self, other: CappedBuffer) -> CappedBuffer:
+        """This buffer's head with ``other``'s tail: for a stream whose end this buffer may
+        have missed but ``other`` read (the head only this one saw)."""
+        merged = CappedBuffer(self.cap_bytes)
+        merged._head = bytearray(self._head)
+        merged._tail = deque(other._tail)
+        merged._tail_size = other._tail_size
+        merged.total_bytes = max(self.total_bytes, len(self._head) + other._kept_tail_size())
+        merged.total_bytes = max(merged.total_bytes, other.total_bytes)
+        return merged
+
     def text(self) -> str:
         """The kept bytes decoded as UTF-8, with a marker where bytes were dropped."""
         tail = b"".join(self._tail)

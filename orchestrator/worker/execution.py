@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.core import redaction
-from orchestrator.core.output import extract_result
-from orchestrator.core.specs import check_limits, check_volumes, tool_environment, tool_spec
+from orchestrator.core import redaction, secrets
+from orchestrator.core.output import CappedBuffer, extract_result
+from orchestrator.core.specs import (
+    check_limits,
+    check_network,
+    check_request_size,
+    check_volumes,
+    tool_environment,
+    tool_spec,
+)
 from orchestrator.core.specs import tool_container_name as container_name
 from orchestrator.core.types import Container, Image
 from orchestrator.errors import (
@@ -24,13 +32,16 @@ from orchestrator.errors import (
     ContainerNotFound,
     DockerError,
     DockerUnavailable,
+    Forbidden,
     ImageNotFound,
     OrchestratorError,
     SessionError,
 )
 from orchestrator.models import ToolExecutionRequest, ToolExecutionResult, ToolRunStats
+from orchestrator.protocol import Kind, parse_labels
 from orchestrator.state.logs import LiveLog
-from orchestrator.worker import networks, waiting
+from orchestrator.state.quotas import Quotas
+from orchestrator.worker import networks, volumes, waiting
 from orchestrator.worker.exec_run import exec_command, run_exec
 from orchestrator.worker.follow import LogFollower
 from orchestrator.worker.images import resolve_image
@@ -76,17 +87,61 @@ def run_execution(
         DuplicateDelivery: another worker runs this execution right now.
         DockerUnavailable: the engine is unreachable (the task retries).
     """
+    # Decrypted here, in memory only: the run's spec and its output masking need the values.
+    revealed = secrets.reveal_request(request, secrets.settings_keyring(rt.settings))
     check_limits(request.resource_limits, rt.settings)
     check_volumes(request.volumes, rt.settings)
+    check_network(request, rt.settings)
+    check_request_size(revealed, rt.settings)
     if not rt.leases.acquire(execution_id):
         raise DuplicateDelivery(f"execution {execution_id} is running on another worker")
     try:
         done = rt.executions.result(execution_id)
         if done is not None:
             return done
-        return _Run(rt, request, execution_id, progress, requeued).run()
+        with _quota(rt, request, execution_id), _masking(revealed):
+            return _Run(rt, revealed, execution_id, progress, requeued).run()
     finally:
         rt.leases.release(execution_id)
+
+
+@contextmanager
+def _masking(request: ToolExecutionRequest) -> Iterator[None]:
+    """An error leaving a run with secrets shows none: Celery stores its message and
+    traceback text (the result a run returns is masked by :meth:`_Run._redact`)."""
+    try:
+        yield
+    except Exception as exc:
+        if request.secret_parameters:
+            forms = redaction.secret_forms(redaction.secret_values(request))
+            redaction.redact_exception(exc, forms)
+        raise
+
+
+#: Added to a run's timeout in its quota entry's expiry: time to pull or build its image.
+QUOTA_IMAGE_SECONDS = 900
+
+
+def _quota(
+    rt: Runtime, request: ToolExecutionRequest, execution_id: str
+) -> AbstractContextManager[None]:
+    """The run's place in its session's and host's quotas, for the time it runs.
+
+    A worker that dies mid-run leaves an entry that expires after the run's deadline (and
+    is taken over, not counted twice, by the resumed run).
+
+    Raises:
+        QuotaExceeded: the session or the host holds too much already; nothing started.
+    """
+    limits = request.resource_limits
+    expires = time.time() + limits.timeout_seconds + rt.settings.grace_seconds
+    return Quotas(rt.redis, rt.settings).holding(
+        execution_id,
+        session_id=request.session_id,
+        kind="tool",
+        memory_mb=limits.memory_mb,
+        expires_at=expires + QUOTA_IMAGE_SECONDS,
+    )
 
 
 class _Run:
@@ -177,7 +232,7 @@ class _Run:
                 error="its worker died during a warm-pool run, whose output cannot be "
                 "recovered; it is not run again (at most once): submit it again",
             )
-        container = rt.engine.find_container(self.name)
+        container = self._own(rt.engine.find_container(self.name))
         if container is None:
             if rt.executions.cancel_requested(self.execution_id):
                 return self._result("cancelled", error="cancelled before it started")
@@ -266,8 +321,8 @@ class _Run:
         return LiveLog(
             rt.redis,
             self.execution_id,
-            rt.settings.log_cap_bytes,
-            rt.settings.result_ttl_seconds,
+            rt.settings.live_log_cap_bytes,
+            rt.settings.live_log_ttl_seconds,
             secrets=self._secrets(),
         )
 
@@ -286,6 +341,8 @@ class _Run:
         network = None
         if request.network_mode == "session":
             network = networks.join_session_network(rt, request.session_id)
+        volume_names = volumes.session_volumes(rt, request.session_id, request.volumes)
+        # tool_spec checks the bind mounts again: after the pull or build, right before create.
         spec = tool_spec(
             request,
             execution_id=self.execution_id,
@@ -293,20 +350,43 @@ class _Run:
             settings=rt.settings,
             now=time.time(),
             network=network,
+            volume_names=volume_names,
         )
         try:
             return rt.engine.create_container(spec)
         except ContainerConflict:  # another delivery created it first: run that one
-            found = rt.engine.find_container(self.name)
+            found = self._own(rt.engine.find_container(self.name))
             if found is None:
                 raise
             return found
+
+    def _own(self, found: Container | None) -> Container | None:
+        """``found`` if it is this execution's tool container; never anyone else's.
+
+        The name comes from the execution id, which the caller chooses: a container that
+        merely has the name (unmanaged, or another execution's) is refused untouched.
+
+        Raises:
+            Forbidden: the name is taken by a container that is not this execution's.
+        """
+        if found is None:
+            return None
+        owner = parse_labels(found.labels)
+        if owner.managed and owner.kind == Kind.TOOL and owner.execution == self.execution_id:
+            return found
+        raise Forbidden(
+            f"execution_id: {self.execution_id!r} would run in container {self.name!r}, which "
+            "is not this execution's (not managed by the orchestrator, or another run's); "
+            "send the run under another task id"
+        )
 
     def _supervise(self, container: Container) -> ToolExecutionResult:
         rt, engine = self.rt, self.rt.engine
         # Engine calls name the container (not its id): their errors read as they always did.
         rt.executions.update(self.execution_id, container_id=container.id)
         if container.status == "created":
+            # Binds are mounted at start: check them once more, as late as possible.
+            volumes.recheck_binds(rt, self.request.volumes)
             engine.start_container(self.name)
             # Started here: our own clocks stand in for an inspect round trip.
             self.started_here = datetime.now(UTC)
@@ -355,16 +435,27 @@ class _Run:
         elapsed = (datetime.now(UTC) - started).total_seconds() if started else 0.0
         return time.monotonic() + timeout - max(0.0, elapsed)
 
+    def _output(self) -> tuple[CappedBuffer, CappedBuffer]:
+        """stdout and stderr as followed live, or as the engine kept them."""
+        cap = self.rt.settings.log_cap_bytes
+        if not self.follower.finish():  # a follow stream broke: read the engine's log instead
+            return waiting.collect_logs(self.rt.engine, self.name, cap)
+        stdout, stderr = self.follower.stdout, self.follower.stderr
+        if stdout.truncated or stderr.truncated:
+            # A long output may rotate the engine's json-file log under a follower, whose
+            # stream then ends early: the tail comes from the engine's log, the head (which
+            # the rotation dropped there) from the follower.
+            kept_out, kept_err = waiting.collect_logs(self.rt.engine, self.name, cap)
+            stdout, stderr = stdout.with_tail_of(kept_out), stderr.with_tail_of(kept_err)
+        return stdout, stderr
+
     def _collect(self, outcome: Exit, usage: ToolRunStats) -> ToolExecutionResult:
         engine = self.rt.engine
         clean_exit = self.started_here is not None and outcome.exit_code == 0
         # OOMKilled, the exit code and the times come from an inspect, unless it ran cleanly
         # from our own start (a round trip saved on the common path).
         state = None if clean_exit else engine.inspect_container(self.name)
-        if self.follower.finish():
-            stdout, stderr = self.follower.stdout, self.follower.stderr
-        else:  # a follow stream broke: read the engine's log instead
-            stdout, stderr = waiting.collect_logs(engine, self.name, self.rt.settings.log_cap_bytes)
+        stdout, stderr = self._output()
         stdout_text = stdout.text()
         exit_code = outcome.exit_code
         if exit_code is None and state is not None:

@@ -169,3 +169,18 @@ def test_empty_buffer_is_empty_and_not_truncated():
 )
 def test_extract_result(stdout, result):
     assert extract_result(stdout) == result
+
+
+def test_with_tail_of_keeps_this_head_and_the_other_tail():
+    followed = CappedBuffer(10)
+    for chunk in (b"HEAD1", b"middle-bytes", b"cut-"):  # the follower missed the end
+        followed.write(chunk)
+    engine_log = CappedBuffer(10)
+    for chunk in (b"rotated-", b"away", b"...TAIL5"):  # the engine lost the head
+        engine_log.write(chunk)
+
+    merged = followed.with_tail_of(engine_log)
+
+    assert merged.truncated
+    text = merged.text()
+    assert text.startswith("HEAD1") and text.endswith("TAIL5")
