@@ -1,5 +1,10 @@
-# The README and CI call these targets.
+# Aliases for those who have make: the README's commands are the scripts themselves
+# (./scripts/demo.sh, ./scripts/test.sh), which need no make. Python tools come from the
+# project's virtual environment .venv/ (made by scripts/setup.sh): `bash scripts/env.sh CMD`
+# runs CMD with .venv/bin first on PATH.
 .PHONY: demo test unit integration lint typecheck layers bench setup stop hostb-up hostb-down
+
+VENV_RUN := bash scripts/env.sh
 
 demo:           ## install what is missing, start a worker and Flower, run a sample tool
 	bash scripts/demo.sh
@@ -7,29 +12,29 @@ demo:           ## install what is missing, start a worker and Flower, run a sam
 test:           ## the whole suite from a fresh machine (what .ci/run calls)
 	bash scripts/test.sh
 
-setup:          ## install and start Redis, the Docker engine, the package, test images
+setup:          ## install and start Redis, the Docker engine, the package (.venv), test images
 	bash scripts/setup.sh
 
 unit:           ## unit tests only: no servers needed
-	python -m pytest -p no:cacheprovider tests/unit
+	$(VENV_RUN) python3 -m pytest -p no:cacheprovider tests/unit
 
 integration:    ## integration tests (real Redis, Docker engine, workers)
-	python -m pytest -p no:cacheprovider tests/integration
+	$(VENV_RUN) python3 -m pytest -p no:cacheprovider tests/integration
 
 lint:
-	ruff check . && ruff format --check .
+	$(VENV_RUN) ruff check . && $(VENV_RUN) ruff format --check .
 
 typecheck:
-	mypy
+	$(VENV_RUN) mypy
 
 layers:         ## the layering check: only orchestrator/engine imports docker, no cycles upward
-	lint-imports --no-cache
+	$(VENV_RUN) lint-imports --no-cache
 
 bench:          ## every benchmark, each against raw docker-py in the same run, ratios printed
-	python bench/run_overhead.py
-	python bench/bench_stats.py
-	python bench/bench_relics.py
-	python bench/bench_two_hosts.py
+	$(VENV_RUN) python3 bench/run_overhead.py
+	$(VENV_RUN) python3 bench/bench_stats.py
+	$(VENV_RUN) python3 bench/bench_relics.py
+	$(VENV_RUN) python3 bench/bench_two_hosts.py
 
 stop:           ## stop the demo's worker, beat and Flower
 	bash scripts/stop.sh
@@ -42,4 +47,4 @@ hostb-down:
 
 .PHONY: config-reference
 config-reference: ## rewrite README's settings table from orchestrator/settings.py
-	python -m orchestrator.config_reference README.md
+	$(VENV_RUN) python3 -m orchestrator.config_reference README.md

@@ -1,50 +1,34 @@
-"""Worker-side Celery settings: the client's configuration plus queues, pool, acks, events.
+"""Celery's configuration module for the worker, beat and Flower: every public name in it is
+a Celery setting (``broker_url``, ``result_backend``, ``task_serializer``, ``task_routes``,
+``task_queues``, ``worker_pool``, ``beat_schedule``...).
 
-Used by the worker, beat and Flower (``worker.py``).
+``worker.py`` loads it with ``app.config_from_object("celeryconfig")``, and any ``celery``
+command run without ``-A`` from the repository (or in the worker image) finds it by Celery's
+convention: Celery's default loader imports the module named ``celeryconfig``. Either way
+Celery takes every attribute of this module as a setting, so nothing else is public here:
+the helpers are imported under ``_`` names (``tests/unit/test_packaging.py`` checks it). The
+values are the client's settings (:func:`orchestrator.client.config.client_config`) plus the
+worker's (:func:`orchestrator.worker.config.worker_options`).
+
+They are built from ``ORCHESTRATOR_*`` environment variables when this module is imported.
+That is what a Celery configuration module does, and it is the documented exception to the
+rule that nothing reads ``os.environ`` at import time, a rule for the library
+(``orchestrator/``), where only :mod:`orchestrator.client.celeryconfig`, which Celery imports
+by name, is such a module.
+
+This module is part of the worker (the repository and the image), like ``worker.py`` and
+``tasks/``: it is not installed in site-packages, where it would take the place of a user's
+own ``celeryconfig``. Where only the package is installed, ``celery --config
+orchestrator.client.celeryconfig ...`` gives the client's settings (README, "From any Celery
+client").
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: it would add a public name, `annotations`.
+from orchestrator.client.config import client_config as _client_config
+from orchestrator.settings import Settings as _Settings
+from orchestrator.worker.config import worker_options as _worker_options
 
-from typing import Any
+_settings = _Settings.from_env()
 
-from kombu import Queue
-
-from orchestrator.client.config import client_config
-from orchestrator.protocol import DEFAULT_QUEUE, RELICS_QUEUE, TOOLS_QUEUE
-from orchestrator.settings import Settings
-
-__all__ = ["client_config", "worker_config"]
-
-
-def worker_config(settings: Settings) -> dict[str, Any]:
-    """Client settings plus what only workers need: queues, pool, acks, events."""
-    return {
-        **client_config(settings),
-        "task_queues": [
-            Queue(DEFAULT_QUEUE),
-            Queue(TOOLS_QUEUE),
-            Queue(RELICS_QUEUE),
-            Queue(settings.host_queue),
-        ],
-        "worker_pool": "threads",
-        "worker_concurrency": settings.worker_concurrency,
-        "worker_prefetch_multiplier": 1,
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "task_acks_on_failure_or_timeout": True,
-        # No STARTED write per task: tool runs report RUNNING (with host and container)
-        # themselves, and Flower learns of starts from task events.
-        "task_track_started": False,
-        "task_send_sent_event": True,
-        "worker_send_task_events": True,
-        "worker_hijack_root_logger": False,
-        "worker_cancel_long_running_tasks_on_connection_loss": False,
-        "broker_connection_max_retries": None,
-        "beat_schedule": {
-            "orchestrator-janitor": {
-                "task": "orchestrator.janitor.run",
-                "schedule": settings.janitor_interval_seconds,
-                "options": {"expires": settings.janitor_interval_seconds},
-            }
-        },
-    }
+globals().update(_client_config(_settings))
+globals().update(_worker_options(_settings))

@@ -19,13 +19,13 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from orchestrator.errors import InvalidRequest
+from orchestrator.protocol import ID_MAX_LENGTH, ID_PATTERN, validate_id
 
 __all__ = [
     "ResourceLimits",
@@ -56,8 +56,9 @@ IMAGE_REFERENCE = re.compile(
 )
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+#: Session ids, tool and relic names: the one id rule of :func:`orchestrator.protocol.validate_id`.
 Identifier = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", min_length=1, max_length=64)
+    str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=ID_MAX_LENGTH)
 ]
 ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 ContainerPath = Annotated[
@@ -93,13 +94,52 @@ class RelicResourceLimits(ResourceLimits):
 
 
 class BuildSpec(_Strict):
-    """Build an image instead of using one: a context directory on the worker, or inline text."""
+    """Build an image instead of using one: a context directory on the worker, or inline text.
+
+    Builds run only where the operator allows them (``ORCHESTRATOR_ALLOW_BUILDS``). The
+    image is always tagged in the orchestrator's own namespace
+    (``orchestrator-build/<name>:<hash of the whole build input>``): ``tag`` never names
+    the image built, it is kept as its ``orchestrator.requested-tag`` label.
+    """
 
     context: str | None = Field(None, max_length=4096, description="Directory on the worker.")
-    dockerfile: str = Field("Dockerfile", min_length=1, max_length=255)
+    dockerfile: str = Field(
+        "Dockerfile",
+        min_length=1,
+        max_length=255,
+        description="Relative path of the Dockerfile inside the context.",
+    )
     dockerfile_inline: str | None = Field(None, min_length=1, max_length=65536)
-    tag: ImageRef | None = None
-    buildargs: dict[str, str] = Field(default_factory=dict)
+    tag: ImageRef | None = Field(
+        None, description="Kept as a label of the built image; never the image's tag."
+    )
+    buildargs: dict[str, Annotated[str, StringConstraints(max_length=65536)]] = Field(
+        default_factory=dict, max_length=64
+    )
+
+    @field_validator("dockerfile")
+    @classmethod
+    def _dockerfile_inside_context(cls, value: str) -> str:
+        # Purely syntactic: the worker also resolves it (symlinks) against the context.
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must not contain NUL or control characters")
+        if value.startswith("/"):
+            raise ValueError("must be a relative path inside the build context, not absolute")
+        if ".." in value.split("/"):
+            raise ValueError("must stay inside the build context: no '..' component")
+        return value
+
+    @field_validator("context")
+    @classmethod
+    def _context_shape(cls, value: str | None) -> str | None:
+        if value is not None and any(ord(c) < 32 for c in value):
+            raise ValueError("must not contain NUL or control characters")
+        return value
+
+    @field_validator("buildargs")
+    @classmethod
+    def _buildarg_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_env(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> BuildSpec:
@@ -294,6 +334,28 @@ class RelicStartRequest(_ContainerRequest):
     health_timeout_seconds: float = Field(60.0, gt=0)
     create_private_network: bool = True
     resource_limits: RelicResourceLimits = Field(default_factory=RelicResourceLimits)
+    secret_parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Env vars sent encrypted, never stored in the registry or shown.",
+    )
+
+    @field_validator("secret_parameters")
+    @classmethod
+    def _secret_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_env(value)
+
+    @model_validator(mode="after")
+    def _secrets_apart(self) -> RelicStartRequest:
+        both = sorted(set(self.secret_parameters) & set(self.environment))
+        if both:
+            raise ValueError(f"variables given twice: {', '.join(both)}")
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The request as JSON with secret values replaced (safe to store or show)."""
+        data = self.model_dump(mode="json")
+        data["secret_parameters"] = {name: "***" for name in self.secret_parameters}
+        return data
 
     @field_validator("health_check_endpoint")
     @classmethod
@@ -403,16 +465,11 @@ def parse_request(model: type[M], data: Any) -> M:
         raise InvalidRequest(f"invalid {model.__name__}: {describe_validation_error(exc)}") from exc
 
 
-_IDENTIFIER = TypeAdapter(Identifier)
-
-
 def check_identifier(value: Any, field: str) -> str:
-    """Validate a bare id argument (session, relic or execution id).
+    """Validate a bare id argument (session, relic or execution id): see
+    :func:`orchestrator.protocol.validate_id`, the one rule.
 
     Raises:
         InvalidRequest: naming ``field``.
     """
-    try:
-        return _IDENTIFIER.validate_python(value)
-    except ValidationError as exc:
-        raise InvalidRequest(f"{field}: {exc.errors()[0]['msg']} (got {value!r})") from exc
+    return validate_id(field, value)

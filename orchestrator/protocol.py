@@ -7,9 +7,13 @@ against: change none of them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
+
+from orchestrator.errors import InvalidRequest
 
 __all__ = [
     "Task",
@@ -28,6 +32,11 @@ __all__ = [
     "label_filter",
     "Labels",
     "parse_labels",
+    "ID_PATTERN",
+    "ID_MAX_LENGTH",
+    "CONTAINER_REF_MAX_LENGTH",
+    "is_valid_id",
+    "validate_id",
     "TOOL_CONTAINER_PREFIX",
     "tool_container_name",
 ]
@@ -116,6 +125,9 @@ class Kind(StrEnum):
     RELIC = "relic"
     POOL = "pool"
     SESSION_NETWORK = "session-network"
+    VOLUME = "volume"
+    #: an image the orchestrator built (pulled images are tracked in Redis, not labelled)
+    IMAGE = "image"
 
 
 # -- labels -----------------------------------------------------------------------------
@@ -176,6 +188,47 @@ def parse_labels(raw: Mapping[str, str] | None) -> Labels:
         execution=get("execution"),
         relic=get("relic"),
         keep=get("keep") == "true",
+    )
+
+
+# -- ids ----------------------------------------------------------------------------------
+
+#: The one rule for every id that can reach a Docker name or an engine API path (session,
+#: execution, relic ids, tool and relic names): Docker's own name alphabet, so no ``/``,
+#: ``%`` or space can walk out of ``/containers/<name>/...`` and no id needs escaping.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+ID_MAX_LENGTH = 64
+#: A container id (64 hex digits) or a managed container's name, as ``stats.container``
+#: accepts: the same alphabet, longer (relic container names hold two ids).
+CONTAINER_REF_MAX_LENGTH = 255
+_ID = re.compile(ID_PATTERN.strip("^$"))
+
+
+def is_valid_id(value: Any, max_length: int = ID_MAX_LENGTH) -> bool:
+    """True when ``value`` is a string that follows :data:`ID_PATTERN` within ``max_length``."""
+    return isinstance(value, str) and len(value) <= max_length and bool(_ID.fullmatch(value))
+
+
+def validate_id(field: str, value: Any, *, max_length: int = ID_MAX_LENGTH) -> str:
+    """Refuse anything but a well-formed id, before it can name or look up anything.
+
+    Args:
+        field: the argument's name, first in the error message (``relic_id``...).
+        value: what the caller sent.
+        max_length: the longest accepted id.
+
+    Returns:
+        ``value``, unchanged.
+
+    Raises:
+        InvalidRequest: naming ``field`` and the rule.
+    """
+    if is_valid_id(value, max_length):
+        return str(value)
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    raise InvalidRequest(
+        f"{field}: must be 1 to {max_length} letters, digits, '_', '.' or '-', starting "
+        f"with a letter or digit (got {shown})"
     )
 
 

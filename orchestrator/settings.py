@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import socket
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -56,7 +58,7 @@ class Settings(BaseModel):
     max_pids_limit: int = Field(4096, ge=8, description="Largest pids_limit.")
     default_pids_limit: int = Field(256, ge=8, description="pids_limit when none is asked.")
     log_cap_bytes: int = Field(
-        1_048_576, ge=1024, description="Bytes kept per stream (head and tail) in a result."
+        262_144, ge=1024, description="Bytes kept per stream (head and tail) in a result."
     )
     container_log_max_size: str = Field("20m", description="json-file log size cap per container.")
 
@@ -109,11 +111,163 @@ class Settings(BaseModel):
         "admin:orchestrator", description="user:password protecting Flower."
     )
 
+    # -- containment: networks, published ports, quotas, credentials ----------------------
+    allowed_network_modes: list[str] = Field(
+        default_factory=lambda: ["none", "session"],
+        description="Tool network modes allowed (none, session, bridge); bridge also allows "
+        "relics with create_private_network=false.",
+    )
+    relic_ports_host_ip: str = Field(
+        "127.0.0.1", description="Host address relic ports are published on."
+    )
+    relic_host_port_range: str = Field(
+        "20000-29999", description="Host ports relics may publish on (never below 1024)."
+    )
+    relic_max_ports: int = Field(4, ge=0, le=64, description="Published ports per relic.")
+    container_runtime: str | None = Field(
+        None, description="OCI runtime of every container (runsc for gVisor, kata-runtime...)."
+    )
+    max_request_bytes: int = Field(
+        262_144,
+        ge=1024,
+        description="Bytes of environment, parameters, secret_parameters and command in a request.",
+    )
+    session_max_containers: int = Field(
+        32, ge=1, description="Containers of one session at once (tool runs and relics)."
+    )
+    session_max_relics: int = Field(16, ge=1, description="Relics of one session.")
+    session_max_memory_mb: int = Field(
+        16384, ge=6, description="Memory limits committed by one session's containers (MB)."
+    )
+    host_max_memory_mb: int = Field(
+        0, ge=0, description="Memory limits committed on one host (MB); 0: its physical memory."
+    )
+    host_max_relic_starts: int = Field(
+        16, ge=1, description="Relic starts (health waits included) at once per host."
+    )
+    live_log_cap_bytes: int = Field(
+        65_536, ge=1024, description="Bytes of live output kept in Redis per stream of a run."
+    )
+    live_log_ttl_seconds: int = Field(3600, ge=60, description="Lifetime of a run's live output.")
+    flower_allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
+        description="Host headers Flower answers (plus its --address); * allows any.",
+    )
+    dev_allow_default_credentials: bool = Field(
+        False, description="Development only: let Flower start with admin:orchestrator."
+    )
+
+    # -- containment: image builds and the image disk budget ------------------------------
+    allow_builds: bool = Field(
+        False, description="Let requests build images from a Dockerfile (off: build is refused)."
+    )
+    allow_build_network: bool = Field(
+        False,
+        description="Give builds the default bridge (RUN steps, ADD <url>); needs bridge in "
+        "allowed_network_modes. Off: builds have no network.",
+    )
+    build_timeout_seconds: int = Field(600, ge=1, description="Wall-clock limit of one build.")
+    build_memory_mb: int = Field(2048, ge=6, description="Memory (no swap) of a RUN step (MB).")
+    build_cpu_limit: float = Field(2.0, gt=0, description="CPU cores of a RUN step.")
+    build_cgroup_parent: str = Field(
+        "",
+        description="Cgroup parent of RUN steps (e.g. one with pids.max set); empty: the "
+        "engine's default.",
+    )
+    max_build_context_mb: int = Field(
+        100, ge=1, description="Largest build context (tar of the directory) a build sends (MB)."
+    )
+    max_built_image_mb: int = Field(
+        4096, ge=1, description="Largest image a build may produce (MB); larger ones are removed."
+    )
+    image_disk_budget_mb: int = Field(
+        20480,
+        ge=0,
+        description="Disk the images the orchestrator built or pulled may use per host (MB); "
+        "the janitor removes unused ones, least recently used first.",
+    )
+    built_image_max_age_seconds: int = Field(
+        604800, ge=60, description="Built images older than this are removed once unused."
+    )
+    image_grace_seconds: float = Field(
+        300.0, ge=0, description="An image used more recently than this is never removed."
+    )
+
+    # -- secrets: encrypted between client and worker ---------------------------------------
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Fernet key(s) encrypting secret_parameters between clients and workers, "
+        "comma-separated: the first encrypts, all decrypt (see Secrets).",
+    )
+    allow_plaintext_secrets: bool = Field(
+        False,
+        description="Development only: let a client with no secret_key send secret_parameters "
+        "in plain text (they then sit in Redis).",
+    )
+
     @field_validator("allowed_volume_roots", "allowed_build_roots", "relic_cap_add", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("allowed_network_modes", "flower_allowed_hosts", mode="before")
+    @classmethod
+    def _split_containment_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("allowed_network_modes")
+    @classmethod
+    def _network_modes(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - {"none", "bridge", "session"})
+        if unknown:
+            raise ValueError(f"unknown network modes {unknown}: use none, session, bridge")
+        return value
+
+    @field_validator("relic_ports_host_ip")
+    @classmethod
+    def _host_ip(cls, value: str) -> str:
+        ipaddress.ip_address(value)  # raises ValueError with the reason
+        return value
+
+    @field_validator("relic_host_port_range")
+    @classmethod
+    def _port_range(cls, value: str) -> str:
+        low, _, high = value.partition("-")
+        first, last = int(low), int(high or low)
+        if not 1024 <= first <= last <= 65535:
+            raise ValueError("must be LOW-HIGH with 1024 <= LOW <= HIGH <= 65535")
+        return value
+
+    @field_validator("container_runtime")
+    @classmethod
+    def _runtime(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", value):
+            raise ValueError("must be a runtime name such as runsc or kata-runtime")
+        return value
+
+    @property
+    def relic_host_ports(self) -> range:
+        """The host ports relics may publish on (``relic_host_port_range``)."""
+        low, _, high = self.relic_host_port_range.partition("-")
+        return range(int(low), int(high or low) + 1)
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        from orchestrator.core.secrets import keyring  # core imports Settings: import late
+
+        keyring(value.get_secret_value() if value is not None else None)  # ValueError: which
+        return value
+
+    @field_validator("build_cgroup_parent")
+    @classmethod
+    def _cgroup_parent(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_./-]{0,255}", value) or ".." in value.split("/"):
+            raise ValueError("must be a cgroup path such as /orchestrator-builds or a .slice")
         return value
 
     @field_validator("pool", mode="before")

@@ -4,6 +4,9 @@
 #   local/debian:bookworm  a debootstrap'ed minbase Debian, imported as an image
 #   local/python:3.11      Debian's python3 (3.11) with pip and venv: ORCHESTRATOR_BASE_IMAGE
 #   local/redis:7          Debian's redis-server 7: ORCHESTRATOR_REDIS_IMAGE
+# Usage: scripts/base-image.sh [debian|python|redis]...   (no argument: all three; the last
+# two need the first, which is made when missing; tests/integration/test_fresh_machine.py
+# needs only `debian`).
 # Idempotent: an image that exists is kept. Needs root, debootstrap and apt access.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +18,14 @@ MIRROR=${ORCHESTRATOR_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 STATE_DIR=${ORCHESTRATOR_STATE_DIR:-/var/tmp/orchestrator}
 log() { printf '[base-image] %s\n' "$*"; }
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+wanted=" ${*:-debian python redis} "
+for name in $wanted; do
+  case $name in
+    debian | python | redis) ;;
+    *) echo "usage: $0 [debian|python|redis]..." >&2; exit 2 ;;
+  esac
+done
+wants() { [[ $wanted == *" $1 "* ]]; }
 
 if ! have_image "$DEBIAN_IMAGE"; then
   command -v debootstrap >/dev/null || {
@@ -49,14 +60,17 @@ build_from_debian() {
   log "built $tag"
 }
 
-build_from_debian "$PYTHON_IMAGE" "FROM $DEBIAN_IMAGE
+if wants python; then
+  build_from_debian "$PYTHON_IMAGE" "FROM $DEBIAN_IMAGE
 RUN apt-get update \\
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\
       python3 python3-pip python3-venv ca-certificates \\
  && rm -rf /var/lib/apt/lists/*
 CMD [\"python3\"]"
+fi
 
-build_from_debian "$REDIS_IMAGE" "FROM $DEBIAN_IMAGE
+if wants redis; then
+  build_from_debian "$REDIS_IMAGE" "FROM $DEBIAN_IMAGE
 RUN apt-get update \\
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \\
  && rm -rf /var/lib/apt/lists/* \\
@@ -65,3 +79,4 @@ WORKDIR /data
 USER redis
 EXPOSE 6379
 CMD [\"redis-server\", \"--dir\", \"/data\"]"
+fi

@@ -40,6 +40,9 @@ D=${D%/}
 MAIN_DOCKER_HOST=${MAIN_DOCKER_HOST:-unix:///var/run/docker.sock}
 SOCK=unix://$D/docker.sock
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# The project's virtual environment first on PATH, so `run -- celery ...` is its celery.
+# shellcheck source=scripts/env.sh
+source "$SCRIPT_DIR/env.sh"
 
 log() { printf '[hostb] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

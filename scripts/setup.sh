@@ -4,15 +4,31 @@
 # what only the tests use: Chromium, docker-compose and debootstrap (tests/integration/
 # test_compose.py builds its base images with scripts/base-image.sh) and RabbitMQ (started
 # by scripts/test.sh's amqp pass).
-# Idempotent: safe to run again; it only starts what is not running.
+# The package and its dev extras go into the project's virtual environment .venv/ (made with
+# `python3 -m venv`; apt installs python3-venv when the system Python lacks it), never into
+# the system Python (PEP 668). Other scripts reach it through scripts/env.sh.
+# Needs only bash, python3 (3.11+) and apt: no make, no pip. pip honours its usual variables
+# (PIP_CERT, PIP_INDEX_URL...) and configuration files.
+# Idempotent: safe to run again; it only installs what is missing and starts what is not running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STATE_DIR=${ORCHESTRATOR_STATE_DIR:-/var/tmp/orchestrator}
 mkdir -p "$STATE_DIR"
 log() { printf '[setup] %s\n' "$*"; }
+VENV=$PWD/.venv
+PATH=${PATH//"$VENV/bin:"/}  # the system's python3 makes the environment, not the environment's
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { log "python3 is $(python3 --version 2>&1); orchestrator needs 3.11 or later"; exit 1; }
+
+# A usable environment: its python runs and has pip (a `python3 -m venv` that failed for want
+# of python3-venv leaves a python without pip behind).
+venv_ok() { "$VENV/bin/python3" -m pip --version >/dev/null 2>&1; }
 
 need_pkgs=()
+# `python3 -m venv` needs ensurepip, which Debian and Ubuntu ship in python3-venv.
+venv_ok || python3 -c 'import ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 command -v dockerd >/dev/null || need_pkgs+=(docker.io)
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need_pkgs+=(busybox-static)
@@ -45,12 +61,32 @@ if ! timeout 5 docker info >/dev/null 2>&1; then
   timeout 5 docker info >/dev/null 2>&1 || { log "dockerd did not start; see $STATE_DIR/dockerd.log"; exit 1; }
 fi
 
-if ! python3 -c 'import orchestrator, celery, docker, fakeredis, ruff' >/dev/null 2>&1 \
-   || [ pyproject.toml -nt "$STATE_DIR/pip.stamp" ]; then
-  log "installing the Python package and its dev extras"
-  python3 -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v -e '^WARNING: Running pip as' -e 'is ignored: it is neither' || true
-  touch "$STATE_DIR/pip.stamp"
+if ! venv_ok; then
+  log "creating the virtual environment $VENV ($(python3 --version))"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
 fi
+# The package, editable (the checkout is what runs), with its dev extras: at the exact,
+# hash-checked versions of requirements-dev.lock (scripts/lock.sh) when the checkout has one.
+# -I: not from the working directory, where `import orchestrator` would work uninstalled.
+stamp=$VENV/.orchestrator-installed
+pip_install() { "$VENV/bin/python3" -m pip install -q --disable-pip-version-check "$@"; }
+if [ pyproject.toml -nt "$stamp" ] || [ requirements-dev.lock -nt "$stamp" ] \
+   || [ ! -x "$VENV/bin/orchestrator" ] \
+   || ! "$VENV/bin/python3" -I -c 'import orchestrator, celery, docker, fakeredis, pytest' \
+        >/dev/null 2>&1; then
+  log "installing the package and its dev extras into $VENV (a minute or two the first time)"
+  if [ -f requirements-dev.lock ]; then
+    pip_install -r requirements-dev.lock
+    pip_install --no-deps -e .
+  else
+    pip_install -e '.[dev]'
+  fi
+  touch "$stamp"
+fi
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
 
 bash scripts/build-test-images.sh
 log "ready: redis $(redis-cli info server | awk -F: '/redis_version/{print $2}' | tr -d '\r'), docker $(docker version -f '{{.Server.Version}}')"
+log "the orchestrator command is $VENV/bin/orchestrator; \`source scripts/env.sh\` (or \`. .venv/bin/activate\`) puts it and celery, pytest... on your PATH"

@@ -9,8 +9,7 @@ from typing import Any
 from celery import chain, group, shared_task
 
 from orchestrator.errors import InvalidRequest
-from orchestrator.models import check_identifier
-from orchestrator.protocol import Task, host_queue
+from orchestrator.protocol import Task, host_queue, validate_id
 from orchestrator.state import sessions
 from orchestrator.worker import cleanup
 from tasks.forwarding import fan_out
@@ -24,9 +23,29 @@ def _flag(value: Any, field: str) -> bool:
     return value
 
 
+def _report(report: Any) -> dict[str, Any]:
+    """A per-host report handed from step to step: anyone can send one, so check what
+    reaches the engine (the session id, in label filters and the network's name)."""
+    if not isinstance(report, dict):
+        raise InvalidRequest(f"report: expected a JSON object, got {type(report).__name__}")
+    validate_id("report.session_id", report.get("session_id"))
+    _flag(report.get("force", True), "report.force")
+    _flag(report.get("keep_volumes", False), "report.keep_volumes")
+    if not isinstance(report.get("errors", []), list):
+        raise InvalidRequest("report.errors: must be a list")
+    for count in ("containers_removed", "networks_removed", "volumes_removed"):
+        value = report.get(count, 0)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest(f"report.{count}: must be an integer")
+    return report
+
+
 @shared_task(name=Task.CLEANUP_STOP_CONTAINERS.value, **RETRY)
 def stop_containers(session_id: str, force: bool, keep_volumes: bool) -> dict[str, Any]:
     """Step 1 on one host: kill (force) or stop gracefully in parallel."""
+    validate_id("session_id", session_id)
+    _flag(force, "force")
+    _flag(keep_volumes, "keep_volumes")
     rt = get_runtime()
     return cleanup.stop_containers(rt, cleanup.new_host_report(rt, session_id, force, keep_volumes))
 
@@ -34,24 +53,25 @@ def stop_containers(session_id: str, force: bool, keep_volumes: bool) -> dict[st
 @shared_task(name=Task.CLEANUP_REMOVE_CONTAINERS.value, **RETRY)
 def remove_containers(report: dict[str, Any]) -> dict[str, Any]:
     """Step 2 on one host: remove the session's containers."""
-    return cleanup.remove_containers(get_runtime(), report)
+    return cleanup.remove_containers(get_runtime(), _report(report))
 
 
 @shared_task(name=Task.CLEANUP_REMOVE_VOLUMES.value, **RETRY)
 def remove_volumes(report: dict[str, Any]) -> dict[str, Any]:
     """Step 3 on one host: remove the session's named volumes."""
-    return cleanup.remove_volumes(get_runtime(), report)
+    return cleanup.remove_volumes(get_runtime(), _report(report))
 
 
 @shared_task(name=Task.CLEANUP_REMOVE_NETWORK.value, **RETRY)
 def remove_network(report: dict[str, Any]) -> dict[str, Any]:
     """Step 4 on one host: remove the session network, release its subnet."""
-    return cleanup.remove_network(get_runtime(), report)
+    return cleanup.remove_network(get_runtime(), _report(report))
 
 
 @shared_task(name=Task.CLEANUP_MERGE.value)
 def merge(reports: list[dict[str, Any]], session_id: str, gone: list[str]) -> dict[str, Any]:
     """Final step: merge per-host reports into one CleanupReport; clear the registry."""
+    validate_id("session_id", session_id)
     report = cleanup.merge_reports(get_runtime().redis, session_id, reports)
     for host in gone:
         report.errors.append(
@@ -80,7 +100,7 @@ def session(
 
     Idempotent: an unknown or already-clean session gives a report with zero counts.
     """
-    check_identifier(session_id, "session_id")
+    validate_id("session_id", session_id)
     _flag(force, "force")
     _flag(keep_volumes, "keep_volumes")
     rt = get_runtime()

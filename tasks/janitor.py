@@ -39,6 +39,9 @@ def merge(reports: list[dict[str, Any]], failed_messages: list[str]) -> dict[str
         ],
         "networks_removed": sum(r["networks_removed"] for r in reports),
         "volumes_removed": sum(r["volumes_removed"] for r in reports),
+        "images_removed": [
+            i | {"host": r["host"]} for r in reports for i in r.get("images_removed", [])
+        ],
         "sessions_ended": {k: v for r in reports for k, v in r["sessions_ended"].items()},
         "messages_failed": failed_messages,
         "errors": [e for r in reports for e in r["errors"]],

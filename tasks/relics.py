@@ -9,37 +9,49 @@ from celery import shared_task
 from celery.exceptions import Ignore
 
 from orchestrator.errors import InvalidRequest, WrongHost
-from orchestrator.models import RelicStartRequest, check_identifier, parse_request
-from orchestrator.protocol import Task
+from orchestrator.models import RelicStartRequest, parse_request
+from orchestrator.protocol import Task, validate_id
 from orchestrator.state import routing
 from orchestrator.worker import relics
+from tasks.base import SecretTask
 from tasks.forwarding import fan_out, forward
 from tasks.runtime import get_runtime
 from tasks.tools import RETRY
 
 
 def _relic_id(value: Any) -> str:
-    return check_identifier(value, "relic_id")
+    return validate_id("relic_id", value)
 
 
-@shared_task(bind=True, name=Task.RELICS_START.value, **RETRY)
+@shared_task(bind=True, base=SecretTask, name=Task.RELICS_START.value, **RETRY)
 def start(self: Any, request: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
-    """Start a relic and wait until healthy; the relic id is this task's id. Returns RelicInfo."""
-    req = parse_request(RelicStartRequest, request if request is not None else fields)
+    """Start a relic and wait until healthy; the relic id is this task's id. Returns RelicInfo.
+
+    Secret parameters are handled as a tool run's are (see ``tasks.tools.execute``).
+    """
+    with self.containing_errors():
+        return _start(self, request if request is not None else fields)
+
+
+def _start(task: Any, request: Any) -> dict[str, Any]:
+    req = parse_request(RelicStartRequest, request)
+    # The task id is the relic id, chosen by the caller: it reaches registry keys and labels.
+    relic_id = _relic_id(task.request.id)
     try:
-        info = relics.start_relic_once(get_runtime(), req, self.request.id)
+        info = relics.start_relic_once(get_runtime(), req, relic_id)
     except relics.StartInProgress:
         raise Ignore() from None
-    except WrongHost as exc:
-        forward(self, exc, [req.model_dump(mode="json")])
+    except WrongHost as exc:  # sent on encrypted (SecretTask.apply_async)
+        forward(task, exc, [req.model_dump(mode="json")])
     return info.model_dump(mode="json")
 
 
 @shared_task(bind=True, name=Task.RELICS_INFO.value, **RETRY)
 def info(self: Any, relic_id: str) -> dict[str, Any]:
     """The relic's RelicInfo, status read from the engine."""
+    _relic_id(relic_id)
     try:
-        return relics.relic_info(get_runtime(), _relic_id(relic_id)).model_dump(mode="json")
+        return relics.relic_info(get_runtime(), relic_id).model_dump(mode="json")
     except WrongHost as exc:
         forward(self, exc, [relic_id])
 
@@ -49,9 +61,10 @@ def stop(self: Any, relic_id: str, timeout_seconds: int = 10) -> dict[str, Any]:
     """Stop gracefully, then kill after ``timeout_seconds``. Returns RelicInfo."""
     if not isinstance(timeout_seconds, int) or not 0 <= timeout_seconds <= 600:
         raise InvalidRequest("timeout_seconds: must be an integer from 0 to 600")
+    _relic_id(relic_id)
     try:
         rt = get_runtime()
-        return relics.stop_relic(rt, _relic_id(relic_id), timeout_seconds).model_dump(mode="json")
+        return relics.stop_relic(rt, relic_id, timeout_seconds).model_dump(mode="json")
     except WrongHost as exc:
         forward(self, exc, [relic_id, timeout_seconds])
 
@@ -59,8 +72,9 @@ def stop(self: Any, relic_id: str, timeout_seconds: int = 10) -> dict[str, Any]:
 @shared_task(bind=True, name=Task.RELICS_REMOVE.value, **RETRY)
 def remove(self: Any, relic_id: str) -> dict[str, Any]:
     """Remove the relic's container. Returns ``{"relic_id", "removed"}``."""
+    _relic_id(relic_id)
     try:
-        return relics.remove_relic(get_runtime(), _relic_id(relic_id))
+        return relics.remove_relic(get_runtime(), relic_id)
     except WrongHost as exc:
         forward(self, exc, [relic_id])
 
@@ -68,6 +82,8 @@ def remove(self: Any, relic_id: str) -> dict[str, Any]:
 @shared_task(name=Task.RELICS_LIST_HOST.value, **RETRY)
 def list_host(session_id: str | None = None) -> list[dict[str, Any]]:
     """Relics on the host that runs this task."""
+    if session_id is not None:
+        validate_id("session_id", session_id)
     return [r.model_dump(mode="json") for r in relics.local_relics(get_runtime(), session_id)]
 
 
@@ -82,7 +98,7 @@ def merge_lists(replies: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 def list_relics(self: Any, session_id: str | None = None) -> list[dict[str, Any]]:
     """Every relic (of one session when given), from every host that may hold them."""
     if session_id is not None:
-        check_identifier(session_id, "session_id")
+        validate_id("session_id", session_id)
     rt = get_runtime()
     owner = routing.session_owner(rt.redis, session_id) if session_id else None
     hosts = [owner] if owner else rt.hosts.live_hosts()

@@ -7,8 +7,7 @@ from typing import Any
 from celery import shared_task
 
 from orchestrator.errors import InvalidRequest
-from orchestrator.models import check_identifier
-from orchestrator.protocol import Task
+from orchestrator.protocol import Task, validate_id
 from orchestrator.state import sessions
 from tasks.runtime import get_runtime
 
@@ -19,7 +18,7 @@ def touch(session_id: str, extend_seconds: float = 3600) -> dict[str, Any]:
 
     Returns ``{"session_id", "expires_at"}`` (unix time).
     """
-    check_identifier(session_id, "session_id")
+    validate_id("session_id", session_id)
     if isinstance(extend_seconds, bool) or not isinstance(extend_seconds, int | float):
         raise InvalidRequest("extend_seconds: must be a number of seconds")
     if not 0 < extend_seconds <= 10 * 365 * 86400:

@@ -8,7 +8,7 @@ from typing import Any
 from celery import shared_task
 
 from orchestrator.errors import WrongHost
-from orchestrator.protocol import Task
+from orchestrator.protocol import CONTAINER_REF_MAX_LENGTH, Task, validate_id
 from orchestrator.worker import collect
 from tasks.forwarding import fan_out, forward
 from tasks.runtime import get_runtime
@@ -17,7 +17,11 @@ from tasks.tools import RETRY
 
 @shared_task(bind=True, name=Task.STATS_CONTAINER.value, **RETRY)
 def container(self: Any, ident: str) -> dict[str, Any]:
-    """ContainerStats of a container id or name, an execution id or a relic id."""
+    """ContainerStats of a container id or name, an execution id or a relic id.
+
+    Only managed containers are ever reported (see ``collect.find_container``).
+    """
+    validate_id("container", ident, max_length=CONTAINER_REF_MAX_LENGTH)
     try:
         return collect.stats_for(get_runtime(), ident).model_dump(mode="json")
     except WrongHost as exc:

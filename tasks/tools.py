@@ -8,10 +8,11 @@ from celery import shared_task
 from celery.exceptions import Ignore
 
 from orchestrator.errors import DockerUnavailable, WrongHost
-from orchestrator.models import ToolExecutionRequest, check_identifier, parse_request
-from orchestrator.protocol import FINAL_STATUSES, Task
+from orchestrator.models import ToolExecutionRequest, parse_request
+from orchestrator.protocol import FINAL_STATUSES, Task, validate_id
 from orchestrator.state import sessions
 from orchestrator.worker import execution
+from tasks.base import SecretTask
 from tasks.forwarding import forward
 from tasks.runtime import get_runtime
 
@@ -24,41 +25,40 @@ RETRY = {
 }
 
 
-@shared_task(bind=True, name=Task.TOOLS_EXECUTE.value, **RETRY)
+@shared_task(bind=True, base=SecretTask, name=Task.TOOLS_EXECUTE.value, **RETRY)
 def execute(
     self: Any, request: dict[str, Any] | None = None, requeued: bool = False, **fields: Any
 ) -> dict[str, Any]:
-    """Run one tool; the execution id is this task's id. Returns a ToolExecutionResult."""
-    req = parse_request(ToolExecutionRequest, request if request is not None else fields)
+    """Run one tool; the execution id is this task's id. Returns a ToolExecutionResult.
+
+    Secret parameters arrive encrypted (or plain, from a plain Celery client); the worker
+    decrypts them in memory only. The arguments Celery stores are masked (SecretTask).
+    """
+    with self.containing_errors():
+        return _execute(self, request if request is not None else fields, requeued)
+
+
+def _execute(task: Any, request: Any, requeued: bool) -> dict[str, Any]:
+    req = parse_request(ToolExecutionRequest, request)
     rt = get_runtime()
 
     def progress(state: str, meta: dict[str, Any]) -> None:
-        self.update_state(state=state, meta={"execution_id": self.request.id, **meta})
+        task.update_state(state=state, meta={"execution_id": task.request.id, **meta})
 
     try:
-        if req.network_mode == "session":
+        # The task id names the container, and a caller (Flower's async-apply) chooses it.
+        execution_id = validate_id("execution_id", task.request.id)
+        if req.network_mode == "session" or any(not v.is_bind for v in req.volumes):
+            # Session networks and session volumes live on the session's host.
             sessions.require_owner(rt, req.session_id)
         result = execution.run_execution(
-            rt, req, self.request.id, progress=progress, requeued=requeued
+            rt, req, execution_id, progress=progress, requeued=requeued
         )
     except execution.DuplicateDelivery:
         raise Ignore() from None
-    except WrongHost as exc:
-        forward(self, exc, [req.model_dump(mode="json")], {"requeued": requeued})
-    except DockerUnavailable:
-        raise  # retried with the real arguments
-    except Exception:
-        _hide_secrets(self, req)
-        raise
-    _hide_secrets(self, req)
+    except WrongHost as exc:  # sent on encrypted (SecretTask.apply_async)
+        forward(task, exc, [req.model_dump(mode="json")], {"requeued": requeued})
     return result.model_dump(mode="json")
-
-
-def _hide_secrets(task: Any, req: ToolExecutionRequest) -> None:
-    """Keep secret values out of the arguments the result backend stores (result_extended)."""
-    if req.secret_parameters:
-        task.request.args = [req.redacted()]
-        task.request.kwargs = {}
 
 
 @shared_task(bind=True, name=Task.TOOLS_CANCEL.value)
@@ -68,7 +68,7 @@ def cancel(self: Any, execution_id: str) -> dict[str, Any]:
     Sets the flag the wait loop checks and revokes the task if it has not started.
     Returns ``{"execution_id", "cancelled", "status"}``.
     """
-    check_identifier(execution_id, "execution_id")
+    validate_id("execution_id", execution_id)
     rt = get_runtime()
     done = rt.executions.result(execution_id)
     if done is not None and done.status in FINAL_STATUSES:

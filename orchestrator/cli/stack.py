@@ -7,6 +7,11 @@ process whose pid file names a live process is left alone. It then waits until t
 host's worker heart-beats in Redis (and Flower answers), and prints what runs where.
 ``down`` stops what those pid files name: SIGTERM, then SIGKILL after a grace period.
 
+Flower never gets default credentials from ``up``: unless the environment gives some
+(``ORCHESTRATOR_FLOWER_BASIC_AUTH`` or Flower's own ``FLOWER_BASIC_AUTH``), ``up``
+generates a random password for user ``admin``, keeps it in the state directory
+(``flower-credentials``, mode 0600, reused by the next ``up``) and prints it.
+
 Neither starts Redis or the Docker engine: ``make setup`` does.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -40,6 +46,8 @@ KILL_WAIT_SECONDS = 5.0
 LOG_TAIL_LINES = 20
 SETUP_HINT = "`orchestrator up` starts neither Redis nor the Docker engine; `make setup` does"
 KEEPS_RUNNING = "what started keeps running: `orchestrator down` stops it"
+CREDENTIALS_FILE = "flower-credentials"
+FLOWER_USER = "admin"
 
 
 def state_dir() -> Path:
@@ -228,37 +236,81 @@ def _check_redis(client: OrchestratorClient) -> None:
         ) from exc
 
 
-def _child_env(settings: Settings) -> dict[str, str]:
+def _child_env(settings: Settings, flower_auth: str | None = None) -> dict[str, str]:
     """Our environment, with what this command resolved (``--broker``, ``--backend``, the
-    host name) pinned, so the processes agree with the heartbeat we wait for."""
-    return {
+    host name, generated Flower credentials) pinned, so the processes agree with the
+    heartbeat we wait for."""
+    env = {
         **os.environ,
         "ORCHESTRATOR_BROKER_URL": settings.broker_url,
         "ORCHESTRATOR_RESULT_BACKEND": settings.result_backend,
         "ORCHESTRATOR_HOST_NAME": settings.host_name,
     }
+    if flower_auth:
+        env["ORCHESTRATOR_FLOWER_BASIC_AUTH"] = flower_auth
+    return env
+
+
+def _flower_credentials(state: Path) -> str | None:
+    """``user:password`` for Flower when the environment gives none: the ones kept in the
+    state directory, else new random ones written there (mode 0600). Flower refuses the
+    documented default, so ``up`` never lets it fall back to that.
+
+    Returns:
+        None when the environment sets Flower's credentials (they are used as they are).
+    """
+    if os.environ.get("ORCHESTRATOR_FLOWER_BASIC_AUTH") or os.environ.get("FLOWER_BASIC_AUTH"):
+        return None
+    path = state / CREDENTIALS_FILE
+    try:
+        saved = path.read_text().strip()
+    except OSError:
+        saved = ""
+    user, _, password = saved.partition(":")
+    if user and password and "," not in saved:
+        return saved
+    generated = f"{FLOWER_USER}:{secrets.token_urlsafe(18)}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(generated + "\n")
+    return generated
 
 
 # -- commands ------------------------------------------------------------------------------
 
 
-def _report_up(procs: list[_Process], settings: Settings, state: Path, as_json: bool) -> None:
+def _report_up(
+    procs: list[_Process], settings: Settings, state: Path, as_json: bool, flower_auth: str | None
+) -> None:
+    has_flower = any(p.name == "flower" for p in procs)
     if as_json:
-        _print_json(
-            {
-                "host": settings.host_name,
-                "registry": _sanitize(settings.registry_url),
-                "state_dir": str(state),
-                "processes": [p.as_dict() for p in procs],
+        report: dict[str, Any] = {
+            "host": settings.host_name,
+            "registry": _sanitize(settings.registry_url),
+            "state_dir": str(state),
+            "processes": [p.as_dict() for p in procs],
+        }
+        if has_flower and flower_auth:
+            user, _, password = flower_auth.partition(":")
+            report["flower_credentials"] = {
+                "user": user,
+                "password": password,
+                "file": str(state / CREDENTIALS_FILE),
             }
-        )
+        _print_json(report)
         return
     print(_table([p.row() for p in procs], ["PROCESS", "PID", "STATUS", "URL", "LOG"]))
     print(
         f"host {settings.host_name} is live in {_sanitize(settings.registry_url)}: its worker "
         f"consumes celery, tools, relics and {settings.host_queue}"
     )
-    if any(p.name == "flower" for p in procs):
+    if has_flower and flower_auth:
+        user, _, password = flower_auth.partition(":")
+        print(
+            f"Flower asks for user {user!r}, password {password!r} (generated; kept in "
+            f"{state / CREDENTIALS_FILE}; ORCHESTRATOR_FLOWER_BASIC_AUTH sets your own)"
+        )
+    elif has_flower:
         user = settings.flower_basic_auth.partition(":")[0]
         print(f"Flower asks for user {user!r} (ORCHESTRATOR_FLOWER_BASIC_AUTH)")
     print("stop them with: orchestrator down")
@@ -328,14 +380,15 @@ def _cmd_up(client: OrchestratorClient, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     procs = _processes(args, state)
-    since = _start_missing(procs, root, state, _child_env(settings))
+    flower_auth = None if args.no_flower else _flower_credentials(state)
+    since = _start_missing(procs, root, state, _child_env(settings, flower_auth))
     started = [p for p in procs if p.popen is not None]
     deadline = time.monotonic() + args.wait_timeout
     _wait_for_worker(client, procs[0], started, state, deadline, args.wait_timeout, since)
     for proc in procs:
         if proc.name == "flower":
             _wait_for_flower(proc, started, state, deadline, args.wait_timeout)
-    _report_up(procs, settings, state, args.json)
+    _report_up(procs, settings, state, args.json, flower_auth)
     return EXIT_OK
 
 

@@ -1,7 +1,10 @@
 """The client's Celery configuration: connections, JSON only, routes, result settings.
 
-Workers extend it (``celeryconfig.worker_config``), so both ends agree on serializers and
-routes; the client never imports the worker's top-level modules.
+``OrchestratorClient`` applies it to its own Celery app; :mod:`orchestrator.client.celeryconfig`
+offers it to the ``celery`` command; the worker's ``celeryconfig.py`` sets it under the
+worker's own settings (:func:`orchestrator.worker.config.worker_options`), so both ends agree
+on serializers and routes. The client never imports the worker's top-level modules
+(``worker``, ``celeryconfig``, ``tasks``): a user's project may have its own.
 """
 
 from __future__ import annotations

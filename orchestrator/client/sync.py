@@ -22,6 +22,7 @@ from celery.result import AsyncResult
 from orchestrator import protocol
 from orchestrator.client.config import client_config
 from orchestrator.client.resend import LostMessages, Sent
+from orchestrator.core import redaction, secrets
 from orchestrator.errors import OrchestratorTimeout
 from orchestrator.models import (
     AggregateStats,
@@ -133,6 +134,8 @@ class OrchestratorClient:
             app = Celery("orchestrator-client", set_as_current=False)
             app.conf.update(client_config(self.settings))
         self.app = app
+        key = self.settings.secret_key
+        self._keyring = secrets.keyring(key.get_secret_value() if key is not None else None)
         self._redis: Any = None
         self._lost: LostMessages | None = None
         if self.settings.broker_url.startswith(("redis://", "rediss://")):
@@ -157,6 +160,22 @@ class OrchestratorClient:
             epoch=epoch,
         )
 
+    def _sealed(self, req: ToolExecutionRequest | RelicStartRequest) -> dict[str, Any]:
+        """The request as sent: JSON with every secret value encrypted.
+
+        Raises:
+            Forbidden: the request has secret values and no ``ORCHESTRATOR_SECRET_KEY`` is
+                set (unless ``ORCHESTRATOR_ALLOW_PLAINTEXT_SECRETS``): nothing is sent.
+        """
+        return secrets.seal_payload(
+            req.model_dump(mode="json"), self._keyring, self.settings.allow_plaintext_secrets
+        )
+
+    def _send_request(self, name: str, payload: dict[str, Any], queue: str | None) -> Sent:
+        """Send a sealed request with an argsrepr (what Flower shows) masked and bounded."""
+        argsrepr, _ = redaction.call_repr([payload], {})
+        return self._send(name, [payload], queue=queue, argsrepr=argsrepr)
+
     def _wait(self, sent: Sent, timeout: float | None) -> Any:
         """Wait for a sent task's result, sending it again if a restarted broker lost it."""
         lost = self._lost
@@ -171,17 +190,20 @@ class OrchestratorClient:
     # -- tools ---------------------------------------------------------------------------
 
     def execute_tool(self, request: ToolExecutionRequest | dict[str, Any]) -> ExecutionHandle:
-        """Enqueue a tool run and return at once; ``handle.id`` is the execution id."""
+        """Enqueue a tool run and return at once; ``handle.id`` is the execution id.
+
+        Secret parameters are encrypted with ``ORCHESTRATOR_SECRET_KEY`` before they leave.
+
+        Raises:
+            InvalidRequest: the request does not validate.
+            Forbidden: it has secret parameters and no key is set (see :meth:`_sealed`).
+        """
         req = parse_request(ToolExecutionRequest, request)
+        payload = self._sealed(req)
         queue = protocol.TOOLS_QUEUE
         if req.network_mode == "session":
             queue = queue_for(self.redis, req.session_id, protocol.TOOLS_QUEUE)
-        sent = self._send(
-            Task.TOOLS_EXECUTE,
-            [req.model_dump(mode="json")],
-            queue=queue,
-            argsrepr=repr([req.redacted()]),
-        )
+        sent = self._send_request(Task.TOOLS_EXECUTE, payload, queue)
         return ExecutionHandle(self, sent, req.tool_name, req.session_id)
 
     def run_tool(
@@ -281,10 +303,18 @@ class OrchestratorClient:
     def start_relic(
         self, request: RelicStartRequest | dict[str, Any], timeout: float | None = None
     ) -> RelicInfo:
-        """Start a relic and wait until it is healthy."""
+        """Start a relic and wait until it is healthy.
+
+        Secret parameters are encrypted with ``ORCHESTRATOR_SECRET_KEY`` before they leave.
+
+        Raises:
+            InvalidRequest: the request does not validate.
+            Forbidden: it has secret parameters and no key is set (see :meth:`_sealed`).
+        """
         req = parse_request(RelicStartRequest, request)
+        payload = self._sealed(req)
         queue = queue_for(self.redis, req.session_id, protocol.RELICS_QUEUE)
-        data = self._call(Task.RELICS_START, [req.model_dump(mode="json")], timeout, queue=queue)
+        data = self._wait(self._send_request(Task.RELICS_START, payload, queue), timeout)
         return RelicInfo.model_validate(data)
 
     def get_relic(self, relic_id: str, timeout: float | None = 60) -> RelicInfo:

@@ -84,6 +84,7 @@ class Container:
 
     id: str
     name: str
+    #: the image reference the container was created from, as given
     image: str
     labels: Mapping[str, str]
     #: created | running | paused | restarting | removing | exited | dead
@@ -104,6 +105,8 @@ class Container:
     ports: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     #: the configured memory limit in bytes (0: none)
     memory_limit_bytes: int = 0
+    #: the id of the image it runs (``sha256:...``), whatever its tags became since
+    image_id: str = ""
 
     @property
     def running(self) -> bool:
@@ -164,11 +167,20 @@ class Image:
     working_dir: str = ""
     size_bytes: int = 0
     created_at: datetime | None = None
+    #: ``ONBUILD`` triggers, as the engine stores them (``"ADD http://x /y"``): they run
+    #: in every build ``FROM`` this image
+    onbuild: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class BuildSpec:
-    """An image build: a tar build context, the Dockerfile path in it, the tag to give."""
+    """An image build: a tar build context, the Dockerfile path in it, the tag to give.
+
+    ``memory_mb``, ``cpu_limit`` and ``cgroup_parent`` apply to the container of every
+    ``RUN`` step; ``network_mode`` is their network (``none``, or ``default`` for the
+    engine's bridge); ``timeout_seconds`` is a wall-clock limit of the whole build, past
+    which the engine stops it.
+    """
 
     context_tar: bytes
     tag: str
@@ -180,6 +192,7 @@ class BuildSpec:
     cpu_limit: float | None = None
     timeout_seconds: float | None = None
     pull: bool = False
+    cgroup_parent: str | None = None
 
 
 @dataclass(frozen=True)

@@ -349,12 +349,16 @@ class Engine(abc.ABC):
         """Build an image from a tar context and tag it ``spec.tag``.
 
         The image keeps its base image's config (command, environment, labels) under
-        what the Dockerfile and ``spec.labels`` add.
+        what the Dockerfile and ``spec.labels`` add; its ``onbuild`` holds its own
+        ``ONBUILD`` lines (the base image's triggers ran in this build). Every ``RUN`` step
+        gets ``spec.network_mode`` and the memory, CPU and cgroup parent of the spec.
 
         Raises:
             ImageBuildFailed: a build step failed (the message holds the log's tail), or
                 the engine refused the build before any step: no such Dockerfile in the
-                context, a parse error, an unknown base image, an invalid tag.
+                context, a parse error, an unknown base image, an invalid tag; or the build
+                ran past ``spec.timeout_seconds`` (wall clock): it is stopped, its step's
+                container removed, nothing tagged, and the message says "time limit".
         """
 
     @abc.abstractmethod

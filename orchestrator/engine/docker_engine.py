@@ -7,7 +7,7 @@ docker. Every method translates engine errors itself (through
 
 from __future__ import annotations
 
-import io
+import json
 import shlex
 import socket
 import threading
@@ -49,7 +49,7 @@ from orchestrator.errors import (
     VolumeNotFound,
 )
 
-__all__ = ["DockerEngine", "create_kwargs"]
+__all__ = ["DockerEngine", "build_params", "create_kwargs"]
 
 #: Go's zero time: what the engine sends as the ``read`` time of a stopped container.
 STOPPED_SAMPLE_TIME = "0001-01-01T00:00:00Z"
@@ -526,63 +526,52 @@ class DockerEngine(Engine):
         return self.inspect_image(ref)
 
     def build_image(self, spec: BuildSpec) -> Image:
-        container_limits: dict[str, Any] = {}
-        if spec.memory_mb is not None:
-            container_limits["memory"] = spec.memory_mb * 1024 * 1024
-            container_limits["memswap"] = spec.memory_mb * 1024 * 1024
-        if spec.cpu_limit is not None:
-            container_limits["cpuquota"] = int(spec.cpu_limit * 100_000)
-            container_limits["cpuperiod"] = 100_000
         with docker_errors(f"build image {spec.tag}", not_found=ImageNotFound):
             try:
-                image_id = self._build(spec, container_limits)
+                image_id = self._build(spec)
             except docker.errors.APIError as exc:
                 # 500 "Cannot locate specified Dockerfile", 400 "dockerfile parse error",
                 # 400 "invalid reference format": refused before any step ran.
                 explanation = exc.explanation or exc
                 raise ImageBuildFailed(f"build image {spec.tag}: {explanation}") from exc
-            except Exception as exc:
-                if is_read_timeout(exc):  # the build outran ``timeout_seconds``
-                    raise ImageBuildFailed(
-                        f"build image {spec.tag}: no end after {spec.timeout_seconds} s"
-                    ) from exc
-                raise
         return self.inspect_image(image_id or spec.tag)
 
-    def _build(self, spec: BuildSpec, container_limits: dict[str, Any]) -> str | None:
-        """Run a build to its end; the id of the image it reports, if it does.
+    def _build(self, spec: BuildSpec) -> str | None:
+        """Run a build to its end (or its deadline); the id of the image it reports.
+
+        ``POST /build`` is called directly: docker-py's ``build`` refuses the CPU quota
+        and cgroup parent, and would add the worker's proxy settings to the build args.
 
         Raises:
-            ImageBuildFailed: a step failed (the message holds the log's tail).
+            ImageBuildFailed: a step failed (the message holds the log's tail), or the
+                build ran past ``spec.timeout_seconds`` and was stopped.
         """
-        tail: list[str] = []
-        image_id = None
-        events = self.api.build(
-            fileobj=io.BytesIO(spec.context_tar),
-            custom_context=True,
-            encoding=None,
-            tag=spec.tag,
-            dockerfile=spec.dockerfile,
-            buildargs=dict(spec.build_args) or None,
-            labels=dict(spec.labels) or None,
-            network_mode=spec.network_mode,
-            container_limits=container_limits or None,
-            timeout=spec.timeout_seconds,
-            pull=spec.pull,
-            rm=True,
-            forcerm=True,
-            decode=True,
+        api = self.api
+        headers = {"Content-Type": "application/x-tar"}
+        api._set_auth_headers(headers)  # private registries of FROM images, as docker-py
+        response = api._post(
+            api._url("/build"),
+            data=spec.context_tar,
+            params=build_params(spec),
+            headers=headers,
+            stream=True,
+            # A read timeout only as a backstop: the watchdog ends the build on time.
+            timeout=None if spec.timeout_seconds is None else spec.timeout_seconds + 60,
         )
-        for event in events:
-            if "stream" in event:
-                tail = (tail + str(event["stream"]).splitlines())[-20:]
-            if "error" in event:
-                detail = "\n".join(tail[-10:])
-                raise ImageBuildFailed(f"build image {spec.tag}: {event['error']}\n{detail}")
-            aux = event.get("aux")
-            if isinstance(aux, dict) and aux.get("ID"):
-                image_id = str(aux["ID"])
-        return image_id
+        api._raise_for_status(response)
+        watchdog = _BuildWatchdog(api, response, spec.timeout_seconds)
+        try:
+            return _read_build(api, response, spec.tag, watchdog)
+        except Exception as exc:
+            if watchdog.fired or is_read_timeout(exc):
+                raise ImageBuildFailed(
+                    f"build image {spec.tag}: stopped after {spec.timeout_seconds:g} s: the "
+                    "build ran past its time limit"
+                ) from exc
+            raise
+        finally:
+            watchdog.cancel()
+            response.close()
 
     def tag_image(self, ref: str, tag: str) -> None:
         repository, version = parse.split_reference(tag)
@@ -615,6 +604,85 @@ class DockerEngine(Engine):
             self.client.close()
         except Exception:  # noqa: BLE001, S110 - closing twice is harmless
             pass
+
+
+def build_params(spec: BuildSpec) -> dict[str, Any]:
+    """The query of ``POST /build`` for a spec (pure): limits of every ``RUN`` step included.
+
+    Returns:
+        The parameters, without the ones the spec leaves unset.
+    """
+    params: dict[str, Any] = {
+        "t": spec.tag,
+        "dockerfile": spec.dockerfile,
+        "networkmode": spec.network_mode,
+        "rm": "1",
+        "forcerm": "1",
+        "pull": "1" if spec.pull else "",
+        "buildargs": json.dumps(dict(spec.build_args)) if spec.build_args else None,
+        "labels": json.dumps(dict(spec.labels)) if spec.labels else None,
+        "cgroupparent": spec.cgroup_parent or None,
+    }
+    if spec.memory_mb is not None:
+        params["memory"] = params["memswap"] = spec.memory_mb * 1024 * 1024  # no swap
+    if spec.cpu_limit is not None:
+        params["cpuperiod"] = 100_000
+        params["cpuquota"] = max(1000, int(spec.cpu_limit * 100_000))
+    return {k: v for k, v in params.items() if v not in (None, "")}
+
+
+class _BuildWatchdog:
+    """Cuts a build's connection at its deadline: the engine then stops the build.
+
+    The engine cancels a build whose client went away: it kills the running step's
+    container and removes it (``forcerm``). A socket read timeout would not do: a step
+    that prints something every few seconds never lets one expire.
+    """
+
+    def __init__(self, api: Any, response: Any, timeout_seconds: float | None) -> None:
+        self.fired = False
+        self._api = api
+        self._response = response
+        self._timer: threading.Timer | None = None
+        if timeout_seconds is not None:
+            self._timer = threading.Timer(timeout_seconds, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        try:
+            raw = self._api._get_raw_response_socket(self._response)
+            getattr(raw, "_sock", raw).shutdown(socket.SHUT_RDWR)
+        except Exception:  # noqa: BLE001 - no socket to shut: close the response instead
+            self._response.close()
+
+    def cancel(self) -> None:
+        """The build ended: no cut."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _read_build(api: Any, response: Any, tag: str, watchdog: _BuildWatchdog) -> str | None:
+    """Read a build's progress to its end; the id of the image it reports, if any.
+
+    Raises:
+        ImageBuildFailed: a step failed (the message holds the log's tail).
+    """
+    tail: list[str] = []
+    image_id = None
+    for event in api._stream_helper(response, decode=True):
+        if "stream" in event:
+            tail = (tail + str(event["stream"]).splitlines())[-20:]
+        if "error" in event:
+            detail = "\n".join(tail[-10:])
+            raise ImageBuildFailed(f"build image {tag}: {event['error']}\n{detail}")
+        aux = event.get("aux")
+        if isinstance(aux, dict) and aux.get("ID"):
+            image_id = str(aux["ID"])
+    if watchdog.fired:  # the stream may end quietly once its socket is shut
+        raise ImageBuildFailed(f"build image {tag}: cut at its deadline")
+    return image_id
 
 
 def _translated(items: Iterable[Any], action: str) -> Iterator[Any]:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from orchestrator.core import dockerfile as dockerfile_rules
 from orchestrator.core.types import (
     ArchiveStat,
     BuildSpec,
@@ -372,6 +373,8 @@ class FakeEngine(Engine):
         entrypoint: tuple[str, ...] = (),
         environment: tuple[str, ...] = (),
         working_dir: str = "",
+        size_bytes: int = 1024 * 1024,
+        onbuild: tuple[str, ...] = (),
     ) -> Image:
         """Make ``ref`` present locally (a new image); its containers run ``program``."""
         image = Image(
@@ -381,8 +384,9 @@ class FakeEngine(Engine):
             entrypoint=tuple(entrypoint),
             environment=tuple(environment),
             working_dir=working_dir,
-            size_bytes=1024 * 1024,
+            size_bytes=size_bytes,
             created_at=_now(),
+            onbuild=tuple(onbuild),
         )
         with self._lock:
             self.programs[image.id] = program or FakeProgram()
@@ -487,6 +491,7 @@ class FakeEngine(Engine):
             networks=dict(box.networks),
             ports=ports,
             memory_limit_bytes=(spec.memory_mb or 0) * 1024 * 1024,
+            image_id=box.image_id,
         )
 
     def create_container(self, spec: ContainerSpec) -> Container:
@@ -1029,8 +1034,9 @@ class FakeEngine(Engine):
         except DockerError as exc:
             raise ImageBuildFailed(f"build image {spec.tag}: {exc}") from exc
         dockerfile = _read_dockerfile(spec)
+        # Steps run outside the engine's lock: a slow RUN step must not stall the engine.
+        image, program = _FakeBuild(self, spec).run(dockerfile)
         with self._lock:
-            image, program = _FakeBuild(self, spec).run(dockerfile)
             self.programs[image.id] = program
             self._set_tag(_tagged(spec.tag), image)
             return self.images[_tagged(spec.tag)]
@@ -1115,46 +1121,79 @@ class _FakeBuild:
         self.program = FakeProgram()
         self.cmd_set = False
         self.log: list[str] = []
+        self.onbuild: list[str] = []
+        #: the current stage's name, and each finished named stage (image, program)
+        self.stage = ""
+        self.stages: dict[str, tuple[Image, FakeProgram]] = {}
+        self.deadline = (
+            None if spec.timeout_seconds is None else time.monotonic() + spec.timeout_seconds
+        )
 
     def fail(self, message: str) -> ImageBuildFailed:
         tail = "\n".join(self.log[-10:])
         return ImageBuildFailed(f"build image {self.spec.tag}: {message}\n{tail}".rstrip())
 
     def run(self, dockerfile: str) -> tuple[Image, FakeProgram]:
+        #: ARG values declared before the first FROM: what FROM lines may use
+        global_args: dict[str, str] = {}
         for number, instruction, argument in _instructions(dockerfile):
             if instruction not in self._KNOWN:
                 raise self.fail(
                     f"dockerfile parse error line {number}: unknown instruction: {instruction}"
                 )
             if instruction == "FROM":
-                self.base(argument.split()[0] if argument.split() else "")
+                words = [w for w in argument.split() if not w.startswith("--")]
+                self.base(dockerfile_rules.expand(words[0], global_args) if words else "")
+                if len(words) >= 3 and words[1].upper() == "AS":
+                    self.stage = words[2].lower()
             elif self.image is None:
                 if instruction != "ARG":
                     raise self.fail("no build stage in current context")
+                for declaration in argument.split():
+                    name, has_default, default = declaration.partition("=")
+                    value = default.strip('"') if has_default else ""
+                    global_args[name] = self.spec.build_args.get(name, value)
             else:
                 self.step(instruction, argument)
         if self.image is None:
             raise self.fail("the Dockerfile has no FROM instruction")
         labels = {**self.image.labels, **self.spec.labels}
         image = replace(
-            self.image, id="sha256:" + _new_id(), labels=labels, tags=(), created_at=_now()
+            self.image,
+            id="sha256:" + _new_id(),
+            labels=labels,
+            tags=(),
+            created_at=_now(),
+            onbuild=tuple(self.onbuild),
         )
         return image, self.program
 
     def base(self, ref: str) -> None:
         engine = self.engine
+        if self.stage and self.image is not None:  # the stage before ends here
+            self.stages[self.stage] = (self.image, self.program)
+        self.stage = ""
+        self.onbuild = []  # a stage's triggers are its own ONBUILD lines
+        if ref.lower() in self.stages:
+            self.image, self.program = self.stages[ref.lower()]
+            return
         if ref == "scratch":
             self.image, self.program = Image(id=""), FakeProgram()
             return
-        found = engine._find_image(ref)
-        if found is None and _tagged(ref) in engine.registry:
-            found = engine.add_image(ref, engine.registry[_tagged(ref)])
-        if found is None:
-            raise self.fail(
-                f"pull access denied for {ref}, repository does not exist "
-                "or no registry is reachable"
-            )
-        self.image, self.program = found, engine.programs[found.id]
+        with engine._lock:
+            found = engine._find_image(ref)
+            if found is None and _tagged(ref) in engine.registry:
+                found = engine.add_image(ref, engine.registry[_tagged(ref)])
+            if found is None:
+                raise self.fail(
+                    f"pull access denied for {ref}, repository does not exist "
+                    "or no registry is reachable"
+                )
+            self.image, self.program = found, engine.programs[found.id]
+        for trigger in found.onbuild:  # the base image's triggers run first, as Docker's
+            word, _, argument = trigger.partition(" ")
+            self.step(word.upper(), argument.strip())
+        self.image = replace(self.image, onbuild=())
 
     def step(self, instruction: str, argument: str) -> None:
         assert self.image is not None
@@ -1168,6 +1207,7 @@ class _FakeBuild:
                 )
             )
             self.log += (result.stdout + result.stderr).decode(errors="replace").splitlines()
+            self.spend(result.run_seconds)
             if result.exit_code:
                 raise self.fail(
                     f"The command '{' '.join(argv)}' returned a non-zero code: {result.exit_code}"
@@ -1187,6 +1227,18 @@ class _FakeBuild:
         elif instruction == "WORKDIR":
             workdir = posixpath.join(self.image.working_dir or "/", argument.strip())
             self.image = replace(self.image, working_dir=posixpath.normpath(workdir))
+        elif instruction == "ONBUILD":
+            self.onbuild.append(argument.strip())
+
+    def spend(self, seconds: float) -> None:
+        """A step runs ``seconds``; past the build's deadline it is stopped, as Docker's."""
+        if self.deadline is not None and time.monotonic() + seconds > self.deadline:
+            time.sleep(max(0.0, self.deadline - time.monotonic()))
+            raise ImageBuildFailed(
+                f"build image {self.spec.tag}: stopped after {self.spec.timeout_seconds:g} s: "
+                "the build ran past its time limit"
+            )
+        time.sleep(seconds)
 
 
 def _read_dockerfile(spec: BuildSpec) -> str:

@@ -56,6 +56,7 @@ def container(raw: Mapping[str, Any]) -> Container:
         networks=networks,
         ports=ports,
         memory_limit_bytes=int(host.get("Memory") or 0),
+        image_id=str(raw.get("Image", "")),
     )
 
 
@@ -95,6 +96,7 @@ def image(raw: Mapping[str, Any]) -> Image:
         working_dir=str(config.get("WorkingDir") or ""),
         size_bytes=int(raw.get("Size") or 0),
         created_at=docker_time(raw.get("Created")),
+        onbuild=tuple(str(t) for t in config.get("OnBuild") or ()),
     )
 
 

@@ -14,10 +14,11 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from orchestrator.core import redaction
 from orchestrator.state import keys
 from orchestrator.state.registry import text
 
-__all__ = ["LiveLog", "read_live", "follow_live", "redact_bytes", "EOF_FIELD"]
+__all__ = ["LiveLog", "read_live", "follow_live", "EOF_FIELD"]
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 8192
@@ -32,6 +33,8 @@ class LiveLog:
         execution_id: whose output this is.
         budget_bytes: bytes published per stream name; past it a marker is sent once.
         ttl_seconds: lifetime of the stream key.
+        secrets: plain secret values, masked in every form
+            :func:`~orchestrator.core.redaction.secret_forms` lists before publishing.
     """
 
     def __init__(
@@ -43,23 +46,26 @@ class LiveLog:
         secrets: list[str] | None = None,
     ) -> None:
         self.redis = redis
-        self.secrets = [s.encode() for s in (secrets or []) if s]
+        # Every form the result masks (base64, hex, JSON-escaped...), not just the raw value.
+        self.forms = redaction.secret_forms(secrets or [])
         self.key = keys.logs(execution_id)
         self.budget_bytes = budget_bytes
         self.ttl_seconds = ttl_seconds
         self._sent: dict[str, int] = {}
+        self._expiring = False
         self._carry: dict[str, bytes] = {}
-        self._hold = max((len(s) for s in self.secrets), default=1) - 1
+        self._hold = max((len(f.encode()) for f in self.forms), default=1) - 1
         self._lock = threading.Lock()
 
     def append(self, stream: str, chunk: bytes) -> None:
         """Publish a chunk of ``stream`` (``stdout`` or ``stderr``) if the budget allows.
 
-        The last few bytes are held back until the next chunk (or :meth:`close`), so a
-        secret split across two chunks is still recognised and redacted.
+        The last few bytes (the longest secret form, less one) are held back until the next
+        chunk (or :meth:`close`), so a secret split across two chunks is still recognised
+        and redacted.
         """
         with self._lock:
-            data = redact_bytes(self._carry.pop(stream, b"") + chunk, self.secrets)
+            data = redaction.redact_bytes(self._carry.pop(stream, b"") + chunk, self.forms)
             if self._hold:
                 data, self._carry[stream] = data[: -self._hold], data[-self._hold :]
             pieces, truncated = self._take(stream, data)
@@ -81,6 +87,11 @@ class LiveLog:
                 self.redis.xadd(self.key, {"stream": stream, "data": piece}, maxlen=4096)
             if truncated:
                 self.redis.xadd(self.key, {"stream": stream, "data": b"", "truncated": b"1"})
+            if pieces and not self._expiring:
+                # From the first write, not only at close: a worker that dies mid-run leaves a
+                # stream that still expires (Redis keeps no key forever under noeviction).
+                self.redis.expire(self.key, self.ttl_seconds)
+                self._expiring = True
         except Exception:  # noqa: BLE001 - live logs are best effort; the result has the output
             log.debug("could not publish live output of %s", self.key, exc_info=True)
 
@@ -96,13 +107,6 @@ class LiveLog:
             self.redis.expire(self.key, self.ttl_seconds)
         except Exception:  # noqa: BLE001 - see append
             log.debug("could not close live output of %s", self.key, exc_info=True)
-
-
-def redact_bytes(data: bytes, secrets: list[bytes]) -> bytes:
-    """Replace every secret value in ``data`` by ``***``."""
-    for secret in secrets:
-        data = data.replace(secret, b"***")
-    return data
 
 
 def _decode(entry: dict[Any, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from orchestrator.errors import (
 )
 from orchestrator.models import CleanupReport
 from orchestrator.protocol import MANAGED_FILTER, label_filter, parse_labels
-from orchestrator.state import keys, sessions
+from orchestrator.state import keys, quotas, sessions
 from orchestrator.state.registry import text
 from orchestrator.state.subnets import SubnetPool
 from orchestrator.worker import networks, self_attach
@@ -221,7 +221,7 @@ def merge_reports(redis: Any, session_id: str, reports: list[Report]) -> Cleanup
 
 
 def forget_session(redis: Any, session_id: str) -> None:
-    """Drop a session's registry entries, its relics' included.
+    """Drop a session's registry entries, its relics' and its quota holders included.
 
     Args:
         redis: the registry's Redis client.
@@ -230,6 +230,7 @@ def forget_session(redis: Any, session_id: str) -> None:
     for relic_id in redis.smembers(keys.session_relics(session_id)):
         redis.delete(keys.relic(text(relic_id) or ""))
     sessions.forget(redis, session_id)
+    quotas.release_session(redis, session_id)  # its containers are gone: so is its share
 
 
 def _young(network: Network, now: float, grace_seconds: float) -> bool:

@@ -2,14 +2,37 @@
 
 Each workaround is a small, idempotent patch applied once when the worker module loads,
 documented with the failure it prevents and the test that reproduces that failure.
+
+They patch private kombu methods and rely on how Celery drives them, as
+:mod:`orchestrator.state.redis_broker` relies on kombu's Redis key layout: each was written
+for, and tested with, the celery and kombu releases in :data:`WRITTEN_FOR`. pyproject.toml
+keeps both below their next minor release and the lock files pin them; with any other
+release, :func:`check_versions` logs a warning naming both versions.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["apply_all", "finish_redis_channel_close", "keep_messages_taken_before_a_broker_loss"]
+__all__ = [
+    "WRITTEN_FOR",
+    "apply_all",
+    "check_versions",
+    "finish_redis_channel_close",
+    "keep_messages_taken_before_a_broker_loss",
+]
+
+#: The ``major.minor`` release of each library these workarounds were written for.
+WRITTEN_FOR: Mapping[str, str] = {"celery": "5.7", "kombu": "5.7"}
+#: What depends on each library's internals.
+_DEPENDENTS = {
+    "celery": f"the workarounds in {__name__}",
+    "kombu": f"the workarounds in {__name__} and the Redis key layout that "
+    "orchestrator.state.redis_broker reads",
+}
 
 _PATCHED = "_orchestrator_patched"
 
@@ -18,8 +41,42 @@ log = logging.getLogger(__name__)
 
 def apply_all() -> None:
     """Apply every workaround below (the worker calls this once, at import)."""
+    check_versions()
     finish_redis_channel_close()
     keep_messages_taken_before_a_broker_loss()
+
+
+def _minor(version: str) -> str:
+    """``major.minor`` of a version string: ``5.7`` for ``5.7.0`` or ``5.7.0rc1``."""
+    return ".".join(version.split(".")[:2])
+
+
+def check_versions(installed: Mapping[str, str] | None = None) -> list[str]:
+    """Warn about each library whose release is not the one the workarounds were written for.
+
+    Args:
+        installed: library name to version; the imported libraries' ``__version__`` when
+            omitted.
+
+    Returns:
+        The warnings logged, one per library that differs (none when all match).
+    """
+    warnings = []
+    for name, written_for in WRITTEN_FOR.items():
+        version = (
+            installed[name] if installed is not None else importlib.import_module(name).__version__
+        )
+        if _minor(version) == written_for:
+            continue
+        message = (
+            f"{name} {version} is installed, but {_DEPENDENTS[name]} were written for "
+            f"{name} {written_for}: check that each still applies and is still needed "
+            "(tests/integration/test_resilience.py), then update WRITTEN_FOR and the bounds "
+            "in pyproject.toml"
+        )
+        log.warning(message)
+        warnings.append(message)
+    return warnings
 
 
 def finish_redis_channel_close() -> None:

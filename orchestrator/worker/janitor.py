@@ -7,7 +7,10 @@ Celery beat runs ``orchestrator.janitor.run`` periodically; it fans out
 - tool containers whose execution has a final result (unless kept with ``cleanup=false``);
 - everything of sessions past their TTL or their hard maximum lifetime;
 - managed networks with no container (older than a grace period, so a network made for a
-  relic that is about to start survives) and session volumes of sessions that are gone.
+  relic that is about to start survives) and session volumes of sessions that are gone;
+- images the orchestrator built or pulled that no container uses: built ones past their
+  maximum age, then the least recently used while the host is over its image disk budget
+  (:func:`orchestrator.worker.images.reap_images`).
 
 It also fails the messages waiting on the queue of a host that is gone, so callers get a
 clear ``HostUnavailable`` instead of waiting forever.
@@ -24,7 +27,7 @@ from orchestrator.errors import OrchestratorError, VolumeInUse, VolumeNotFound
 from orchestrator.protocol import MANAGED_FILTER, Kind, host_queue, parse_labels
 from orchestrator.state import keys, redis_broker, sessions
 from orchestrator.state.registry import text
-from orchestrator.worker import cleanup
+from orchestrator.worker import cleanup, images
 from orchestrator.worker.runtime import Runtime
 
 __all__ = ["reap_host", "expired_sessions", "drain_dead_host_queues"]
@@ -100,7 +103,8 @@ def reap_host(
 
     Returns:
         ``{"host", "containers_removed": [{name, reason}], "networks_removed",
-        "volumes_removed", "sessions_ended": {id: limit}, "errors"}``.
+        "volumes_removed", "images_removed": [{image, reason, size_mb}],
+        "sessions_ended": {id: limit}, "errors"}``.
 
     Raises:
         DockerUnavailable / DockerError: listing the containers or volumes failed.
@@ -112,6 +116,7 @@ def reap_host(
         "containers_removed": [],
         "networks_removed": 0,
         "volumes_removed": 0,
+        "images_removed": [],
         "sessions_ended": ended,
         "errors": [],
     }
@@ -130,7 +135,23 @@ def reap_host(
     report["networks_removed"] += empty["removed"]
     report["errors"].extend(empty["errors"])
     report["volumes_removed"] += _reap_volumes(rt)
+    _reap_images(rt, now, report)
     return report
+
+
+def _reap_images(rt: Runtime, now: float, report: dict[str, Any]) -> None:
+    """Remove unused images the orchestrator brought, past their age or the disk budget.
+
+    Last, after the containers that used them went; a failure is reported, not raised,
+    so the rest of the pass still counts.
+    """
+    try:
+        reaped = images.reap_images(rt.engine, rt.redis, rt.settings, now)
+    except OrchestratorError as exc:
+        report["errors"].append(f"{rt.host_name}: images: {exc}")
+        return
+    report["images_removed"].extend(reaped["removed"])
+    report["errors"].extend(f"{rt.host_name}: {e}" for e in reaped["errors"])
 
 
 def _reap_volumes(rt: Runtime) -> int:

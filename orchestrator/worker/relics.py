@@ -1,20 +1,29 @@
 """Relics: session-scoped service containers, started in the session network and
 waited on until their health endpoint answers.
 
-A relic's container is named from its session and name (``orch-relic-<session>-<name>``)
-and carries the network alias ``<name>``, so other containers of the session reach
-it at ``http://<container name>:<port>`` (its ``internal_url``) or by its short name.
+A relic's container is named from its session and name
+(``orch-relic-<len(session)>-<session>-<name>``, see
+:func:`~orchestrator.core.specs.session_scoped_name`) and carries the network alias
+``<name>``, so other containers of the session reach it at
+``http://<container name>:<port>`` (its ``internal_url``) or by its short name. Relics
+started before that naming keep their old names: every lookup goes through the registry's
+stored container name or the labels.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from orchestrator.core import redaction, secrets
 from orchestrator.core.specs import (
     check_limits,
+    check_network,
+    check_request_size,
     check_volumes,
-    labels,
     relic_container_name,
     relic_spec,
     volume_name,
@@ -24,15 +33,16 @@ from orchestrator.errors import (
     ContainerConflict,
     OrchestratorError,
     RelicConflict,
+    RelicError,
     RelicNotFound,
     RelicUnhealthy,
-    VolumeNotFound,
 )
-from orchestrator.models import RelicInfo, RelicStartRequest, VolumeMount
+from orchestrator.models import RelicInfo, RelicStartRequest
 from orchestrator.protocol import Kind, Task, label, label_filter
 from orchestrator.state import keys, sessions
+from orchestrator.state.quotas import Quotas
 from orchestrator.state.registry import text
-from orchestrator.worker import health, networks, self_attach
+from orchestrator.worker import health, networks, self_attach, volumes
 from orchestrator.worker.health import container_address, probe, wait_healthy
 from orchestrator.worker.images import resolve_image
 from orchestrator.worker.runtime import Runtime
@@ -117,29 +127,12 @@ def _unregister(redis: Any, relic_id: str, session_id: str) -> None:
 # -- start ------------------------------------------------------------------------------
 
 
-def _volumes(rt: Runtime, request: RelicStartRequest) -> dict[str, str]:
-    """Named volumes created per session and labelled: request name -> engine name."""
-    return {
-        mount.source: _session_volume(rt, request, mount)
-        for mount in request.volumes
-        if not mount.is_bind
-    }
-
-
-def _session_volume(rt: Runtime, request: RelicStartRequest, mount: VolumeMount) -> str:
-    name = volume_name(request.session_id, mount.source)
-    try:
-        rt.engine.inspect_volume(name)
-    except VolumeNotFound:
-        volume_labels = labels("volume", request.session_id, 0, rt.host_name)
-        rt.engine.create_volume(name, volume_labels)
-    return name
-
-
 def _spec(
     rt: Runtime, request: RelicStartRequest, relic_id: str, image: str, network: str | None
 ) -> ContainerSpec:
     expires = sessions.expiry(rt.redis, request.session_id).get("expires_at", 0)
+    volume_names = volumes.session_volumes(rt, request.session_id, request.volumes)
+    # relic_spec checks the bind mounts again: after the pull or build, right before create.
     return relic_spec(
         request,
         relic_id=relic_id,
@@ -147,7 +140,7 @@ def _spec(
         settings=rt.settings,
         expires_at=expires,
         network=network,
-        volume_names=_volumes(rt, request),
+        volume_names=volume_names,
     )
 
 
@@ -155,6 +148,8 @@ def _check(rt: Runtime, request: RelicStartRequest) -> None:
     """Reject a request that breaks server policy, before anything is touched."""
     check_limits(request.resource_limits, rt.settings)
     check_volumes(request.volumes, rt.settings)
+    check_network(request, rt.settings)
+    check_request_size(request, rt.settings)
     if request.health_timeout_seconds > rt.settings.relic_max_health_timeout_seconds:
         raise RelicUnhealthy(
             f"health_timeout_seconds: above the server maximum "
@@ -175,14 +170,61 @@ def start_relic(rt: Runtime, request: RelicStartRequest, relic_id: str) -> Relic
 
     Raises:
         WrongHost: another host owns the session (the task forwards itself).
+        QuotaExceeded: the session or the host holds too much, or the host is starting too
+            many relics at once; nothing started.
         RelicConflict: a different relic of this session has the same name.
         RelicExited / RelicUnhealthy: it never became healthy; nothing is left behind.
     """
     _check(rt, request)
-    sessions.require_owner(rt, request.session_id)
+    sessions.require_owner(rt, request.session_id)  # a start forwarded elsewhere holds nothing
+    with _quota(rt, request, relic_id):
+        return _start_relic(rt, request, relic_id)
+
+
+#: Added to a relic's health timeout in its start's quota entries: time to pull or build.
+QUOTA_START_SECONDS = 900
+
+
+@contextmanager
+def _quota(rt: Runtime, request: RelicStartRequest, relic_id: str) -> Iterator[None]:
+    """One of the host's relic-start slots while it starts, and the relic's place in its
+    session's and host's quotas: released if the start fails, kept once it is healthy until
+    it is removed or its session ends (its hard end, if no worker is left to say so)."""
+    quotas = Quotas(rt.redis, rt.settings)
+    starting = time.time() + request.health_timeout_seconds + QUOTA_START_SECONDS
+    memory_mb = request.resource_limits.memory_mb
+    with quotas.relic_start(relic_id, starting):
+        quotas.acquire(
+            relic_id,
+            session_id=request.session_id,
+            kind="relic",
+            memory_mb=memory_mb,
+            expires_at=starting,
+        )
+        try:
+            yield
+        except BaseException:
+            quotas.release(relic_id, request.session_id)
+            raise
+        created = sessions.expiry(rt.redis, request.session_id).get("created_at", time.time())
+        quotas.acquire(
+            relic_id,
+            session_id=request.session_id,
+            kind="relic",
+            memory_mb=memory_mb,
+            expires_at=created + rt.settings.session_max_lifetime_seconds,
+            enforce=False,
+        )
+
+
+def _start_relic(rt: Runtime, request: RelicStartRequest, relic_id: str) -> RelicInfo:
+    """:func:`start_relic` once the request passed its checks and holds its quotas."""
     sessions.record_host(rt, request.session_id)
-    name = relic_container_name(request.session_id, request.relic_name)
-    container = _existing(rt, name, relic_id)
+    container = _existing(
+        rt, relic_container_name(request.session_id, request.relic_name), relic_id
+    )
+    if container is None:
+        container = _existing_by_labels(rt, request, relic_id)
     network = None
     if request.create_private_network:
         session_network = networks.ensure_network(
@@ -194,6 +236,7 @@ def start_relic(rt: Runtime, request: RelicStartRequest, relic_id: str) -> Relic
             rt.engine, rt.redis, rt.settings, request.image, request.build, request.relic_name
         )
         container = _create(rt, _spec(rt, request, relic_id, image, network), relic_id)
+    name = container.name
     _register(rt, relic_id, request, name)
     try:
         healthy = _start_and_wait(rt, container, request, network)
@@ -214,6 +257,8 @@ def _start_and_wait(
     """
     if container.status == "created":
         _publish(rt, container, request, network)
+        # Binds are mounted at start: check them once more, as late as possible.
+        volumes.recheck_binds(rt, request.volumes)
         rt.engine.start_container(container.id)
     # A worker in a container reaches the relic only from inside its network.
     with self_attach.attached(rt.engine, network or "bridge"):
@@ -243,7 +288,8 @@ def start_relic_once(rt: Runtime, request: RelicStartRequest, relic_id: str) -> 
 
     Args:
         rt: this worker's runtime.
-        request: the validated request.
+        request: the validated request; its secret values encrypted (or plain, from a
+            plain Celery client). :func:`start_relic` is given them decrypted.
         relic_id: the relic's id (the start task's id).
 
     Returns:
@@ -251,25 +297,73 @@ def start_relic_once(rt: Runtime, request: RelicStartRequest, relic_id: str) -> 
 
     Raises:
         StartInProgress: another worker holds this start's lease.
+        InvalidRequest / Forbidden: a secret value does not decrypt with this worker's key.
+        RelicError: sent again by the reaper (secrets masked) with no container left.
     """
+    # Decrypted here, in memory only: its checks, its container's environment and the
+    # masking of its errors need the values; the registry gets request.redacted().
+    revealed = secrets.reveal_request(request, secrets.settings_keyring(rt.settings))
     if not rt.leases.acquire(relic_id):
         raise StartInProgress(f"relic {relic_id} is being started by another worker")
     try:
+        resumed = _resumed_without_secrets(rt, request, relic_id)
         rt.executions.start(
             relic_id,
             {
                 "task": Task.RELICS_START.value,
                 "host": rt.host_name,
                 "session_id": request.session_id,
-                "request": request.model_dump(mode="json"),
+                "request": request.redacted(),  # what the reaper re-sends: never a secret
+                "has_secrets": "1" if request.secret_parameters else "",
             },
         )
         try:
-            return start_relic(rt, request, relic_id)
+            with _masking(revealed):
+                if resumed and not _alive(rt, request, relic_id):
+                    raise RelicError(
+                        f"relic {relic_id}: its worker died before the container was made and "
+                        "secret parameters are never stored; start the relic again"
+                    )
+                return start_relic(rt, revealed, relic_id)
         finally:
             rt.executions.forget(relic_id)
     finally:
         rt.leases.release(relic_id)
+
+
+def _resumed_without_secrets(rt: Runtime, request: RelicStartRequest, relic_id: str) -> bool:
+    """True for a start the reaper sent again from the registry: its secrets are masks.
+
+    (A Celery retry has a registry entry too, but its request holds the real values.)
+    """
+    params = request.secret_parameters
+    if not params or any(value != redaction.MASK for value in params.values()):
+        return False
+    return bool(rt.executions.get(relic_id).get("has_secrets"))
+
+
+def _alive(rt: Runtime, request: RelicStartRequest, relic_id: str) -> bool:
+    """Whether this relic's container exists and has not finished (looked up, not touched)."""
+    found = rt.engine.find_container(relic_container_name(request.session_id, request.relic_name))
+    if found is None:
+        by_labels = rt.engine.list_containers(
+            label_filter(kind=Kind.RELIC.value, session=request.session_id, relic=relic_id)
+        )
+        found = by_labels[0] if by_labels else None
+    return found is not None and found.labels.get(label("relic")) == relic_id and not found.finished
+
+
+@contextmanager
+def _masking(request: RelicStartRequest) -> Iterator[None]:
+    """An error leaving a start with secrets shows none of them: a relic that exits or never
+    turns healthy has its log tail in the message, which Celery stores."""
+    try:
+        yield
+    except Exception as exc:
+        if request.secret_parameters:
+            forms = redaction.secret_forms(redaction.secret_values(request))
+            redaction.redact_exception(exc, forms)
+        raise
 
 
 def _existing(rt: Runtime, name: str, relic_id: str) -> Container | None:
@@ -291,6 +385,21 @@ def _existing(rt: Runtime, name: str, relic_id: str) -> Container | None:
         rt.engine.remove_container(name)
         return None
     return found
+
+
+def _existing_by_labels(rt: Runtime, request: RelicStartRequest, relic_id: str) -> Container | None:
+    """The session's relic of this name under another container name (one started before
+    the naming changed), found by its labels; None when there is none.
+
+    Raises:
+        RelicConflict: it belongs to another relic.
+    """
+    found = rt.engine.list_containers(
+        label_filter(
+            kind=Kind.RELIC.value, session=request.session_id, relic_name=request.relic_name
+        )
+    )
+    return _existing(rt, found[0].name, relic_id) if found else None
 
 
 def _create(rt: Runtime, spec: ContainerSpec, relic_id: str) -> Container:
@@ -435,4 +544,5 @@ def remove_relic(rt: Runtime, relic_id: str) -> dict[str, Any]:
     entry = _local_entry(rt, relic_id)
     removed = rt.engine.remove_container(entry["container_name"])
     _unregister(rt.redis, relic_id, entry.get("session_id", ""))
+    Quotas(rt.redis, rt.settings).release(relic_id, entry.get("session_id", ""))
     return {"relic_id": relic_id, "removed": removed}

@@ -105,3 +105,17 @@ FAILING_BUILD_STEP = Command(
     ("/bin/sh", "-c", "echo failing; exit 3"),
     lambda spec: FakeExec(stdout=b"failing\n", exit_code=3),
 )
+#: A ``RUN`` step that outlives a build's time limit.
+SLOW_BUILD_STEP = Command(("/bin/sh", "-c", "sleep 30"), lambda spec: FakeExec(run_seconds=30))
+#: A ``RUN`` step that holds 64 MiB (``tail`` keeps the last line, and this one has no
+#: end): over a small memory limit it is killed, and Docker reports 137.
+GREEDY_BUILD_STEP = Command(
+    ("/bin/sh", "-c", "head -c 67108864 /dev/zero | tail >/dev/null"),
+    lambda spec: FakeExec(exit_code=137),
+)
+#: A ``RUN`` step that succeeds only without a network interface besides loopback.
+NO_NETWORK_BUILD_STEP = Command(
+    ("/bin/sh", "-c", 'test "$(ls /sys/class/net)" = lo'), lambda spec: FakeExec()
+)
+#: The ``ONBUILD`` trigger of the base image in the build tests.
+TRIGGER_STEP = Command(("/bin/sh", "-c", "echo triggered > /triggered"), lambda spec: FakeExec())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from orchestrator.core.types import BuildSpec
@@ -16,9 +19,14 @@ from tests.contract.scenarios import (
     BUILD_STEP,
     EXITS_0,
     FAILING_BUILD_STEP,
+    GREEDY_BUILD_STEP,
+    NO_NETWORK_BUILD_STEP,
+    SLOW_BUILD_STEP,
     TEST_IMAGE,
     TEST_IMAGE_CMD,
     TEST_IMAGE_ENV,
+    TRIGGER_STEP,
+    Command,
 )
 
 
@@ -227,3 +235,96 @@ def test_removing_by_id_an_image_with_several_tags_is_refused(harness: Harness) 
     engine.remove_image(built.id)
     with pytest.raises(ImageNotFound):
         engine.inspect_image(built.id)
+
+
+# -- containment of builds: what a RUN step gets, how long a build may run ----------------
+
+
+def exec_form(command: Command) -> str:
+    """``command`` as an exec-form ``RUN`` line (so the argv is exactly the command's)."""
+    return "RUN " + json.dumps(list(command.argv))
+
+
+def test_a_container_knows_the_id_of_its_image_after_the_tag_moved(harness: Harness) -> None:
+    engine = harness.engine
+    tag = harness.tag("moving")
+    engine.tag_image(TEST_IMAGE, tag)
+    created = engine.create_container(harness.spec(EXITS_0, image=tag))
+    first = engine.inspect_image(tag).id
+    moved = build_spec(harness, f"FROM {TEST_IMAGE}\nLABEL moved=yes\n", tag=tag)
+    built = engine.build_image(moved)
+
+    assert built.id != first
+    assert engine.inspect_container(created.id).image_id == first
+    [listed] = [c for c in engine.list_containers() if c.id == created.id]
+    assert listed.image_id == first
+    engine.remove_container(created.id)
+
+
+def test_onbuild_triggers_are_inspected_and_run_in_the_builds_from_the_image(
+    harness: Harness,
+) -> None:
+    engine = harness.engine
+    harness.learn(TRIGGER_STEP)
+    trigger = 'RUN ["/bin/sh","-c","echo triggered > /triggered"]'
+    base = engine.build_image(
+        build_spec(harness, f"FROM {TEST_IMAGE}\nONBUILD {trigger}\n", "base")
+    )
+
+    assert base.onbuild == (trigger,)
+    child = engine.build_image(build_spec(harness, f"FROM {base.tags[0]}\n", "child"))
+    assert child.onbuild == ()  # the triggers ran, in this build
+
+
+def test_a_build_past_its_time_limit_is_stopped_and_tags_nothing(harness: Harness) -> None:
+    engine = harness.engine
+    harness.learn(SLOW_BUILD_STEP)
+    spec = build_spec(
+        harness, f"FROM {TEST_IMAGE}\n{exec_form(SLOW_BUILD_STEP)}\n", timeout_seconds=2
+    )
+    started = time.monotonic()
+
+    with pytest.raises(ImageBuildFailed) as info:
+        engine.build_image(spec)
+
+    assert time.monotonic() - started < 10  # the step sleeps 30 s: it was cut
+    assert spec.tag in str(info.value)
+    assert "time limit" in str(info.value)
+    with pytest.raises(ImageNotFound):
+        engine.inspect_image(spec.tag)
+
+
+def test_a_run_step_over_the_builds_memory_is_killed(harness: Harness) -> None:
+    harness.learn(GREEDY_BUILD_STEP)
+    spec = build_spec(harness, f"FROM {TEST_IMAGE}\n{exec_form(GREEDY_BUILD_STEP)}\n", memory_mb=16)
+
+    with pytest.raises(ImageBuildFailed) as info:
+        harness.engine.build_image(spec)
+
+    assert "returned a non-zero code: 137" in str(info.value)
+
+
+def test_run_steps_without_a_network_have_only_loopback_and_take_a_cpu_quota(
+    harness: Harness,
+) -> None:
+    harness.learn(NO_NETWORK_BUILD_STEP)
+    spec = build_spec(
+        harness, f"FROM {TEST_IMAGE}\n{exec_form(NO_NETWORK_BUILD_STEP)}\n", cpu_limit=0.5
+    )
+
+    built = harness.engine.build_image(spec)
+
+    assert spec.tag in built.tags
+
+
+def test_from_takes_global_args_and_earlier_stages(harness: Harness) -> None:
+    dockerfile = (
+        "ARG BASE=contract-missing-base/none:1\nFROM ${BASE} AS first\nLABEL stage=first\n"
+        "FROM first\nLABEL second=yes\n"
+    )
+    spec = build_spec(harness, dockerfile, build_args={"BASE": TEST_IMAGE})
+
+    built = harness.engine.build_image(spec)
+
+    assert built.labels["stage"] == "first"
+    assert built.labels["second"] == "yes"

@@ -60,6 +60,8 @@ def worker_env(shared_dir: Path) -> dict[str, str]:
     return {
         "ORCHESTRATOR_ALLOWED_VOLUME_ROOTS": str(shared_dir),
         "ORCHESTRATOR_ALLOWED_BUILD_ROOTS": str(shared_dir),
+        # Builds are off by default; the tests that build run on this worker.
+        "ORCHESTRATOR_ALLOW_BUILDS": "true",
     }
 
 

@@ -22,6 +22,8 @@ REDIS_URL = os.environ.get("ORCHESTRATOR_TEST_REDIS_URL", "redis://127.0.0.1:637
 # (scripts/test.sh runs part of the suite again on RabbitMQ); REDIS_URL stays the backend.
 BROKER_URL = os.environ.get("ORCHESTRATOR_TEST_BROKER_URL") or REDIS_URL
 TEST_IMAGE = "orchestrator-test/busybox:latest"
+#: The Fernet key workers and clients share in the tests (secret_parameters travel encrypted).
+TEST_SECRET_KEY = "x8kY2s1b0dXpQm9aXG0tqB6o3mQh1kQWm2m4T9cFv1E="
 MANAGED = "orchestrator.managed=true"
 
 
@@ -66,6 +68,7 @@ def settings_env(host_name: str, **extra: str) -> dict[str, str]:
         "ORCHESTRATOR_MAX_MEMORY_MB": "2048",
         "ORCHESTRATOR_MAX_TIMEOUT_SECONDS": "600",
         "ORCHESTRATOR_NETWORK_GRACE_SECONDS": "1",
+        "ORCHESTRATOR_SECRET_KEY": TEST_SECRET_KEY,
     }
     env.update(extra)
     return env
@@ -173,6 +176,14 @@ def force_remove_managed(client: Any, host_label: str) -> None:
         network.remove()
     for volume in client.volumes.list(filters=label):
         volume.remove(force=True)
+
+
+def remove_built_images(client: Any, requested_tag: str) -> None:
+    """Teardown: remove the images builds made for ``requested_tag`` (a build's ``tag`` is
+    only a label: the image is tagged ``orchestrator-build/<name>:<hash>``)."""
+    label = {"label": [MANAGED, f"orchestrator.requested-tag={requested_tag}"]}
+    for image in client.images.list(filters=label):
+        client.images.remove(image.id, force=True)
 
 
 def have(command: str) -> bool:

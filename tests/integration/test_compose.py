@@ -311,7 +311,9 @@ def test_a_tool_and_a_relic_run_through_the_stack(
         },
         timeout=120,
     )
-    assert relic.healthy and relic.internal_url == f"http://orch-relic-{session_id}-web:8000"
+    assert relic.healthy and relic.internal_url == (
+        f"http://orch-relic-{len(session_id)}-{session_id}-web:8000"
+    )
     # Whichever replica answers probes the relic the same way.
     assert all(stack_client.get_relic(relic.relic_id).healthy for _ in range(2 * REPLICAS))
     worker_ids = {c.id for c in stack.containers(docker_client, "worker")}

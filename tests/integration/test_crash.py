@@ -151,7 +151,7 @@ def test_worker_killed_during_a_relic_start_ends_with_a_healthy_relic(
         sent = client.app.send_task(
             "orchestrator.relics.start", args=[request], queue=f"host.{crash_host}"
         )
-        name = f"orch-relic-{session_id}-slow"
+        name = f"orch-relic-{len(session_id)}-{session_id}-slow"
         deadline = time.monotonic() + 30
         while not docker_client.containers.list(all=True, filters={"name": name}):
             assert time.monotonic() < deadline, "the relic container never appeared"

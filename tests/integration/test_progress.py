@@ -9,7 +9,7 @@ import uuid
 import docker
 
 from orchestrator import OrchestratorClient
-from tests.integration.harness import TEST_IMAGE
+from tests.integration.harness import TEST_IMAGE, remove_built_images
 
 
 def test_progress_states_are_reported_in_order(
@@ -37,7 +37,7 @@ def test_progress_states_are_reported_in_order(
         assert meaningful == ["BUILDING", "RUNNING", "SUCCESS"], seen
         assert handle.result(timeout=10).stdout == "done\n"
     finally:
-        docker_client.images.remove(tag, force=True)
+        remove_built_images(docker_client, tag)
 
 
 def test_running_progress_names_the_host_and_container(

@@ -164,7 +164,7 @@ def test_named_volumes_persist_across_relic_restarts_until_cleanup(
         timeout=60,
     )
     assert reader.stdout == "ok\n"
-    volume = docker_client.volumes.get(f"orch-{session_id}-data")
+    volume = docker_client.volumes.get(f"orch-vol-{len(session_id)}-{session_id}-data")
     assert volume.attrs["Labels"]["orchestrator.session"] == session_id
     boots = docker_client.containers.run(
         TEST_IMAGE, ["cat", "/data/boots"], volumes={volume.name: {"bind": "/data"}}, remove=True
@@ -226,9 +226,13 @@ def test_publishing_a_host_port(client: OrchestratorClient, session: str) -> Non
     import socket
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    for port in range(20000 + uuid.uuid4().int % 9000, 30000):  # the default allowed range
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
     info = client.start_relic(relic(session, "web", ports={8000: port}), timeout=60)
     assert info.ports == {"8000/tcp": port}
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as reply:

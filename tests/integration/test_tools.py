@@ -14,7 +14,13 @@ from celery import Celery
 
 from orchestrator import OrchestratorClient
 from orchestrator.errors import InvalidRequest, LimitExceeded
-from tests.integration.harness import BROKER_URL, REDIS_URL, TEST_IMAGE, tool
+from tests.integration.harness import (
+    BROKER_URL,
+    REDIS_URL,
+    TEST_IMAGE,
+    remove_built_images,
+    tool,
+)
 
 
 def wait_state(handle: Any, states: set[str], timeout: float = 30) -> str:
@@ -127,7 +133,7 @@ def test_build_from_inline_dockerfile(
         assert result.status == "succeeded", result
         assert result.stdout == "built-inline\n"
     finally:
-        docker_client.images.remove(tag, force=True)
+        remove_built_images(docker_client, tag)
 
 
 def test_build_from_a_context_directory(
@@ -151,7 +157,7 @@ def test_build_from_a_context_directory(
         result = client.run_tool(request, timeout=120)
         assert result.stdout == "from-context\n"
     finally:
-        docker_client.images.remove(tag, force=True)
+        remove_built_images(docker_client, tag)
 
 
 def test_cleanup_false_keeps_the_container(

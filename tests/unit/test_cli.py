@@ -1125,6 +1125,36 @@ def test_up_starts_worker_beat_and_flower_from_the_repository_root(
     assert lines[3].split()[:4] == ["flower", str(flower.pid), "started", "http://127.0.0.1:5599"]
     assert "host uptest is live" in out and "host.uptest" in out
     assert "stop them with: orchestrator down" in out
+    # Never the documented default: a random password, given to Flower, printed, kept 0600.
+    auth = flower.kwargs["env"]["ORCHESTRATOR_FLOWER_BASIC_AUTH"]
+    user, _, password = auth.partition(":")
+    assert user == "admin" and len(password) >= 20 and auth != "admin:orchestrator"
+    assert f"Flower asks for user 'admin', password {password!r} (generated" in out
+    kept = state / "flower-credentials"
+    assert kept.read_text() == auth + "\n" and kept.stat().st_mode & 0o777 == 0o600
+
+
+def test_up_reuses_its_generated_flower_credentials_and_keeps_the_operators(
+    procs: FakeProcesses, state: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):  # fmt: skip
+    code, out, _ = run(capsys, "up", "--no-beat", "--json")
+    first = json.loads(out)["flower_credentials"]
+    assert code == 0 and first["user"] == "admin"
+    assert first["file"] == str(state / "flower-credentials")
+    run(capsys, "down")
+    run(capsys, "up", "--no-beat")
+    assert procs.started[-1].kwargs["env"]["ORCHESTRATOR_FLOWER_BASIC_AUTH"] == (
+        f"admin:{first['password']}"
+    )
+    run(capsys, "down")
+    monkeypatch.setenv("ORCHESTRATOR_FLOWER_BASIC_AUTH", "ops:chosen-by-the-operator")
+    code, out, _ = run(capsys, "up", "--no-beat")
+    assert procs.started[-1].kwargs["env"]["ORCHESTRATOR_FLOWER_BASIC_AUTH"] == (
+        "ops:chosen-by-the-operator"
+    )
+    assert "Flower asks for user 'ops' (ORCHESTRATOR_FLOWER_BASIC_AUTH)" in out
+    assert "chosen-by-the-operator" not in out
 
 
 def test_up_without_flower_and_beat_starts_only_the_worker(

@@ -3,23 +3,32 @@ description of every container the orchestrator creates (tool runs, relics, warm
 
 from __future__ import annotations
 
+import itertools
 import os
+import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orchestrator.core.specs import (
     IDLE_SCRIPT,
+    check_bind,
     check_limits,
     check_volumes,
     pool_spec,
+    relic_container_name,
     relic_spec,
+    request_bytes,
     tool_environment,
     tool_spec,
+    volume_name,
 )
 from orchestrator.core.types import ContainerSpec, Mount
 from orchestrator.engine.docker_engine import create_kwargs
-from orchestrator.errors import InvalidRequest, LimitExceeded
+from orchestrator.errors import Forbidden, InvalidRequest, LimitExceeded
 from orchestrator.models import (
     PoolSpec,
     RelicStartRequest,
@@ -180,7 +189,8 @@ def test_a_read_only_root_gets_a_small_tmp_tmpfs():
     ],
 )
 def test_network_mode_maps_to_none_bridge_or_the_session_network(mode, network, expected):
-    spec = build(make_request(network_mode=mode), network=network)
+    every_mode = make_settings(allowed_network_modes=["none", "bridge", "session"])
+    spec = build(make_request(network_mode=mode), every_mode, network=network)
 
     assert spec.network == expected
 
@@ -199,13 +209,32 @@ def test_volumes_become_bind_and_named_volume_mounts(tmp_path):
             {"source": "cache", "target": "/cache"},
         ]
     )
+    names = {"cache": "orch-vol-6-sess-1-cache"}
 
-    spec = build(request, make_settings(allowed_volume_roots=[str(tmp_path)]))
+    spec = build(request, make_settings(allowed_volume_roots=[str(tmp_path)]), volume_names=names)
 
     assert spec.mounts == (
         Mount(source=str(data), target="/data", read_only=True, kind="bind"),
-        Mount(source="cache", target="/cache", read_only=False, kind="volume"),
+        Mount(source="orch-vol-6-sess-1-cache", target="/cache", read_only=False, kind="volume"),
     )
+
+
+def test_a_named_volume_never_reaches_the_engine_under_the_requests_own_name():
+    request = make_request(volumes=[{"source": "redis-data", "target": "/r"}])
+
+    with pytest.raises(Forbidden, match=r"^volumes\.0\.source: 'redis-data' has no session volume"):
+        build(request)
+    with pytest.raises(Forbidden, match=r"^volumes\.0\.source: "):
+        build(request, volume_names={"other": "orch-vol-6-sess-1-other"})
+
+
+def test_the_engine_gets_the_normalized_bind_source(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    request = make_request(volumes=[{"source": f"/{tmp_path}//a/./b/../b/", "target": "/x"}])
+
+    spec = build(request, make_settings(allowed_volume_roots=[str(tmp_path)]))
+
+    assert spec.mounts == (Mount(source=f"{tmp_path}/a/b", target="/x", kind="bind"),)
 
 
 # -- environment -----------------------------------------------------------------------------
@@ -282,7 +311,7 @@ def relic(settings: Settings | None = None, **fields: Any) -> ContainerSpec:
 def test_a_relic_is_named_per_session_and_labelled_with_its_id_name_port_and_expiry():
     spec = relic(port=5432, environment={"PGUSER": "app"}, command=["postgres", "-F"])
 
-    assert spec.name == "orch-relic-sess-1-db"
+    assert spec.name == "orch-relic-6-sess-1-db"
     assert (spec.image, spec.command, spec.environment) == (
         "postgres:16",
         ("postgres", "-F"),
@@ -324,10 +353,11 @@ def test_a_relic_has_relic_limits_the_sandbox_and_only_the_operators_capabilitie
 
 
 def test_a_relics_named_volumes_are_session_scoped_and_its_ports_published():
-    spec = relic(volumes=[{"source": "pgdata", "target": "/var/lib/data"}], ports={5432: 15432})
+    spec = relic(volumes=[{"source": "pgdata", "target": "/var/lib/data"}], ports={5432: 25432})
 
     assert spec.mounts == (Mount(source="orch-sess-1-pgdata", target="/var/lib/data"),)
-    assert spec.ports == {5432: 15432}
+    assert spec.ports == {5432: 25432}
+    assert spec.ports_host_ip == "127.0.0.1"  # loopback, never every interface
 
 
 def test_a_relic_above_the_server_limits_is_rejected():
@@ -445,7 +475,7 @@ def test_bind_mounts_are_refused_when_no_roots_are_allowed(roots):
     assert "ORCHESTRATOR_ALLOWED_VOLUME_ROOTS" in str(info.value)
 
 
-@pytest.mark.parametrize("relative", ["", "sub", "sub/file.txt", "sub/../sub/file.txt", "new/dir"])
+@pytest.mark.parametrize("relative", ["", "sub", "sub/file.txt", "sub/../sub/file.txt", "sub/./"])
 def test_bind_mount_under_an_allowed_root_is_accepted(roots, relative):
     allowed, _ = roots
     source = os.path.join(str(allowed), relative) if relative else str(allowed)
@@ -489,12 +519,14 @@ def test_bind_mount_through_a_symlink_pointing_outside_is_refused(roots):
         check_volumes(mounts(str(allowed / "link" / "secret.txt")), settings)
 
 
-def test_bind_mount_through_a_symlink_staying_inside_is_accepted(roots):
+def test_bind_mount_through_a_symlink_staying_inside_is_refused_too(roots):
     allowed, _ = roots
     (allowed / "inner-link").symlink_to(allowed / "sub")
     settings = make_settings(allowed_volume_roots=[str(allowed)])
 
-    assert check_volumes(mounts(str(allowed / "inner-link" / "file.txt")), settings) is None
+    # It could be pointed elsewhere between the check and the mount.
+    with pytest.raises(Forbidden, match=r"inner-link' is a symbolic link"):
+        check_volumes(mounts(str(allowed / "inner-link" / "file.txt")), settings)
 
 
 def test_allowed_root_that_is_a_symlink_is_resolved_before_comparing(roots, tmp_path):
@@ -553,3 +585,247 @@ def test_named_volumes_are_allowed_whatever_the_roots(roots_setting):
     settings = make_settings(allowed_volume_roots=roots_setting)
 
     assert check_volumes(mounts("cache", "pip_cache-1"), settings) is None
+
+
+# -- bind mount rules, one row each --------------------------------------------------------------
+
+
+def _symlink(link: Path, target: Path) -> Path:
+    link.symlink_to(target)
+    return link
+
+
+# (case, make the source from (allowed, outside), what the refusal says)
+REFUSED_BINDS: list[tuple[str, Callable[[Path, Path], Path | str], str]] = [
+    ("missing", lambda a, o: a / "nope", r"/nope' does not exist where the worker looks"),
+    ("missing_parent", lambda a, o: a / "nope" / "deeper", r"/nope' does not exist"),
+    ("under_a_file", lambda a, o: a / "sub" / "file.txt" / "x", r"file.txt/x' does not exist"),
+    ("outside", lambda a, o: o, "outside the allowed roots"),
+    ("parent_of_root", lambda a, o: f"{a}/..", "outside the allowed roots"),
+    ("dotdot_out", lambda a, o: f"{a}/sub/../../outside", "outside the allowed roots"),
+    ("link_outside", lambda a, o: _symlink(a / "l", o), "outside the allowed roots"),
+    ("link_inside", lambda a, o: _symlink(a / "l", a / "sub"), r"/l' is a symbolic link"),
+    (
+        "link_in_the_middle",
+        lambda a, o: _symlink(a / "l", a / "sub") / "file.txt",
+        r"/l' is a symbolic link",
+    ),
+    ("dangling_link", lambda a, o: _symlink(a / "l", a / "later"), r"/l' is a symbolic link"),
+    ("link_to_itself_loop", lambda a, o: _symlink(a / "l", a / "l"), r"/l' is a symbolic link"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "make", "refusal"), REFUSED_BINDS, ids=[c[0] for c in REFUSED_BINDS]
+)
+def test_a_bind_breaking_a_rule_is_refused_naming_field_rule_and_setting(
+    roots, case, make, refusal
+):
+    allowed, outside = roots
+    source = str(make(allowed, outside))
+    settings = make_settings(allowed_volume_roots=[str(allowed)])
+
+    with pytest.raises(Forbidden, match=refusal) as info:
+        check_volumes(mounts(source), settings)
+
+    assert str(info.value).startswith("volumes.0.source: ")
+    assert "ORCHESTRATOR_ALLOWED_VOLUME_ROOTS" in str(info.value)
+    assert not (allowed / "nope").exists()  # never created
+
+
+def test_a_symlinked_allowed_root_must_be_given_by_its_real_path(roots, tmp_path):
+    allowed, _ = roots
+    alias = _symlink(tmp_path / "alias", allowed)
+    settings = make_settings(allowed_volume_roots=[str(alias)])
+
+    assert check_volumes(mounts(str(allowed / "sub")), settings) is None
+    with pytest.raises(Forbidden, match=r"/alias' is a symbolic link"):
+        check_volumes(mounts(str(alias / "sub")), settings)
+
+
+@pytest.mark.parametrize("source", ["/", "/run", "/var/run", "/var", "/run/../var/run/"])
+def test_a_directory_holding_the_docker_socket_is_refused(source):
+    settings = make_settings(allowed_volume_roots=["/"])
+
+    with pytest.raises(Forbidden, match="mounting the Docker socket is never allowed"):
+        check_volumes(mounts(source), settings)
+
+
+def test_any_socket_is_refused_not_only_the_docker_one():
+    # A short directory: a unix socket path holds at most 107 bytes.
+    base = Path(tempfile.mkdtemp(prefix="sock-", dir="/tmp"))
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(str(base / "engine.sock"))
+        settings = make_settings(allowed_volume_roots=[str(base)])
+        link = _symlink(base / "innocent", base / "engine.sock")
+
+        for source in (base / "engine.sock", link):
+            with pytest.raises(Forbidden, match="nor any other socket"):
+                check_volumes(mounts(str(source)), settings)
+    finally:
+        listener.close()
+        for child in base.iterdir():
+            child.unlink()
+        base.rmdir()
+
+
+def test_check_bind_returns_the_path_the_engine_will_get(roots):
+    allowed, _ = roots
+
+    assert check_bind("f", f"{allowed}/./sub//", [str(allowed)]) == f"{allowed}/sub"
+
+
+# -- session-scoped names --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (("a", "b-data"), ("a-b", "data")),
+        (("a-b-c", "d"), ("a", "b-c-d")),
+        (("a", "1-b-c"), ("b-c", "c")),
+        (("s1", "x"), ("s", "1-x")),
+    ],
+)
+@pytest.mark.parametrize("name_of", [volume_name, relic_container_name])
+def test_names_that_collided_before_are_distinct(name_of, first, second):
+    assert name_of(*first) != name_of(*second)
+
+
+@pytest.mark.parametrize("name_of", [volume_name, relic_container_name])
+def test_session_scoped_names_never_collide(name_of):
+    alphabet = ["a", "1", "-", "."]
+    ids = [
+        "".join(chars)
+        for size in (1, 2, 3)
+        for chars in itertools.product(alphabet, repeat=size)
+        if chars[0].isalnum()
+    ]
+    pairs = list(itertools.product(ids, ids))
+
+    assert len({name_of(session, name) for session, name in pairs}) == len(pairs)
+
+
+def test_session_scoped_names_are_readable_and_docker_names():
+    assert volume_name("sess-1", "pgdata") == "orch-vol-6-sess-1-pgdata"
+    assert relic_container_name("sess-1", "db") == "orch-relic-6-sess-1-db"
+
+
+# -- containment: network modes, published ports, request size, runtime ------------------------
+
+
+def test_a_tool_asking_the_default_bridge_is_forbidden_naming_field_rule_and_setting():
+    with pytest.raises(Forbidden) as refused:
+        build(make_request(network_mode="bridge"))
+
+    message = str(refused.value)
+    assert message.startswith("network_mode: 'bridge' is not allowed (allowed: none, session)")
+    assert "cloud metadata (169.254.169.254)" in message
+    assert message.endswith("an operator allows it with ORCHESTRATOR_ALLOWED_NETWORK_MODES")
+
+
+@pytest.mark.parametrize("mode", ["none", "session"])
+def test_the_default_network_modes_stay_allowed(mode):
+    spec = build(make_request(network_mode=mode), network="session_sess-1")
+
+    assert spec.network in ("none", "session_sess-1")
+
+
+def test_an_operator_may_narrow_the_network_modes_to_none_only():
+    settings = make_settings(allowed_network_modes=["none"])
+
+    with pytest.raises(
+        Forbidden, match=r"^network_mode: 'session' is not allowed \(allowed: none\)"
+    ):
+        build(make_request(network_mode="session"), settings, network="session_sess-1")
+
+
+def test_a_relic_without_its_private_network_is_forbidden_unless_bridge_is_allowed():
+    with pytest.raises(Forbidden) as refused:
+        relic(create_private_network=False, network=None)
+
+    assert str(refused.value).startswith("create_private_network: false puts the relic on the")
+    assert "ORCHESTRATOR_ALLOWED_NETWORK_MODES" in str(refused.value)
+    allowed = make_settings(allowed_network_modes=["none", "session", "bridge"])
+    assert relic(allowed, create_private_network=False, network=None).network == "bridge"
+
+
+def test_published_ports_bind_the_operators_address_only():
+    assert relic(ports={8000: 20000}).ports_host_ip == "127.0.0.1"
+    assert relic().ports_host_ip == ""  # nothing published
+    lan = make_settings(relic_ports_host_ip="10.0.0.5")
+    assert relic(lan, ports={8000: 29999}).ports_host_ip == "10.0.0.5"
+    sent = create_kwargs(relic(ports={8000: 20000}))["config"]["HostConfig"]["PortBindings"]
+    assert sent == {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "20000"}]}
+
+
+@pytest.mark.parametrize(
+    ("ports", "error", "message"),
+    [
+        ({8000: 80}, Forbidden, r"^ports\.8000: host port 80 is privileged \(below 1024\)"),
+        ({8000: 1023}, Forbidden, r"^ports\.8000: host port 1023 is privileged"),
+        ({8000: 30000}, Forbidden, r"^ports\.8000: host port 30000 is outside the allowed range "
+                                   r"20000-29999; .*ORCHESTRATOR_RELIC_HOST_PORT_RANGE"),
+        ({8000: 19999}, Forbidden, r"outside the allowed range"),
+        ({p: 20000 + p for p in range(1, 6)}, LimitExceeded,
+         r"^ports: 5 published ports, above the server maximum 4 per relic "
+         r"\(ORCHESTRATOR_RELIC_MAX_PORTS\)"),
+    ],
+)  # fmt: skip
+def test_published_ports_outside_the_policy_are_refused(ports, error, message):
+    with pytest.raises(error, match=message):
+        relic(ports=ports)
+
+
+def test_the_port_range_setting_never_reaches_below_1024():
+    with pytest.raises(InvalidRequest, match="ORCHESTRATOR_RELIC_HOST_PORT_RANGE"):
+        Settings.from_env({"ORCHESTRATOR_RELIC_HOST_PORT_RANGE": "80-9000"})
+    wide = Settings.from_env({"ORCHESTRATOR_RELIC_HOST_PORT_RANGE": "1024-65535"}, host_name="h")
+    assert relic(wide, ports={8000: 1024}).ports == {8000: 1024}
+
+
+def test_unknown_network_modes_in_the_setting_are_refused():
+    with pytest.raises(InvalidRequest, match="ORCHESTRATOR_ALLOWED_NETWORK_MODES"):
+        Settings.from_env({"ORCHESTRATOR_ALLOWED_NETWORK_MODES": "none,host"})
+
+
+def test_a_ten_megabyte_environment_value_is_refused_naming_the_fields_and_setting():
+    huge = "x" * (10 * 1024 * 1024)
+
+    with pytest.raises(LimitExceeded) as refused:
+        build(make_request(environment={"BIG": huge}))
+
+    assert str(refused.value) == (
+        "environment + parameters + secret_parameters + command: 10485765 bytes in all, above "
+        "the server maximum 262144 (ORCHESTRATOR_MAX_REQUEST_BYTES)"
+    )
+    with pytest.raises(LimitExceeded, match=r"^environment .*command: 10485765 bytes"):
+        relic(environment={"BIG": huge})
+
+
+def test_the_request_size_adds_environment_parameters_secrets_and_command():
+    request = make_request(
+        parameters={"A": "x" * 2000, "N": [1, 2]},  # N=[1,2] as the container sees it
+        secret_parameters={"S": "xy"},
+        environment={"E": ""},
+        command=["sh", "-c", "echo"],
+    )
+
+    size = (1 + 2000 + 2) + (1 + 5 + 2) + (1 + 2 + 2) + (1 + 0 + 2) + (3 + 3 + 5)
+    assert request_bytes(request) == size
+    build(request, make_settings(max_request_bytes=size))  # exactly at the maximum: accepted
+    with pytest.raises(LimitExceeded, match=f"^environment .*: {size} bytes in all"):
+        build(request, make_settings(max_request_bytes=size - 1))
+
+
+def test_the_operators_runtime_reaches_every_container():
+    gvisor = make_settings(container_runtime="runsc")
+
+    assert build(make_request(), gvisor).runtime == "runsc"
+    assert relic(gvisor).runtime == "runsc"
+    assert pool_spec(PoolSpec(image="tool:1"), settings=gvisor, now=NOW, suffix="a").runtime == (
+        "runsc"
+    )
+    assert build(make_request()).runtime is None  # the engine's default runtime
+    assert host_config(build(make_request(), gvisor))["Runtime"] == "runsc"

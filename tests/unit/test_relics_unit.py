@@ -103,13 +103,15 @@ def test_probe_of_a_server_that_never_answers_gives_up_at_its_timeout(silent_por
 
 
 def test_a_relic_container_is_named_from_its_session_and_name():
-    assert relic_container_name("s1", "db") == "orch-relic-s1-db"
+    assert relic_container_name("s1", "db") == "orch-relic-2-s1-db"
     assert relic_container_name("s1", "db") != relic_container_name("s2", "db")
+    assert relic_container_name("a", "b-db") != relic_container_name("a-b", "db")
 
 
 def test_a_relic_volume_is_scoped_to_its_session():
-    assert volume_name("s1", "data") == "orch-s1-data"
+    assert volume_name("s1", "data") == "orch-vol-2-s1-data"
     assert volume_name("s1", "data") != volume_name("s2", "data")
+    assert volume_name("a", "b-data") != volume_name("a-b", "data")
 
 
 # -- wait_healthy ---------------------------------------------------------------------------
@@ -139,7 +141,7 @@ def running_relic(
             engine.add_network(name)
     first, *others = networks
     created = engine.create_container(
-        ContainerSpec(name="orch-relic-s1-db", image="relic:1", labels={}, network=first)
+        ContainerSpec(name="orch-relic-2-s1-db", image="relic:1", labels={}, network=first)
     )
     for name in others:
         engine.connect_network(name, created.id)
@@ -257,13 +259,13 @@ def start_request(name: str = "db", **fields: Any) -> RelicStartRequest:
 def test_a_started_relic_runs_in_the_session_network_and_is_registered(rt, engine, probes):
     info = relics.start_relic(rt, start_request(health_check_endpoint="/ready"), "r1")
 
-    container = engine.inspect_container("orch-relic-s1-db")
+    container = engine.inspect_container("orch-relic-2-s1-db")
     address = container.networks["session_s1"]
     assert info.status == "running" and info.healthy is True
     assert info.relic_id == "r1" and info.relic_name == "db" and info.session_id == "s1"
-    assert (info.container_id, info.container_name) == (container.id, "orch-relic-s1-db")
+    assert (info.container_id, info.container_name) == (container.id, "orch-relic-2-s1-db")
     assert info.network == "session_s1"
-    assert info.internal_url == "http://orch-relic-s1-db:8000"
+    assert info.internal_url == "http://orch-relic-2-s1-db:8000"
     assert info.ip_address == address and address
     assert info.host == "h1" and info.started_at is not None and info.ports == {}
     assert probes.calls[-1] == (address, 8000, "/ready")
@@ -278,7 +280,7 @@ def test_a_started_relic_runs_in_the_session_network_and_is_registered(rt, engin
         "relic_name": "db",
         "session_id": "s1",
         "host": "h1",
-        "container_name": "orch-relic-s1-db",
+        "container_name": "orch-relic-2-s1-db",
         "port": "8000",
         "health": "/ready",
     }
@@ -293,7 +295,7 @@ def test_a_relic_that_exits_before_it_is_healthy_leaves_nothing_behind(rt, engin
     with pytest.raises(RelicExited, match="boom"):
         relics.start_relic(rt, start_request(image="crashy:1"), "r1")
 
-    assert engine.find_container("orch-relic-s1-db") is None
+    assert engine.find_container("orch-relic-2-s1-db") is None
     assert not rt.redis.exists(keys.relic("r1"))
     assert not rt.redis.sismember(keys.session_relics("s1"), "r1")
 
@@ -304,7 +306,7 @@ def test_a_relic_that_never_gets_healthy_is_removed(rt, engine, probes):
     with pytest.raises(RelicUnhealthy, match="did not answer GET /health"):
         relics.start_relic(rt, start_request(health_timeout_seconds=0.2), "r1")
 
-    assert engine.find_container("orch-relic-s1-db") is None
+    assert engine.find_container("orch-relic-2-s1-db") is None
     with pytest.raises(RelicNotFound):
         relics.lookup(rt.redis, "r1")
 
@@ -325,7 +327,7 @@ def test_another_relic_of_the_same_name_is_a_conflict(rt, engine, probes):
     with pytest.raises(RelicConflict, match="relic_name: the session already has relic r1"):
         relics.start_relic(rt, start_request(), "r2")
 
-    assert engine.inspect_container("orch-relic-s1-db").id == first.container_id
+    assert engine.inspect_container("orch-relic-2-s1-db").id == first.container_id
     assert engine.inspect_container(first.container_id).running
 
 
@@ -358,31 +360,53 @@ def test_named_volumes_are_scoped_to_the_session_and_labelled(redis, rt, engine,
 
     relics.start_relic(with_binds, start_request(volumes=volumes), "r1")
 
-    volume = engine.inspect_volume("orch-s1-data")
+    volume = engine.inspect_volume("orch-vol-2-s1-data")
     assert volume.labels["orchestrator.session"] == "s1"
     assert volume.labels["orchestrator.kind"] == "volume"
     assert volume.labels["orchestrator.managed"] == "true"
+    assert volume.labels["orchestrator.volume"] == "data"
     spec = engine.called("create_container")[0][0]
     mounts = {(m.source, m.target, m.read_only, m.kind) for m in spec.mounts}
     assert mounts == {
-        ("orch-s1-data", "/data", False, "volume"),
+        ("orch-vol-2-s1-data", "/data", False, "volume"),
         (str(tmp_path), "/in", True, "bind"),
     }
 
 
 def test_an_existing_session_volume_is_reused_as_it_is(rt, engine, probes):
-    engine.create_volume("orch-s1-data", {"mine": "yes"})
+    volume = [{"source": "data", "target": "/d"}]
+    relics.start_relic(rt, start_request(volumes=volume), "r1")
+    relics.remove_relic(rt, "r1")
 
-    relics.start_relic(rt, start_request(volumes=[{"source": "data", "target": "/d"}]), "r1")
+    relics.start_relic(rt, start_request(volumes=volume), "r2")
 
+    assert engine.called("create_volume") == [("orch-vol-2-s1-data",)]
+    assert engine.called("create_container")[-1][0].mounts[0].source == "orch-vol-2-s1-data"
+
+
+def test_a_volume_under_the_old_name_is_used_only_when_it_is_the_sessions(rt, engine, probes):
+    engine.create_volume("orch-s1-data", {"mine": "yes"})  # not the session's: never used
+    engine.create_volume(
+        "orch-s1-logs",
+        {
+            "orchestrator.managed": "true",
+            "orchestrator.kind": "volume",
+            "orchestrator.session": "s1",
+        },
+    )
+    volumes = [{"source": "data", "target": "/d"}, {"source": "logs", "target": "/l"}]
+
+    relics.start_relic(rt, start_request(volumes=volumes), "r1")
+
+    sources = [m.source for m in engine.called("create_container")[0][0].mounts]
+    assert sources == ["orch-vol-2-s1-data", "orch-s1-logs"]
     assert engine.inspect_volume("orch-s1-data").labels == {"mine": "yes"}
-    assert engine.called("create_volume") == [("orch-s1-data",)]
 
 
 def test_published_ports_join_the_default_bridge_before_the_start(rt, engine, probes):
-    info = relics.start_relic(rt, start_request(ports={8000: 18000}), "r1")
+    info = relics.start_relic(rt, start_request(ports={8000: 28000}), "r1")
 
-    assert info.ports == {"8000/tcp": 18000}
+    assert info.ports == {"8000/tcp": 28000}
     assert info.network == "session_s1"
     connect = [(name, args) for name, args in engine.calls if name == "connect_network"]
     assert connect == [("connect_network", ("bridge", info.container_id))]
@@ -391,7 +415,10 @@ def test_published_ports_join_the_default_bridge_before_the_start(rt, engine, pr
     assert set(engine.inspect_container(info.container_id).networks) == {"session_s1", "bridge"}
 
 
-def test_without_a_private_network_the_relic_uses_the_default_bridge(rt, engine, probes):
+def test_without_a_private_network_the_relic_uses_the_default_bridge(redis, engine, probes):
+    engine.add_image(SERVICE, FakeProgram(run_seconds=None, stdout=b"serving\n"))
+    bridge = Settings(host_name="h1", allowed_network_modes=["none", "session", "bridge"])
+    rt = Runtime(bridge, redis, engine=engine)  # an operator allowed the default bridge
     info = relics.start_relic(rt, start_request(create_private_network=False), "r1")
 
     assert info.network is None
@@ -413,7 +440,7 @@ def test_info_probes_a_running_relic_and_reports_a_removed_one(rt, engine, probe
     gone = relics.relic_info(rt, "r1")
     assert (gone.status, gone.container_name, gone.relic_name) == (
         "removed",
-        "orch-relic-s1-db",
+        "orch-relic-2-s1-db",
         "db",
     )
     assert gone.container_id is None and gone.host == "h1"
@@ -428,7 +455,7 @@ def test_stop_then_remove(rt, engine, probes):
     assert engine.called("stop_container")[-1][1] == 3
     assert relics.relic_info(rt, "r1").status == "stopped"
     assert relics.remove_relic(rt, "r1") == {"relic_id": "r1", "removed": True}
-    assert engine.find_container("orch-relic-s1-db") is None
+    assert engine.find_container("orch-relic-2-s1-db") is None
     with pytest.raises(RelicNotFound):
         relics.relic_info(rt, "r1")
 

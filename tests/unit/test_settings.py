@@ -1,4 +1,4 @@
-"""Behaviour of :class:`orchestrator.settings.Settings` and of ``celeryconfig``."""
+"""Behaviour of :class:`orchestrator.settings.Settings` and of the Celery settings made of it."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 from kombu import Queue
 from pydantic import ValidationError
 
-import celeryconfig
+from orchestrator.client.config import client_config
 from orchestrator.errors import InvalidRequest
 from orchestrator.settings import DEFAULT_REDIS_URL, ENV_PREFIX, Settings
+from orchestrator.worker.config import worker_options
 
 # -- defaults ----------------------------------------------------------------------------------
 
@@ -27,7 +28,7 @@ def test_defaults_are_documented_values():
     assert (settings.max_memory_mb, settings.max_cpu_limit) == (8192, 4.0)
     assert (settings.max_timeout_seconds, settings.max_pids_limit) == (3600, 4096)
     assert settings.default_pids_limit == 256
-    assert settings.log_cap_bytes == 1_048_576
+    assert settings.log_cap_bytes == 262_144
     assert settings.container_log_max_size == "20m"
     assert settings.grace_seconds == 60
     assert settings.lease_seconds == 20
@@ -213,12 +214,17 @@ def test_host_queue_is_named_after_the_host():
     assert Settings(host_name="alpha-1").host_queue == "host.alpha-1"
 
 
-# -- celeryconfig --------------------------------------------------------------------------------
+# -- Celery settings (what celeryconfig.py sets) -------------------------------------------------
+
+
+def worker_config(settings: Settings) -> dict:
+    """The worker's Celery settings, as ``celeryconfig.py`` sets them (test_packaging checks)."""
+    return {**client_config(settings), **worker_options(settings)}
 
 
 @pytest.fixture
 def worker_conf():
-    return celeryconfig.worker_config(
+    return worker_config(
         Settings(host_name="alpha", worker_concurrency=7, visibility_timeout_seconds=900)
     )
 
@@ -265,7 +271,7 @@ def test_tasks_are_routed_to_tools_and_relics_by_name(worker_conf):
 
 @pytest.mark.parametrize("broker", ["redis://r:6379/0", "rediss://r:6380/0", "sentinel://s:26379"])
 def test_redis_broker_gets_the_visibility_timeout_from_settings(broker):
-    conf = celeryconfig.worker_config(
+    conf = worker_config(
         Settings(host_name="h", broker_url=broker, visibility_timeout_seconds=900)
     )
 
@@ -275,7 +281,7 @@ def test_redis_broker_gets_the_visibility_timeout_from_settings(broker):
 
 
 def test_amqp_broker_gets_no_visibility_options():
-    conf = celeryconfig.worker_config(
+    conf = worker_config(
         Settings(host_name="h", broker_url="amqp://guest:guest@rabbit:5672//")
     )
 
@@ -286,8 +292,8 @@ def test_amqp_broker_gets_no_visibility_options():
 def test_client_config_is_the_worker_config_without_worker_options():
     settings = Settings(host_name="h")
 
-    client = celeryconfig.client_config(settings)
-    worker = celeryconfig.worker_config(settings)
+    client = client_config(settings)
+    worker = worker_config(settings)
 
     assert client.items() <= worker.items()
     assert "task_queues" not in client
