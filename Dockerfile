@@ -14,20 +14,25 @@ ARG PIP_CERT=
 ARG PIP_INDEX_URL=
 LABEL org.opencontainers.image.title="orchestrator-build-stage"
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone, so a source change keeps this layer cached.
-# pyproject.toml always matches, so the optional *.crt may match nothing.
-COPY pyproject.toml *.crt ./
+# Dependencies first, exactly as requirements.lock pins them (hashes checked), so a source
+# change keeps this layer cached. requirements.lock always matches, so *.crt may match nothing.
+COPY requirements.lock *.crt ./
 RUN set -eu; \
     [ -n "$PIP_CERT" ] || unset PIP_CERT; \
     [ -n "$PIP_INDEX_URL" ] || unset PIP_INDEX_URL; \
     python3 -m venv /opt/orchestrator; \
-    python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt; \
-    /opt/orchestrator/bin/pip install --no-cache-dir --disable-pip-version-check -r requirements.txt
+    /opt/orchestrator/bin/pip install --no-cache-dir --disable-pip-version-check \
+        --require-hashes -r requirements.lock
 COPY . .
+# The package goes to site-packages; the worker's own top-level modules (worker.py,
+# celeryconfig.py, tasks/) to /opt/orchestrator/app, on PYTHONPATH below, so that
+# `celery -A worker` finds them from any working directory.
 RUN set -eu; \
     [ -n "$PIP_CERT" ] || unset PIP_CERT; \
     [ -n "$PIP_INDEX_URL" ] || unset PIP_INDEX_URL; \
-    /opt/orchestrator/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps .
+    /opt/orchestrator/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps .; \
+    mkdir /opt/orchestrator/app; \
+    cp -R worker.py celeryconfig.py tasks /opt/orchestrator/app/
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="orchestrator" \
@@ -39,6 +44,7 @@ RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/orc
 COPY --from=build /opt/orchestrator /opt/orchestrator
 COPY scripts/docker-entrypoint.sh /usr/local/bin/orchestrator-entrypoint
 ENV PATH=/opt/orchestrator/bin:$PATH \
+    PYTHONPATH=/opt/orchestrator/app \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/orchestrator

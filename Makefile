@@ -48,3 +48,7 @@ hostb-down:
 .PHONY: config-reference
 config-reference: ## rewrite README's settings table from orchestrator/settings.py
 	$(VENV_RUN) python3 -m orchestrator.config_reference README.md
+
+.PHONY: mutation-check
+mutation-check: ## break each guarantee on a copy (scripts/mutations.txt); its tests must fail. Not in CI
+	$(VENV_RUN) bash scripts/mutation-check.sh $(ROWS)

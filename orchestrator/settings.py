@@ -108,7 +108,9 @@ class Settings(BaseModel):
         default_factory=list, description="Capabilities relics may keep (all others dropped)."
     )
     flower_basic_auth: str = Field(
-        "admin:orchestrator", description="user:password protecting Flower."
+        "admin:orchestrator",
+        description="user:password protecting Flower (this default is refused outside "
+        "development).",
     )
 
     # -- containment: networks, published ports, quotas, credentials ----------------------
@@ -199,7 +201,7 @@ class Settings(BaseModel):
         description="Fernet key(s) encrypting secret_parameters between clients and workers, "
         "comma-separated: the first encrypts, all decrypt (see Secrets).",
     )
-    allow_plaintext_secrets: bool = Field(
+    dev_allow_plaintext_secrets: bool = Field(
         False,
         description="Development only: let a client with no secret_key send secret_parameters "
         "in plain text (they then sit in Redis).",

@@ -3,7 +3,7 @@
 # scripts/setup.sh, holds the package, its dev extras and their commands (python3, pytest,
 # ruff, mypy, lint-imports, celery, orchestrator). The system Python is never touched.
 #
-#   source scripts/env.sh            in a script, or in your shell (like .venv/bin/activate)
+#   source scripts/env.sh            in a script, or in your bash/zsh (like .venv/bin/activate)
 #   bash scripts/env.sh CMD [ARG]... run one command with it (what the Makefile does)
 #
 # Sourced, it only sets PATH and VIRTUAL_ENV (no shell options: an interactive shell must not

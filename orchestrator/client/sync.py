@@ -165,10 +165,10 @@ class OrchestratorClient:
 
         Raises:
             Forbidden: the request has secret values and no ``ORCHESTRATOR_SECRET_KEY`` is
-                set (unless ``ORCHESTRATOR_ALLOW_PLAINTEXT_SECRETS``): nothing is sent.
+                set (unless ``ORCHESTRATOR_DEV_ALLOW_PLAINTEXT_SECRETS``): nothing is sent.
         """
         return secrets.seal_payload(
-            req.model_dump(mode="json"), self._keyring, self.settings.allow_plaintext_secrets
+            req.model_dump(mode="json"), self._keyring, self.settings.dev_allow_plaintext_secrets
         )
 
     def _send_request(self, name: str, payload: dict[str, Any], queue: str | None) -> Sent:

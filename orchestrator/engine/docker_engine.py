@@ -8,6 +8,7 @@ docker. Every method translates engine errors itself (through
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import socket
 import threading
@@ -560,8 +561,10 @@ class DockerEngine(Engine):
         )
         api._raise_for_status(response)
         watchdog = _BuildWatchdog(api, response, spec.timeout_seconds)
+        steps = _StepImages()
+        image_id = None
         try:
-            return _read_build(api, response, spec.tag, watchdog)
+            image_id = _read_build(api, response, spec.tag, watchdog, steps)
         except Exception as exc:
             if watchdog.fired or is_read_timeout(exc):
                 raise ImageBuildFailed(
@@ -572,6 +575,27 @@ class DockerEngine(Engine):
         finally:
             watchdog.cancel()
             response.close()
+            self._remove_step_images(steps.made, keep=image_id)
+        return image_id
+
+    def _remove_step_images(self, made: list[str], keep: str | None) -> None:
+        """Remove the images this build's steps made that no image needs: all of them
+        after a failure, the leaves of earlier stages after a success.
+
+        The classic builder keeps each step's image (its cache); a failed or multi-stage
+        build would leave them on the host, untagged and unlabelled, for ever. The newest
+        go first (removing one removes its parents nothing else needs); an image that
+        still has a child or a container (the final image's ancestors, a concurrent
+        build's step) is refused by the engine and stays.
+        """
+        kept = (keep or "").removeprefix("sha256:")
+        for image_id in reversed(made):
+            if kept.startswith(image_id):
+                continue
+            try:
+                self.api.remove_image(image_id)
+            except docker.errors.DockerException:
+                continue  # gone with a child already, or still needed
 
     def tag_image(self, ref: str, tag: str) -> None:
         repository, version = parse.split_reference(tag)
@@ -663,7 +687,39 @@ class _BuildWatchdog:
             self._timer.cancel()
 
 
-def _read_build(api: Any, response: Any, tag: str, watchdog: _BuildWatchdog) -> str | None:
+class _StepImages:
+    """The images a classic build's steps make, read from its log.
+
+    ``Step 2/3 : RUN x`` starts a step; `` ---> Using cache`` means its image was there
+    before (not ours to remove); `` ---> <short id>`` ends it with its image. The image
+    after a ``FROM`` step is the base image: never ours.
+    """
+
+    _STEP = re.compile(r"^Step \d+/\d+ : (\S+)")
+    _IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+
+    def __init__(self) -> None:
+        self.made: list[str] = []
+        self._keyword = ""
+        self._cached = False
+
+    def read(self, text: str) -> None:
+        """Take in a piece of the build's log."""
+        for line in text.splitlines():
+            step = self._STEP.match(line)
+            if step:
+                self._keyword, self._cached = step.group(1).upper(), False
+            elif line.strip() == "---> Using cache":
+                self._cached = True
+            else:
+                image = self._IMAGE.match(line.rstrip())
+                if image and self._keyword not in ("", "FROM") and not self._cached:
+                    self.made.append(image.group(1))
+
+
+def _read_build(
+    api: Any, response: Any, tag: str, watchdog: _BuildWatchdog, steps: _StepImages
+) -> str | None:
     """Read a build's progress to its end; the id of the image it reports, if any.
 
     Raises:
@@ -674,6 +730,7 @@ def _read_build(api: Any, response: Any, tag: str, watchdog: _BuildWatchdog) -> 
     for event in api._stream_helper(response, decode=True):
         if "stream" in event:
             tail = (tail + str(event["stream"]).splitlines())[-20:]
+            steps.read(str(event["stream"]))
         if "error" in event:
             detail = "\n".join(tail[-10:])
             raise ImageBuildFailed(f"build image {tag}: {event['error']}\n{detail}")

@@ -30,6 +30,8 @@ __all__ = ["docker_errors", "is_read_timeout"]
 _TRANSIENT = (
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
+    # A response cut short because the engine went away mid-stream (logs, stats, wait).
+    requests.exceptions.ChunkedEncodingError,
     urllib3.exceptions.HTTPError,
     ConnectionError,
     FileNotFoundError,

@@ -170,7 +170,7 @@ _NETWORK_SETTINGS = (
 )
 
 
-def check_dockerfile(text: str, network: bool) -> None:
+def check_dockerfile(text: str, network: bool, field: str = "build.dockerfile") -> None:
     """Refuse what the engine itself would download while builds have no network.
 
     The engine fetches ``ADD <url>`` sources from the host's own network namespace,
@@ -180,9 +180,10 @@ def check_dockerfile(text: str, network: bool) -> None:
     Args:
         text: the Dockerfile.
         network: builds may use the network (then nothing is refused).
+        field: the request field the text came from (``build.dockerfile_inline`` too).
 
     Raises:
-        Forbidden: naming ``build.dockerfile``, the line, the rule and the settings.
+        Forbidden: naming ``field``, the line, the rule and the settings.
     """
     if network:
         return
@@ -193,7 +194,7 @@ def check_dockerfile(text: str, network: bool) -> None:
             else "is a remote address"
         )
         raise Forbidden(
-            f"build.dockerfile: line {line}: the ADD source {source!r} {what}: the Docker "
+            f"{field}: line {line}: the ADD source {source!r} {what}: the Docker "
             "engine would download it itself, from the host's network, outside the build's "
             f"sandbox (rule: builds have no network); {_NETWORK_SETTINGS}, or COPY the file "
             "from the build context"
@@ -252,6 +253,8 @@ class _Input:
     context_tar: bytes
     dockerfile: str
     text: str
+    #: the request field the text came from, named by refusals
+    field: str = "build.dockerfile"
 
 
 def _inline_context(dockerfile_text: str) -> bytes:
@@ -290,7 +293,7 @@ def _build_input(spec: BuildSpec, settings: Settings) -> _Input:
         tar = context_tar(directory, name, max_bytes=settings.max_build_context_mb * MIB)
         return _Input(tar, spec.dockerfile, _dockerfile_text(tar, name))
     text = spec.dockerfile_inline or ""
-    return _Input(_inline_context(text), "Dockerfile", text)
+    return _Input(_inline_context(text), "Dockerfile", text, "build.dockerfile_inline")
 
 
 def _repository(label_text: str) -> str:
@@ -334,7 +337,7 @@ def _built_here(engine: Engine, tag: str) -> bool:
 
 
 def _prepare_bases(
-    engine: Engine, redis: Any, settings: Settings, text: str, spec: BuildSpec, network: bool
+    engine: Engine, redis: Any, settings: Settings, source: _Input, spec: BuildSpec, network: bool
 ) -> None:
     """Pull the base images first (tracked pulls); without network, check their triggers.
 
@@ -344,12 +347,12 @@ def _prepare_bases(
         ImageBuildFailed: a base image is not on the host and cannot be pulled.
     """
     try:
-        bases = dockerfile_rules.base_images(text, spec.buildargs)
+        bases = dockerfile_rules.base_images(source.text, spec.buildargs)
     except dockerfile_rules.UnresolvedBase as exc:
         if network:
             return  # the engine resolves and pulls it; nothing to check without a fence
         raise Forbidden(
-            f"build.dockerfile: {exc}: its image cannot be worked out before the build, so "
+            f"{source.field}: {exc}: its image cannot be worked out before the build, so "
             "its ONBUILD triggers cannot be checked (rule: builds have no network); write "
             f"the image, or {_NETWORK_SETTINGS}"
         ) from exc
@@ -363,7 +366,7 @@ def _prepare_bases(
         fetched = dockerfile_rules.trigger_sources(engine.inspect_image(ref).onbuild)
         if fetched:
             raise Forbidden(
-                f"build.dockerfile: the base image {ref!r} has an ONBUILD ADD of "
+                f"{source.field}: the base image {ref!r} has an ONBUILD ADD of "
                 f"{fetched[0]!r}: the Docker engine would download it itself, from the "
                 f"host's network (rule: builds have no network); {_NETWORK_SETTINGS}"
             )
@@ -467,13 +470,13 @@ def build_image(
     check_builds_allowed(settings)
     network = build_network_allowed(settings)
     source = _build_input(spec, settings)
-    check_dockerfile(source.text, network)
+    check_dockerfile(source.text, network, source.field)
     tag = build_tag(spec, label, source.context_tar)
     seconds = max(LOCK_SECONDS, 2 * settings.build_timeout_seconds + 120)
     lock = redis.lock(keys.lock(f"build:{settings.host_name}:{tag}"), timeout=seconds)
     with lock:
         if not _built_here(engine, tag):
-            _prepare_bases(engine, redis, settings, source.text, spec, network)
+            _prepare_bases(engine, redis, settings, source, spec, network)
             on_build()
             _run_build(engine, settings, spec, source, tag, network)
     tracking.record_use(redis, settings.host_name, tag, time.time())

@@ -328,3 +328,32 @@ def test_from_takes_global_args_and_earlier_stages(harness: Harness) -> None:
 
     assert built.labels["stage"] == "first"
     assert built.labels["second"] == "yes"
+
+
+def test_a_failed_build_leaves_no_image_of_its_steps(harness: Harness) -> None:
+    engine = harness.engine
+    harness.learn(BUILD_STEP)
+    harness.learn(FAILING_BUILD_STEP)
+    dockerfile = (
+        f"FROM {TEST_IMAGE}\nLABEL {RUN_LABEL}={harness.prefix}\n{exec_form(BUILD_STEP)}\n"
+        f"{exec_form(FAILING_BUILD_STEP)}\n"
+    )
+
+    with pytest.raises(ImageBuildFailed):
+        engine.build_image(build_spec(harness, dockerfile, "failing"))
+
+    assert engine.list_images([f"{RUN_LABEL}={harness.prefix}"]) == []
+    assert engine.inspect_image(TEST_IMAGE).id  # the base image stays
+
+
+def test_a_multi_stage_build_leaves_only_its_image(harness: Harness) -> None:
+    engine = harness.engine
+    harness.learn(BUILD_STEP)
+    dockerfile = (
+        f"FROM {TEST_IMAGE} AS first\nLABEL {RUN_LABEL}={harness.prefix} stage=first\n"
+        f"{exec_form(BUILD_STEP)}\nFROM {TEST_IMAGE}\nLABEL final=yes\n"
+    )
+
+    built = engine.build_image(build_spec(harness, dockerfile))
+
+    assert [i.id for i in engine.list_images([f"{RUN_LABEL}={harness.prefix}"])] == [built.id]

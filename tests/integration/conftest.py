@@ -12,6 +12,7 @@ import redis
 
 from orchestrator import OrchestratorClient, Settings
 from tests.integration.harness import (
+    LEDGER,
     REDIS_URL,
     WorkerProcess,
     docker_ok,
@@ -21,6 +22,7 @@ from tests.integration.harness import (
     settings_env,
 )
 
+#: Every host label this suite gave a worker or a test; test_zz_leaks checks each of them.
 USED_HOSTS: set[str] = set()
 
 
@@ -28,6 +30,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Leaks found by a teardown are blamed on the last test that ran before it."""
+    LEDGER.current_test = item.nodeid
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Leaks found after test_zz_leaks ran (late teardowns), or in a run without it, fail."""
+    late = LEDGER.unreported()
+    if not late:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"LEAKED (found by a teardown, not yet reported): {leak}" for leak in late]
+    if reporter is not None:
+        reporter.write_line("\n".join(lines), red=True)
+    else:
+        print("\n".join(lines))
+    LEDGER.reported = len(LEDGER.leaks)
+    if session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

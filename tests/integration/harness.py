@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,9 @@ def settings_env(host_name: str, **extra: str) -> dict[str, str]:
         "ORCHESTRATOR_MAX_MEMORY_MB": "2048",
         "ORCHESTRATOR_MAX_TIMEOUT_SECONDS": "600",
         "ORCHESTRATOR_NETWORK_GRACE_SECONDS": "1",
+        # Memory limits, not use: the load test commits 16 x 512 MB per host, more than the
+        # default host quota (the machine's memory) on a small CI machine.
+        "ORCHESTRATOR_HOST_MAX_MEMORY_MB": "65536",
         "ORCHESTRATOR_SECRET_KEY": TEST_SECRET_KEY,
     }
     env.update(extra)
@@ -154,6 +158,9 @@ class WorkerProcess:
             self.kill()
 
 
+NOTHING_LEFT: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
+
+
 def managed_leftovers(client: Any, host_label: str | None = None) -> dict[str, list[str]]:
     """Managed containers, networks and volumes still on an engine (optionally one host's)."""
     filters = [MANAGED] + ([f"orchestrator.host={host_label}"] if host_label else [])
@@ -161,14 +168,98 @@ def managed_leftovers(client: Any, host_label: str | None = None) -> dict[str, l
     networks = client.networks.list(filters={"label": filters})
     volumes = client.volumes.list(filters={"label": filters})
     return {
-        "containers": [c.name for c in containers],
-        "networks": [n.name for n in networks],
-        "volumes": [v.name for v in volumes],
+        "containers": sorted(c.name for c in containers),
+        "networks": sorted(n.name for n in networks),
+        "volumes": sorted(v.name for v in volumes),
     }
 
 
-def force_remove_managed(client: Any, host_label: str) -> None:
-    """Teardown: remove whatever a test host left (after the leak was recorded)."""
+def engine_name(client: Any) -> str:
+    """Which engine a Docker client talks to (its API base URL)."""
+    return str(getattr(client.api, "base_url", "?"))
+
+
+@dataclass
+class Leak:
+    """What one host left on one engine, found before any teardown removed it."""
+
+    engine: str
+    host: str
+    objects: dict[str, list[str]]
+    test: str  # the last test that had run when the leak was found
+    where: str  # the teardown (or check) that found it
+
+    def __str__(self) -> str:
+        found = ", ".join(f"{kind}: {names}" for kind, names in self.objects.items() if names)
+        on = f"with host label {self.host} on {self.engine}"
+        return f"{found} {on}, left by {self.test} ({self.where})"
+
+
+@dataclass
+class LeakLedger:
+    """Session-wide record of leftovers; tests/integration/test_zz_leaks.py asserts it is
+    empty, and conftest's pytest_sessionfinish fails the run on leaks found after that."""
+
+    leaks: list[Leak] = field(default_factory=list)
+    #: how many leaks a leak check has already reported (later ones fail the session)
+    reported: int = 0
+    #: every (engine, host label) pair this suite recorded or used
+    checked: set[tuple[str, str]] = field(default_factory=set)
+    current_test: str = "(no test yet)"
+
+    def unreported(self) -> list[Leak]:
+        return self.leaks[self.reported :]
+
+
+LEDGER = LeakLedger()
+
+
+def record_leftovers(
+    client: Any,
+    host_label: str,
+    where: str = "teardown",
+    expected: dict[str, list[str]] | None = None,
+    settle_seconds: float = 10,
+) -> dict[str, list[str]]:
+    """Record into LEDGER what a host left on an engine, and return it.
+
+    Call it BEFORE anything force-removes that host's objects. Removals a worker finishes
+    in the background get ``settle_seconds``. ``expected`` names objects a test leaves on
+    purpose (each must then really be there: an expectation that no longer holds is a leak
+    check that lost its teeth, and is recorded too).
+    """
+    if not host_label:
+        raise ValueError("leak accounting is per host label; none given")
+    expected = {kind: sorted(names) for kind, names in (expected or {}).items() if names}
+    engine = engine_name(client)
+    LEDGER.checked.add((engine, host_label))
+
+    def unexpected(found: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {k: [n for n in v if n not in expected.get(k, [])] for k, v in found.items()}
+
+    deadline = time.monotonic() + settle_seconds
+    left = managed_leftovers(client, host_label)
+    while any(unexpected(left).values()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = managed_leftovers(client, host_label)
+    extra = unexpected(left)
+    missing = {k: [n for n in v if n not in left.get(k, [])] for k, v in expected.items()}
+    if any(extra.values()):
+        LEDGER.leaks.append(Leak(engine, host_label, extra, LEDGER.current_test, where))
+    if any(missing.values()):
+        objects = {f"expected but absent {k}": v for k, v in missing.items() if v}
+        LEDGER.leaks.append(Leak(engine, host_label, objects, LEDGER.current_test, where))
+    return extra
+
+
+def force_remove_managed(
+    client: Any,
+    host_label: str,
+    where: str = "teardown",
+    expected: dict[str, list[str]] | None = None,
+) -> dict[str, list[str]]:
+    """Teardown: record what a test host left (LEDGER), then remove it; returns the record."""
+    left = record_leftovers(client, host_label, where=where, expected=expected)
     label = {"label": [MANAGED, f"orchestrator.host={host_label}"]}
     for container in client.containers.list(all=True, filters=label):
         container.remove(force=True, v=True)
@@ -176,6 +267,7 @@ def force_remove_managed(client: Any, host_label: str) -> None:
         network.remove()
     for volume in client.volumes.list(filters=label):
         volume.remove(force=True)
+    return left
 
 
 def remove_built_images(client: Any, requested_tag: str) -> None:

@@ -360,7 +360,9 @@ def test_down_leaves_nothing(stack: Stack, docker_client: docker.DockerClient) -
     assert docker_client.networks.list(filters=label) == []
     assert docker_client.volumes.list(filters=label) == []
     tags = [t for i in docker_client.images.list() for t in i.tags]
-    assert not [t for t in tags if t.startswith(f"{stack.project}_")]
+    # compose v1 named built images `project_service`, compose v2 names them `project-service`
+    prefixes = (f"{stack.project}_", f"{stack.project}-")
+    assert not [t for t in tags if t.startswith(prefixes)], tags
     assert not docker_client.images.list(filters={"dangling": True, "label": BUILD_STAGE_LABEL})
     assert managed_leftovers(docker_client, stack.host_name) == {
         "containers": [],

@@ -44,6 +44,7 @@ from tests.integration.harness import (
     settings_env,
     tool,
 )
+from tests.integration.test_flower import Flower, flower, tool_request  # noqa: F401 - fixture
 
 HTTPD = "mkdir -p /www && echo ok > /www/health && exec httpd -f -p 8000 -h /www"
 B64_RUN = re.compile(rb"[A-Za-z0-9+/_-]{16,}={0,2}")
@@ -306,66 +307,27 @@ def test_a_plain_celery_client_with_plain_secrets_and_no_argsrepr_shows_none_in_
     assert leaking_keys(r, secret) == []
 
 
-# -- a worker whose Docker engine is unreachable: DockerUnavailable retries -------------------
-
-
-@pytest.fixture
-def dead_docker_worker(services: None, tmp_path: Path) -> Iterator[WorkerProcess]:
-    host = f"it-dead-{uuid.uuid4().hex[:6]}"
-    USED_HOSTS.add(host)
-    env = {"ORCHESTRATOR_DOCKER_RETRIES": "2", "ORCHESTRATOR_DOCKER_TIMEOUT_SECONDS": "5"}
-    process = WorkerProcess(
-        host, tmp_path, env=env, docker_host=f"unix://{tmp_path}/no-docker.sock"
-    ).start()
-    yield process
-    process.stop()
-
-
-def test_docker_unavailable_retries_leave_no_secret_in_redis(
-    dead_docker_worker: WorkerProcess, session_id: str
+def test_flower_shows_no_secret_of_a_tool_sent_through_its_api_without_argsrepr(
+    flower: Flower,  # noqa: F811 - the fixture
 ) -> None:
-    r = redis.Redis.from_url(REDIS_URL)
-    host = dead_docker_worker.host_name
-    sealed_secret, plain_secret = new_secret(), new_secret()
-    client = OrchestratorClient(Settings.from_env(settings_env(host)))
-    plain = Celery("plain-client", set_as_current=False)
-    plain.conf.update(client_config(Settings.from_env(settings_env(host))))
-    try:
-        # The orchestrator's client (encrypted) and a plain Celery client (plain text).
-        request = tool(session_id, "true", secret_parameters={"API_KEY": sealed_secret})
-        payload = client._sealed(ToolExecutionRequest.model_validate(request))
-        sealed = client._send_request(Task.TOOLS_EXECUTE, payload, queue=f"host.{host}")
-        raw = plain.send_task(
-            Task.TOOLS_EXECUTE.value,
-            args=[tool(session_id, "true", secret_parameters={"API_KEY": plain_secret})],
-            queue=f"host.{host}",
-        )
-        ids = [sealed.async_result.id, raw.id]
+    secret = new_secret()
+    request = tool_request('echo "${#TOKEN}"; echo "$TOKEN"', secret_parameters={"TOKEN": secret})
+    task_id = flower.apply("orchestrator.tools.execute", request)  # no argsrepr given
 
-        def states() -> list[str]:
-            return [
-                json.loads(r.get(f"celery-task-meta-{i}") or b"{}").get("status", "") for i in ids
-            ]
-
-        wait_for(lambda: states() == ["RETRY", "RETRY"], 60, "both runs to be retried")
-        # The plain sender's own message goes once acknowledged; the retry is sent encrypted.
-        wait_for(lambda: leaking_keys(r, plain_secret) == [], 10, "the plain message to go")
-        seen_retry_message = False
-        while states() != ["FAILURE", "FAILURE"]:
-            dump = dump_every_key(r)
-            for secret in (sealed_secret, plain_secret):
-                assert [k for k, b in dump.items() if holds(b, encodings(secret))] == []
-            seen_retry_message |= any(holds(blob, [b"$encrypted"]) for blob in dump.values())
-            time.sleep(0.2)
-        assert seen_retry_message
-    finally:
-        client.close()
-        plain.close()
-    for task_id in ids:
-        meta = json.loads(r.get(f"celery-task-meta-{task_id}") or b"{}")
-        assert meta["result"]["exc_type"] == "DockerUnavailable", meta
-        assert meta["args"][0]["secret_parameters"] == {"API_KEY": "***"}
-    assert leaking_keys(r, sealed_secret) == [] and leaking_keys(r, plain_secret) == []
+    done = flower.result(task_id, lambda r: r["state"] == "SUCCESS")
+    assert done["result"]["stdout"] == f"{len(secret)}\n***\n"
+    wait_for(
+        lambda: flower.call("GET", f"/api/task/info/{task_id}").json().get("state") == "SUCCESS",
+        20,
+        "Flower to see the task succeed",
+    )
+    info = flower.call("GET", f"/api/task/info/{task_id}")
+    page = flower.call("GET", f"/task/{task_id}")  # the task page, as a browser gets it
+    assert page.status == 200 and task_id.encode() in page.body
+    pages = [info.body, flower.call("GET", "/api/tasks").body, page.body]
+    assert [i for i, page in enumerate(pages) if holds(page, encodings(secret))] == []
+    assert "'TOKEN': '***'" in info.json()["args"]
+    assert leaking_keys(redis.Redis.from_url(REDIS_URL), secret) == []
 
 
 # -- a Redis with an append-only file: nothing secret reaches the disk -----------------------
@@ -425,6 +387,112 @@ def aof_bytes(directory: Path) -> bytes:
     files = [p for p in directory.rglob("*") if p.is_file() and ".aof" in p.name]
     assert files, f"no append-only file in {directory}"
     return b"".join(p.read_bytes() for p in sorted(files))
+
+
+# -- a worker whose Docker engine is unreachable: DockerUnavailable retries -------------------
+
+
+def kombu_messages(blob: bytes) -> list[tuple[int, int, dict[str, Any]]]:
+    """Every task message written in ``blob`` (an append-only file): ``(start, end, message)``.
+
+    A message is pushed on its queue and copied into the unacknowledged hash, each time as
+    kombu's JSON envelope, whose ``body`` is the base64 of the task's arguments.
+    """
+    text = blob.decode("latin-1")
+    decoder = json.JSONDecoder()
+    found = []
+    for match in re.finditer(r'\{"body": "', text):
+        try:
+            message, end = decoder.raw_decode(text, match.start())
+        except ValueError:
+            continue
+        if isinstance(message, dict) and isinstance(message.get("headers"), dict):
+            found.append((match.start(), end, message))
+    return found
+
+
+@pytest.fixture
+def aof_worker(
+    aof_redis: tuple[str, Path], tmp_path: Path, docker_client: docker.DockerClient
+) -> Iterator[tuple[WorkerProcess, str, Path]]:
+    """A worker whose Docker engine does not answer, on a Redis with an append-only file."""
+    url, directory = aof_redis
+    host = f"it-dead-{uuid.uuid4().hex[:6]}"
+    USED_HOSTS.add(host)
+    env = {
+        "ORCHESTRATOR_BROKER_URL": url,
+        "ORCHESTRATOR_RESULT_BACKEND": url,
+        "ORCHESTRATOR_DOCKER_RETRIES": "2",
+        "ORCHESTRATOR_DOCKER_TIMEOUT_SECONDS": "5",
+    }
+    dead = f"unix://{tmp_path}/no-docker.sock"
+    process = WorkerProcess(host, tmp_path, env=env, docker_host=dead, registry_url=url)
+    process.start()
+    yield process, url, directory
+    process.stop()
+    force_remove_managed(docker_client, host)
+
+
+def test_docker_unavailable_retries_leave_no_secret_in_redis_or_on_disk(
+    aof_worker: tuple[WorkerProcess, str, Path], session_id: str
+) -> None:
+    worker, url, directory = aof_worker
+    r = redis.Redis.from_url(url)
+    host = worker.host_name
+    sealed_secret, plain_secret = new_secret(), new_secret()
+    urls = {"ORCHESTRATOR_BROKER_URL": url, "ORCHESTRATOR_RESULT_BACKEND": url}
+    settings = Settings.from_env(settings_env(host, **urls))
+    client = OrchestratorClient(settings)
+    plain = Celery("plain-client", set_as_current=False)
+    plain.conf.update(client_config(settings))
+    try:
+        # The orchestrator's client (encrypted) and a plain Celery client (plain text).
+        request = tool(session_id, "true", secret_parameters={"API_KEY": sealed_secret})
+        payload = client._sealed(ToolExecutionRequest.model_validate(request))
+        sealed = client._send_request(Task.TOOLS_EXECUTE, payload, queue=f"host.{host}")
+        raw = plain.send_task(
+            Task.TOOLS_EXECUTE.value,
+            args=[tool(session_id, "true", secret_parameters={"API_KEY": plain_secret})],
+            queue=f"host.{host}",
+        )
+        ids = [sealed.async_result.id, raw.id]
+
+        def status(task_id: str) -> str:
+            return str(json.loads(r.get(f"celery-task-meta-{task_id}") or b"{}").get("status"))
+
+        deadline = time.monotonic() + 90
+        while any(status(task_id) != "FAILURE" for task_id in ids):
+            assert leaking_keys(r, sealed_secret) == []  # at every moment of every attempt
+            assert time.monotonic() < deadline, [status(task_id) for task_id in ids]
+            time.sleep(0.2)
+    finally:
+        client.close()
+        plain.close()
+    for task_id in ids:
+        meta = json.loads(r.get(f"celery-task-meta-{task_id}") or b"{}")
+        assert meta["result"]["exc_type"] == "DockerUnavailable", meta
+        assert meta["retries"] == 2, meta
+        assert meta["args"][0]["secret_parameters"] == {"API_KEY": "***"}
+    assert leaking_keys(r, sealed_secret) == [] and leaking_keys(r, plain_secret) == []
+
+    # Every write ever made is in the append-only file, retried messages included.
+    written = aof_bytes(directory)
+    assert not holds(written, encodings(sealed_secret))
+    mine = [
+        (start, end, m) for start, end, m in kombu_messages(written) if m["headers"]["id"] == raw.id
+    ]
+    resent = [m for _, _, m in mine if m["headers"].get("retries")]
+    assert {m["headers"]["retries"] for m in resent} == {1, 2}
+    for message in resent:  # the worker sent the plain sender's secret on encrypted
+        body = base64.b64decode(message["body"])
+        assert b"$encrypted" in body and not holds(body, encodings(plain_secret))
+        assert not holds(json.dumps(message["headers"]).encode(), encodings(plain_secret))
+    # The plain text the sender wrote is in its own message only (its choice); nowhere else.
+    rest = bytearray(written)
+    for start, end, message in mine:
+        if not message["headers"].get("retries"):
+            rest[start:end] = b" " * (end - start)
+    assert not holds(bytes(rest), encodings(plain_secret))
 
 
 def test_the_append_only_file_never_holds_a_secret(

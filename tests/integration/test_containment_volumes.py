@@ -307,8 +307,8 @@ def test_a_directory_swapped_for_a_symlink_during_a_build_is_refused(
     sent = client.app.send_task("orchestrator.tools.execute", args=[request], queue=f"host.{host}")
     try:
         deadline = time.monotonic() + 60
-        while sent.state != "BUILDING":  # checked on arrival; the build is under way
-            assert sent.state == "PENDING" and time.monotonic() < deadline, sent.state
+        while (state := sent.state) != "BUILDING":  # checked on arrival; now it builds
+            assert state == "PENDING" and time.monotonic() < deadline, state
             time.sleep(0.05)
         work.rmdir()
         work.symlink_to(planted)  # what a tool with the root mounted writable could do

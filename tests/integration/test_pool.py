@@ -51,8 +51,9 @@ def pooled(
     finally:
         client.close()
         process.stop()
-        assert pool_containers(docker_client, host) == []  # the worker drained its pool
-        force_remove_managed(docker_client, host)
+        undrained = [c.name for c in pool_containers(docker_client, host)]
+        force_remove_managed(docker_client, host)  # records leftovers first (leak ledger)
+        assert undrained == []  # the worker drained its pool
 
 
 def pooled_tool(script: str, **extra: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator import ContainerStats, ExecutionHandle, OrchestratorClient
 from orchestrator.errors import ContainerNotFound, InvalidRequest
-from tests.integration.harness import MANAGED, TEST_IMAGE, have, tool
+from tests.integration.harness import MANAGED, TEST_IMAGE, have, require, tool
 
 HTTPD = "mkdir -p /www && echo ok > /www/health && exec httpd -f -p 8000 -h /www"
 BUSY_LOOP = "while :; do :; done"
@@ -149,8 +149,7 @@ def test_memory_of_a_running_tool_matches_docker_stats(
     sample = poll_stats(client, handle.id, lambda s: s.memory_used_mb > 35, seconds=15)
     assert 35 <= sample.memory_used_mb <= 120
     assert sample.memory_limit_mb == pytest.approx(256, rel=0.01)
-    if not have("docker"):
-        pytest.skip("the docker command line is not installed")
+    require(have("docker"), "the docker command line")  # fails under CI, skips otherwise
     cli = docker_cli_memory_mb(sample.container_id)
     ours = client.container_stats(handle.id).memory_used_mb
     assert ours == pytest.approx(cli, rel=0.10)

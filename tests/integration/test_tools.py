@@ -18,9 +18,11 @@ from tests.integration.harness import (
     BROKER_URL,
     REDIS_URL,
     TEST_IMAGE,
+    WorkerProcess,
     remove_built_images,
     tool,
 )
+from tests.integration.test_crash import creations, deliveries, wait_log
 
 
 def wait_state(handle: Any, states: set[str], timeout: float = 30) -> str:
@@ -176,33 +178,48 @@ def test_cleanup_false_keeps_the_container(
 
 
 def test_redelivery_of_the_same_execution_runs_the_tool_once(
-    client: OrchestratorClient, session_id: str, shared_dir: Path
+    client: OrchestratorClient,
+    worker: WorkerProcess,
+    docker_client: docker.DockerClient,
+    session_id: str,
+    shared_dir: Path,
 ) -> None:
     runs = shared_dir / f"runs-{uuid.uuid4().hex[:6]}"
     runs.mkdir()
     runs.chmod(0o777)
     request = tool(
         session_id,
-        "echo run >> /runs/count; sleep 3; echo '{\"done\": true}'",
+        "echo run >> /runs/count; sleep 4; echo '{\"done\": true}'",
         volumes=[{"source": str(runs), "target": "/runs"}],
     )
     execution_id = str(uuid.uuid4())
+    since = time.time() - 1
     first = client.app.send_task(
         "orchestrator.tools.execute", args=[request], task_id=execution_id, queue="tools"
     )
-    time.sleep(1.0)  # the first delivery is running: a second one must not start the tool
+    deadline = time.monotonic() + 60
+    while not (runs / "count").exists():  # the first delivery's tool is running
+        assert time.monotonic() < deadline, "the first delivery never started the tool"
+        time.sleep(0.1)
     client.app.send_task(
         "orchestrator.tools.execute", args=[request], task_id=execution_id, queue="tools"
     )
+    # The second delivery reaches the worker while the first runs, meets the lease, is dropped.
+    wait_log(worker, execution_id, "ignored", 1, timeout=30)
     data = first.get(timeout=60)
     assert data["result"] == {"done": True}
-    # A delivery after the run finished gets the stored result, without running it again.
-    again = client.app.send_task(
+    # A delivery after the run finished returns the stored result without running the tool:
+    # its own "succeeded" line shows it was handled (the result it returns is the same one
+    # the first delivery stored, so reading it back alone would prove nothing).
+    client.app.send_task(
         "orchestrator.tools.execute", args=[request], task_id=execution_id, queue="celery"
     )
-    assert again.get(timeout=60)["container_id"] == data["container_id"]
-    time.sleep(1.0)
-    assert (runs / "count").read_text() == "run\n"
+    wait_log(worker, execution_id, "succeeded in", 2, timeout=60)
+    assert deliveries(worker, execution_id) == 3, worker.log()
+    time.sleep(8)  # past the 6 s lease and the 1 s reaper: a late rerun would show by now
+    assert (runs / "count").read_text() == "run\n"  # the tool ran once
+    assert creations(docker_client, execution_id, since) == 1  # one container ever
+    assert deliveries(worker, execution_id, "succeeded in") == 2, worker.log()
 
 
 def test_concurrent_runs_each_get_their_own_result(

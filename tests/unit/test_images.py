@@ -34,6 +34,7 @@ from orchestrator.errors import (
 from orchestrator.models import BuildSpec, ToolExecutionRequest, parse_request
 from orchestrator.settings import Settings
 from orchestrator.state import images as tracking
+from orchestrator.worker import janitor
 from orchestrator.worker.images import (
     build_tag,
     context_tar,
@@ -41,6 +42,7 @@ from orchestrator.worker.images import (
     reap_images,
     resolve_image,
 )
+from orchestrator.worker.runtime import Runtime
 
 SETTINGS = Settings.from_env({}, host_name="h1")
 #: Builds allowed, everything else as shipped.
@@ -484,7 +486,7 @@ def test_an_add_the_engine_would_download_is_refused_without_build_network(
         resolve(engine, redis, BUILDS, build=BuildSpec(dockerfile_inline=text))
 
     message = str(info.value)
-    assert message.startswith("build.dockerfile: line ")
+    assert message.startswith("build.dockerfile_inline: line ")
     assert source in message
     assert "rule: builds have no network" in message
     assert "ORCHESTRATOR_ALLOW_BUILD_NETWORK=true" in message
@@ -811,3 +813,24 @@ def test_a_pulled_image_gone_from_the_host_is_forgotten(engine, redis):
     reap_images(engine, redis, reaping(), NOW)
 
     assert tracking.pulled(redis, "h1") == set()
+
+
+def test_a_janitor_pass_reaps_images_and_reports_them(engine, redis):
+    rt = Runtime(reaping(image_disk_budget_mb=0, image_grace_seconds=0), redis, engine=engine)
+    old = built(engine, redis, "old", 1, time.time() - 3600)
+
+    report = janitor.reap_host(rt)
+
+    assert [r["image"] for r in report["images_removed"]] == [old]
+    assert not present(engine, old)
+    assert present(engine, "busybox:latest")
+
+
+def test_a_janitor_pass_reports_an_image_step_that_failed_and_goes_on(engine, redis):
+    rt = Runtime(reaping(), redis, engine=engine)
+    engine.fail_next("list_images", DockerUnavailable("list images: engine unreachable"))
+
+    report = janitor.reap_host(rt)
+
+    assert report["images_removed"] == []
+    assert report["errors"] == ["h1: images: list images: engine unreachable"]

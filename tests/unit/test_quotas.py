@@ -15,8 +15,9 @@ from orchestrator.engine.fake import FakeEngine, FakeProgram
 from orchestrator.errors import QuotaExceeded, RelicExited
 from orchestrator.models import RelicStartRequest, ToolExecutionRequest
 from orchestrator.settings import Settings
+from orchestrator.state import keys, sessions
 from orchestrator.state import quotas as quotas_module
-from orchestrator.state import sessions
+from orchestrator.state.logs import LiveLog, read_live
 from orchestrator.state.quotas import Quotas, host_key, release_session, session_key
 from orchestrator.state.subnets import SubnetPool
 from orchestrator.worker import cleanup, health, networks, relics
@@ -361,3 +362,28 @@ def test_touch_never_holds_a_session_and_its_subnet_past_the_hard_lifetime(rt, r
     report = reap_host(rt, now=later, network_grace_seconds=0)
     assert report["networks_removed"] == 1
     assert pool.current("s1") is None  # the subnet went back to the pool
+
+
+# -- Redis budgets ------------------------------------------------------------------------
+
+
+def test_live_output_expires_from_its_first_write_even_if_its_worker_dies(redis):
+    live = LiveLog(redis, "e1", budget_bytes=1024, ttl_seconds=600)
+
+    live.append("stdout", b"some output\n")  # and the worker dies: close() never comes
+
+    assert 0 < redis.ttl(keys.logs("e1")) <= 600
+
+
+def test_live_output_has_its_own_smaller_budget_and_lifetime(redis, engine):
+    settings = make_settings(live_log_cap_bytes=2048, live_log_ttl_seconds=120)
+    rt = Runtime(settings, redis, engine=engine)
+    engine.add_image("busybox:latest", FakeProgram(stdout=b"x" * 10_000 + b"\n"))
+
+    result = run_execution(rt, tool_request(), "e1")
+
+    assert len(result.stdout) == 10_001  # the result keeps what log_cap_bytes allows
+    assert len(read_live(redis, "e1")["stdout"]) == 2048
+    assert 0 < redis.ttl(keys.logs("e1")) <= 120
+    assert Settings().live_log_ttl_seconds == 3600 < Settings().result_ttl_seconds
+    assert Settings().live_log_cap_bytes == 65_536 < Settings().log_cap_bytes == 262_144

@@ -120,7 +120,8 @@ def test_seal_payload_refuses_plain_secrets_without_a_key_naming_both_settings()
     message = str(info.value)
     assert "secret_parameters (API_KEY)" in message and SECRET not in message
     assert (
-        "ORCHESTRATOR_SECRET_KEY" in message and "ORCHESTRATOR_ALLOW_PLAINTEXT_SECRETS" in message
+        "ORCHESTRATOR_SECRET_KEY" in message
+        and "ORCHESTRATOR_DEV_ALLOW_PLAINTEXT_SECRETS" in message
     )
     assert secrets.seal_payload(payload, None, allow_plaintext=True) is payload
     no_secrets = tool().model_dump(mode="json")
@@ -266,7 +267,7 @@ def test_without_a_key_the_client_refuses_secrets_and_sends_nothing():
 
 
 def test_the_development_flag_lets_plain_secrets_through():
-    c, app = client(allow_plaintext_secrets=True)
+    c, app = client(dev_allow_plaintext_secrets=True)
 
     c.execute_tool(tool(secret_parameters={"API_KEY": SECRET}))
 
@@ -303,7 +304,7 @@ def celery_app(redis) -> Any:
 
 
 def secret_task(app: Celery) -> Any:
-    @app.task(bind=True, base=SecretTask, name="test.secret")
+    @app.task(bind=True, base=SecretTask, name="test.secret", shared=False)
     def run(self: Any, request: Any = None, **fields: Any) -> None:
         return None
 

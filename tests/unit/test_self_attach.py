@@ -95,17 +95,24 @@ def test_concurrent_probes_share_one_attachment(monkeypatch: pytest.MonkeyPatch)
     engine, worker = engine_with_worker(monkeypatch)
     inside = threading.Barrier(4)
     seen: list[bool] = []
+    errors: list[BaseException] = []
 
     def probe() -> None:
-        with self_attach.attached(engine, "session_s1"):
-            inside.wait(5)
-            seen.append(worker.id in engine.inspect_network("session_s1").containers)
+        try:
+            with self_attach.attached(engine, "session_s1"):
+                inside.wait(5)
+                seen.append(worker.id in engine.inspect_network("session_s1").containers)
+        except BaseException as exc:  # an error in a thread would not fail the test: keep it
+            errors.append(exc)
 
     threads = [threading.Thread(target=probe) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(10)
+    assert not [t for t in threads if t.is_alive()], "a probe never finished"
+    if errors:
+        raise errors[0]
     assert seen == [True] * 4
     verbs = [name for name, _ in engine.calls if name.endswith("connect_network")]
     assert verbs == ["connect_network", "disconnect_network"]

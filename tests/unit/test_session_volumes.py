@@ -16,7 +16,7 @@ from orchestrator.errors import Forbidden
 from orchestrator.models import RelicStartRequest, ToolExecutionRequest
 from orchestrator.settings import Settings
 from orchestrator.state import keys
-from orchestrator.worker import cleanup, execution, health, janitor, relics, volumes
+from orchestrator.worker import cleanup, execution, health, janitor, networks, relics, volumes
 from orchestrator.worker.execution import run_execution
 from orchestrator.worker.runtime import Runtime
 
@@ -64,7 +64,13 @@ def tool(session_id: str = "s1", *mounts: dict[str, Any]) -> ToolExecutionReques
 
 
 def relic(*mounts: dict[str, Any]) -> RelicStartRequest:
-    return RelicStartRequest(session_id="s1", relic_name="db", image="svc:1", volumes=list(mounts))
+    return RelicStartRequest(
+        session_id="s1",
+        relic_name="db",
+        image="svc:1",
+        volumes=list(mounts),
+        health_timeout_seconds=2,
+    )
 
 
 def mounted(engine: FakeEngine) -> list[tuple[str, str]]:
@@ -263,3 +269,41 @@ def test_a_legitimate_bind_runs_with_the_path_as_given(rt, engine, allowed):
     assert result.status == "succeeded"
     assert mounted(engine) == [(str(allowed / "work"), "/w")]
     assert isinstance(engine.called("create_container")[0][0], ContainerSpec)
+
+
+# -- relics of the old naming ---------------------------------------------------------------------
+
+
+def legacy_relic(rt: Runtime, engine: FakeEngine, relic_id: str) -> str:
+    """A relic container started before the naming changed (``orch-relic-<session>-<name>``)."""
+    relic_labels = {
+        "orchestrator.managed": "true",
+        "orchestrator.kind": "relic",
+        "orchestrator.session": "s1",
+        "orchestrator.host": "h1",
+        "orchestrator.relic": relic_id,
+        "orchestrator.relic_name": "db",
+        "orchestrator.port": "8000",
+    }
+    network = networks.ensure_network(engine, rt.redis, rt.settings, "s1").name
+    spec = ContainerSpec(
+        name="orch-relic-s1-db", image="svc:1", labels=relic_labels, network=network
+    )
+    container = engine.create_container(spec)
+    engine.start_container(container.id)
+    engine.calls.clear()
+    return container.id
+
+
+def test_a_relic_of_the_old_naming_is_found_by_its_labels(rt, engine):
+    old = legacy_relic(rt, engine, "r1")
+
+    with pytest.raises(relics.RelicConflict, match="already has relic r1"):
+        relics.start_relic(rt, relic(), "r2")
+    resumed = relics.start_relic(rt, relic(), "r1")
+
+    assert resumed.container_id == old and resumed.container_name == "orch-relic-s1-db"
+    assert engine.called("create_container") == []
+    assert relics.lookup(rt.redis, "r1")["container_name"] == "orch-relic-s1-db"
+    relics.remove_relic(rt, "r1")
+    assert engine.find_container(old) is None

@@ -271,9 +271,7 @@ def test_tasks_are_routed_to_tools_and_relics_by_name(worker_conf):
 
 @pytest.mark.parametrize("broker", ["redis://r:6379/0", "rediss://r:6380/0", "sentinel://s:26379"])
 def test_redis_broker_gets_the_visibility_timeout_from_settings(broker):
-    conf = worker_config(
-        Settings(host_name="h", broker_url=broker, visibility_timeout_seconds=900)
-    )
+    conf = worker_config(Settings(host_name="h", broker_url=broker, visibility_timeout_seconds=900))
 
     assert conf["broker_url"] == broker
     assert conf["broker_transport_options"] == {"visibility_timeout": 900}
@@ -281,9 +279,7 @@ def test_redis_broker_gets_the_visibility_timeout_from_settings(broker):
 
 
 def test_amqp_broker_gets_no_visibility_options():
-    conf = worker_config(
-        Settings(host_name="h", broker_url="amqp://guest:guest@rabbit:5672//")
-    )
+    conf = worker_config(Settings(host_name="h", broker_url="amqp://guest:guest@rabbit:5672//"))
 
     assert conf["broker_transport_options"] == {}
     assert "visibility_timeout" not in conf["result_backend_transport_options"]
