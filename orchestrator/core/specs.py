@@ -354,10 +354,20 @@ def tool_environment(request: ToolExecutionRequest) -> dict[str, str]:
     return env
 
 
+#: Labels that only some objects carry: set empty on the others (see :func:`labels`).
+INHERITABLE_LABELS = ("keep", "execution", "relic", "relic_name", "tool", "pool", "port")
+
+
 def labels(kind: str, session_id: str, deadline: float, host: str, **extra: str) -> dict[str, str]:
     """The labels every managed object carries; cleanup, listing and the janitor select by
-    them, never by name."""
+    them, never by name.
+
+    Every label the orchestrator reads is set, empty when it does not apply: a container
+    inherits its image's labels, and an image (which a request chooses) must not be able to
+    mark its containers ``keep`` or give them an owner.
+    """
     base = {
+        **{key: "" for key in INHERITABLE_LABELS},
         "managed": "true",
         "kind": kind,
         "session": session_id,

@@ -76,7 +76,7 @@ def ensure_volume(rt: Runtime, session_id: str, name: str, field: str) -> str:
     found = _inspect(rt, engine_name)
     if found is None:
         legacy = _inspect(rt, legacy_volume_name(session_id, name))
-        if legacy is not None and _is_legacy_of(legacy, session_id):
+        if legacy is not None and _of_session(legacy, session_id):
             return legacy.name  # a relic volume made before the upgrade keeps its data
         # Creating an existing volume keeps its first labels: a racing creator is caught
         # by the check below, whoever won.
@@ -93,7 +93,7 @@ def _inspect(rt: Runtime, name: str) -> Volume | None:
 
 
 def _require_session_volume(volume: Volume, session_id: str, name: str, field: str) -> None:
-    if _is_legacy_of(volume, session_id) and volume.labels.get(label("volume")) == name:
+    if _of_session(volume, session_id) and volume.labels.get(label("volume")) == name:
         return
     raise Forbidden(
         f"{field}: the engine volume {volume.name!r} is not session {session_id!r}'s volume "
@@ -101,10 +101,10 @@ def _require_session_volume(volume: Volume, session_id: str, name: str, field: s
     )
 
 
-def _is_legacy_of(volume: Volume, session_id: str) -> bool:
-    """A managed volume of this session (enough for one of the old naming,
-    ``orch-<session>-<name>``: unambiguous within a session, and the session label settles
-    which session it is)."""
+def _of_session(volume: Volume, session_id: str) -> bool:
+    """A managed volume of this session: enough for one of the old naming
+    (``orch-<session>-<name>``), unambiguous within a session, whose session label settles
+    which session it is."""
     found = parse_labels(volume.labels)
     return found.managed and found.kind == Kind.VOLUME and found.session == session_id
 
