@@ -10,6 +10,8 @@ import ipaddress
 import logging
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import LockError
+
 from orchestrator.core.types import Network, NetworkSpec
 from orchestrator.engine.base import Engine
 from orchestrator.errors import (
@@ -72,7 +74,9 @@ def ensure_network(
     if existing is not None:
         return existing
     pool = SubnetPool.for_settings(redis, settings)
-    with redis.lock(keys.lock(f"network:{settings.host_name}:{session_id}"), timeout=60):
+    lock = redis.lock(keys.lock(f"network:{settings.host_name}:{session_id}"), timeout=60)
+    lock.acquire()
+    try:
         existing = engine.find_network(name)
         if existing is not None:
             return existing
@@ -81,6 +85,17 @@ def ensure_network(
         except BaseException:
             pool.release(session_id)
             raise
+    finally:
+        _release(lock)
+
+
+def _release(lock: Any) -> None:
+    """Release a lock that may have expired meanwhile (a slow engine under load): the
+    network is made by then, and the next caller finds it by name."""
+    try:
+        lock.release()
+    except LockError:
+        log.warning("the network lock expired before it was released (slow engine)")
 
 
 def _create(
