@@ -320,6 +320,7 @@ def test_a_directory_swapped_for_a_symlink_during_a_build_is_refused(
         )
         assert created == []
     finally:
+        sent.get(timeout=120, propagate=False)  # the build is over: its image can go
         for image in docker_client.images.list():
             if any(token in t for t in image.tags):
                 docker_client.images.remove(image.id, force=True)
