@@ -65,7 +65,7 @@ def repository_root(cwd: Path | None = None) -> Path:
     raise CliError(
         f"cannot find worker.py (the Celery app) beside the orchestrator package "
         f"({package_parent}) or in the current directory ({here}): run `orchestrator up` "
-        "from the repository root, or install the package with `pip install .`"
+        "from the repository root (a checkout, or `pip install -e .` in one)"
     )
 
 
