@@ -78,5 +78,10 @@ cp "$busybox_bin" "$ctx/image/busybox"
 cp tests/images/busybox/Dockerfile "$ctx/image/Dockerfile"
 # No network: the build needs none (and an engine in a container, without --privileged, may
 # be unable to set up a RUN step's interface: Docker 24+ wants to write IPv6 sysctls).
-docker build -q --network none -t "$IMAGE" "$ctx/image" >/dev/null
+# The legacy builder's deprecation notice goes to stderr: shown only when the build fails.
+if ! out=$(docker build -q --network none -t "$IMAGE" "$ctx/image" 2>&1); then
+  printf '%s\n' "$out" >&2
+  log "building $IMAGE failed"
+  exit 1
+fi
 log "built $IMAGE"
