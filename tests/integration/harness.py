@@ -32,7 +32,7 @@ def require(ok: bool, what: str) -> None:
     """Fail when CI is set, skip otherwise, if a needed service is missing."""
     if ok:
         return
-    message = f"{what} is not available; run `make setup` (scripts/setup.sh) first"
+    message = f"{what} is not available; run `scripts/setup.sh` first"
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
