@@ -16,7 +16,7 @@ list="$root/scripts/mutations.txt"
 report=${MUTATION_REPORT:-$root/mutation-report.txt}
 export ORCHESTRATOR_TEST_REDIS_URL=${ORCHESTRATOR_TEST_REDIS_URL:-redis://127.0.0.1:6379/8}
 export CI=${CI:-true}
-python=${PYTHON:-python}
+python=${PYTHON:-python3}
 wanted=" $* "
 status=0
 
