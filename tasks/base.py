@@ -19,6 +19,7 @@ holds no secret value:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -108,7 +109,9 @@ class SecretTask(Task):
         request = self.request
         if getattr(request, WIRE_ARGUMENTS, None) is None:
             setattr(request, WIRE_ARGUMENTS, (request.args, request.kwargs))
-            request.args, request.kwargs = redaction.redact_call(request.args, request.kwargs)
+            request.args, request.kwargs = _bounded(
+                *redaction.redact_call(request.args, request.kwargs)
+            )
 
     def wire_arguments(self) -> tuple[Any, Any]:
         """The running task's real arguments (as received: secrets encrypted or plain)."""
@@ -144,3 +147,16 @@ class SecretTask(Task):
             if redaction.carries_secrets(*self.wire_arguments()):
                 redaction.redact_exception(exc, [])
             raise
+
+
+#: Largest arguments kept in the result backend with a run's state (JSON bytes); bigger
+#: ones (a refused 10 MB request, say) are replaced by a note, so they cannot fill Redis.
+STORED_ARGUMENTS_MAX_BYTES = 16 * 1024
+
+
+def _bounded(args: Any, kwargs: Any) -> tuple[Any, Any]:
+    """The arguments to store, or a note of their size when they are too big to keep."""
+    size = len(json.dumps([args, kwargs], default=str))
+    if size <= STORED_ARGUMENTS_MAX_BYTES:
+        return args, kwargs
+    return [f"<arguments of {size} bytes, not stored>"], {}

@@ -187,3 +187,12 @@ def test_a_relic_start_that_does_not_parse_is_an_invalid_request(rt: Runtime) ->
     outcome = relic_tasks.start.apply(args=[{"relic_name": "x"}], task_id="r1")
     assert outcome.failed()
     assert isinstance(outcome.result, InvalidRequest), outcome.result
+
+
+def test_arguments_too_big_to_store_with_the_state_are_replaced_by_a_note():
+    from tasks.base import STORED_ARGUMENTS_MAX_BYTES, _bounded
+
+    small = ([{"a": 1}], {})
+    assert _bounded(*small) == small
+    args, kwargs = _bounded([{"environment": {"X": "x" * STORED_ARGUMENTS_MAX_BYTES}}], {})
+    assert kwargs == {} and len(args) == 1 and "not stored" in args[0]
