@@ -76,5 +76,5 @@ def cancel(self: Any, execution_id: str) -> dict[str, Any]:
     rt.executions.request_cancel(execution_id)
     self.app.control.revoke(execution_id)
     entry = rt.executions.get(execution_id)
-    status = "cancelling" if entry.get("state") == "running" else "cancelled"
+    status = "cancelling" if entry.state == "running" else "cancelled"
     return {"execution_id": execution_id, "cancelled": True, "status": status}

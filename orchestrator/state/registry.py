@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.models import ToolExecutionResult
 from orchestrator.state import keys
 
-__all__ = ["ExecutionRegistry", "HostRegistry", "text"]
+__all__ = ["ExecutionEntry", "ExecutionRegistry", "HostRegistry", "text"]
 
 
 def text(value: Any) -> str | None:
@@ -21,6 +22,53 @@ def text(value: Any) -> str | None:
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class ExecutionEntry:
+    """The registry hash of one execution (a tool run, or a relic start in flight), typed.
+
+    An execution the registry does not know reads as an entry whose ``known`` is False.
+    """
+
+    known: bool = False
+    #: ``running`` while a worker holds it, ``finished`` once its result is stored
+    state: str = ""
+    #: the final status, once finished
+    status: str = ""
+    host: str = ""
+    container_id: str = ""
+    #: it ran by exec in a warm-pool container (its output cannot be recovered)
+    pooled: bool = False
+    #: the request as JSON, secrets masked (what the reaper re-sends)
+    request: str = ""
+    #: the task name, when not a tool run (relic starts are in flight work too)
+    task: str = ""
+    has_secrets: bool = False
+    tool_name: str = ""
+    session_id: str = ""
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> ExecutionEntry:
+        """Read the hash as stored (unknown fields are ignored, missing ones empty)."""
+        return cls(
+            known=bool(raw),
+            state=raw.get("state", ""),
+            status=raw.get("status", ""),
+            host=raw.get("host", ""),
+            container_id=raw.get("container_id", ""),
+            pooled=bool(raw.get("pooled")),
+            request=raw.get("request", ""),
+            task=raw.get("task", ""),
+            has_secrets=bool(raw.get("has_secrets")),
+            tool_name=raw.get("tool_name", ""),
+            session_id=raw.get("session_id", ""),
+        )
+
+    @property
+    def finished(self) -> bool:
+        """True once the execution's result is stored."""
+        return self.state == "finished"
 
 
 class ExecutionRegistry:
@@ -44,10 +92,10 @@ class ExecutionRegistry:
         """Set fields of a running execution (container id, status, ...)."""
         self.redis.hset(keys.execution(execution_id), mapping=fields)
 
-    def get(self, execution_id: str) -> dict[str, str]:
-        """The execution's registry hash (empty when unknown)."""
+    def get(self, execution_id: str) -> ExecutionEntry:
+        """The execution's registry entry (``known`` is False when there is none)."""
         raw = self.redis.hgetall(keys.execution(execution_id))
-        return {text(k) or "": text(v) or "" for k, v in raw.items()}
+        return ExecutionEntry.from_hash({text(k) or "": text(v) or "" for k, v in raw.items()})
 
     def finish(self, result: ToolExecutionResult) -> None:
         """Store the final result and drop the execution from the in-flight set."""

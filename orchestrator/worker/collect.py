@@ -40,7 +40,8 @@ from orchestrator.errors import (
 from orchestrator.models import AggregateStats, ContainerStats
 from orchestrator.protocol import label_filter, parse_labels, tool_container_name
 from orchestrator.state import keys
-from orchestrator.state.registry import text
+from orchestrator.state.registry import ExecutionEntry, text
+from orchestrator.state.relics import RelicEntry
 from orchestrator.worker import relics
 from orchestrator.worker.runtime import TOOL_TASK, Runtime
 
@@ -191,23 +192,23 @@ def _managed(rt: Runtime, name_or_id: str, what: str) -> Container:
     return found
 
 
-def _execution_container(rt: Runtime, execution_id: str, entry: dict[str, str]) -> Container:
+def _execution_container(rt: Runtime, execution_id: str, entry: ExecutionEntry) -> Container:
     what = f"execution {execution_id}"
-    rt.require_local(entry.get("host", ""), what)
+    rt.require_local(entry.host, what)
     try:
-        return _managed(rt, entry.get("container_id") or tool_container_name(execution_id), what)
+        return _managed(rt, entry.container_id or tool_container_name(execution_id), what)
     except ContainerNotFound:
-        if entry.get("state") == "finished":
+        if entry.finished:
             raise ContainerNotFound(
-                f"{what} finished ({entry.get('status', 'unknown')}) and its container was "
+                f"{what} finished ({entry.status or 'unknown'}) and its container was "
                 "removed; its usage is in the result's stats"
             ) from None
-        if not entry.get("container_id"):
+        if not entry.container_id:
             raise ContainerNotFound(f"{what} has no container yet (image pull or build)") from None
         raise
 
 
-def _relic_entry(rt: Runtime, relic_id: str) -> dict[str, str] | None:
+def _relic_entry(rt: Runtime, relic_id: str) -> RelicEntry | None:
     try:
         return relics.lookup(rt.redis, relic_id)
     except RelicNotFound:
@@ -234,12 +235,12 @@ def find_container(rt: Runtime, ident: Any) -> Container:
     """
     ident = _check_ident(ident)
     entry = rt.executions.get(ident)
-    if entry and entry.get("task", TOOL_TASK) == TOOL_TASK:  # relic starts are in flight too
+    if entry.known and (entry.task or TOOL_TASK) == TOOL_TASK:  # relic starts are in flight too
         return _execution_container(rt, ident, entry)
     relic = _relic_entry(rt, ident)
     if relic is not None:
-        rt.require_local(relic.get("host", ""), f"relic {ident}")
-        return _managed(rt, relic["container_name"], f"relic {ident}")
+        rt.require_local(relic.host, f"relic {ident}")
+        return _managed(rt, relic.container_name, f"relic {ident}")
     return _managed(rt, ident, "container")
 
 

@@ -41,6 +41,7 @@ from orchestrator.models import ToolExecutionRequest, ToolExecutionResult, ToolR
 from orchestrator.protocol import Kind, parse_labels
 from orchestrator.state.logs import LiveLog
 from orchestrator.state.quotas import Quotas
+from orchestrator.state.registry import ExecutionEntry
 from orchestrator.worker import networks, volumes, waiting
 from orchestrator.worker.exec_run import exec_command, run_exec
 from orchestrator.worker.follow import LogFollower
@@ -165,7 +166,7 @@ class _Run:
         self.container_id: str | None = None
         self.pooled = False
         self.exec_started = False
-        self.previous: dict[str, str] = {}
+        self.previous = ExecutionEntry()
         self.started_here: datetime | None = None
         self.finished_here: datetime | None = None
         self.follower: LogFollower
@@ -224,8 +225,8 @@ class _Run:
 
     def _attempt(self) -> ToolExecutionResult:
         rt = self.rt
-        if self.previous.get("pooled") and self.previous.get("container_id"):
-            found = rt.engine.find_container(self.previous["container_id"])
+        if self.previous.pooled and self.previous.container_id:
+            found = rt.engine.find_container(self.previous.container_id)
             self.container_id, self.pooled = (found.id if found else None), True
             return self._result(
                 "error",

@@ -34,14 +34,15 @@ from orchestrator.errors import (
     OrchestratorError,
     RelicConflict,
     RelicError,
-    RelicNotFound,
     RelicUnhealthy,
 )
 from orchestrator.models import RelicInfo, RelicStartRequest
 from orchestrator.protocol import Kind, Task, label, label_filter
 from orchestrator.state import keys, sessions
+from orchestrator.state import relics as relic_registry
 from orchestrator.state.quotas import Quotas
 from orchestrator.state.registry import text
+from orchestrator.state.relics import RelicEntry
 from orchestrator.worker import health, networks, self_attach, volumes
 from orchestrator.worker.health import container_address, probe, wait_healthy
 from orchestrator.worker.images import resolve_image
@@ -71,57 +72,40 @@ ENGINE_TO_STATUS = {"exited": "stopped", "created": "created", "dead": "dead"}
 
 
 def _register(rt: Runtime, relic_id: str, request: RelicStartRequest, name: str) -> None:
-    pipe = rt.redis.pipeline()
-    pipe.hset(
-        keys.relic(relic_id),
-        mapping={
-            "relic_name": request.relic_name,
-            "session_id": request.session_id,
-            "host": rt.host_name,
-            "container_name": name,
-            "port": request.port,
-            "health": request.health_check_endpoint,
-        },
+    entry = RelicEntry(
+        relic_id=relic_id,
+        relic_name=request.relic_name,
+        session_id=request.session_id,
+        host=rt.host_name,
+        container_name=name,
+        port=request.port,
+        health=request.health_check_endpoint,
     )
-    pipe.sadd(keys.session_relics(request.session_id), relic_id)
-    pipe.execute()
+    relic_registry.register(rt.redis, entry)
 
 
-def lookup(redis: Any, relic_id: str) -> dict[str, str]:
+def lookup(redis: Any, relic_id: str) -> RelicEntry:
     """The registry entry of a relic.
-
-    Args:
-        redis: a redis-py client.
-        relic_id: the relic's id.
-
-    Returns:
-        Its fields (relic_name, session_id, host, container_name, port, health).
 
     Raises:
         RelicNotFound: no relic has this id.
     """
-    raw = redis.hgetall(keys.relic(relic_id))
-    if not raw:
-        raise RelicNotFound(f"relic_id: no relic {relic_id!r} (cleaned up, or never started)")
-    return {text(k) or "": text(v) or "" for k, v in raw.items()}
+    return relic_registry.lookup(redis, relic_id)
 
 
-def _local_entry(rt: Runtime, relic_id: str) -> dict[str, str]:
+def _local_entry(rt: Runtime, relic_id: str) -> RelicEntry:
     """The registry entry of a relic that lives on this host.
 
     Raises:
         RelicNotFound / WrongHost / HostUnavailable (see :meth:`Runtime.require_local`).
     """
     entry = lookup(rt.redis, relic_id)
-    rt.require_local(entry.get("host", ""), f"relic {relic_id}")
+    rt.require_local(entry.host, f"relic {relic_id}")
     return entry
 
 
 def _unregister(redis: Any, relic_id: str, session_id: str) -> None:
-    pipe = redis.pipeline()
-    pipe.delete(keys.relic(relic_id))
-    pipe.srem(keys.session_relics(session_id), relic_id)
-    pipe.execute()
+    relic_registry.unregister(redis, relic_id, session_id)
 
 
 # -- start ------------------------------------------------------------------------------
@@ -339,7 +323,7 @@ def _resumed_without_secrets(rt: Runtime, request: RelicStartRequest, relic_id: 
     params = request.secret_parameters
     if not params or any(value != redaction.MASK for value in params.values()):
         return False
-    return bool(rt.executions.get(relic_id).get("has_secrets"))
+    return rt.executions.get(relic_id).has_secrets
 
 
 def _alive(rt: Runtime, request: RelicStartRequest, relic_id: str) -> bool:
@@ -476,13 +460,13 @@ def relic_info(rt: Runtime, relic_id: str) -> RelicInfo:
         no live worker).
     """
     entry = _local_entry(rt, relic_id)
-    container = rt.engine.find_container(entry["container_name"])
+    container = rt.engine.find_container(entry.container_name)
     if container is None:
         return RelicInfo(
             relic_id=relic_id,
-            relic_name=entry.get("relic_name", ""),
-            session_id=entry.get("session_id", ""),
-            container_name=entry["container_name"],
+            relic_name=entry.relic_name,
+            session_id=entry.session_id,
+            container_name=entry.container_name,
             status="removed",
             host=rt.host_name,
         )
@@ -521,7 +505,7 @@ def stop_relic(rt: Runtime, relic_id: str, timeout_seconds: int = 10) -> RelicIn
         RelicNotFound / WrongHost / HostUnavailable: see :func:`relic_info`.
     """
     entry = _local_entry(rt, relic_id)
-    container = rt.engine.find_container(entry["container_name"])
+    container = rt.engine.find_container(entry.container_name)
     if container is None:
         return relic_info(rt, relic_id)
     rt.engine.stop_container(container.id, timeout_seconds)
@@ -542,7 +526,7 @@ def remove_relic(rt: Runtime, relic_id: str) -> dict[str, Any]:
         RelicNotFound / WrongHost / HostUnavailable: see :func:`relic_info`.
     """
     entry = _local_entry(rt, relic_id)
-    removed = rt.engine.remove_container(entry["container_name"])
-    _unregister(rt.redis, relic_id, entry.get("session_id", ""))
-    Quotas(rt.redis, rt.settings).release(relic_id, entry.get("session_id", ""))
+    removed = rt.engine.remove_container(entry.container_name)
+    _unregister(rt.redis, relic_id, entry.session_id)
+    Quotas(rt.redis, rt.settings).release(relic_id, entry.session_id)
     return {"relic_id": relic_id, "removed": removed}

@@ -20,7 +20,7 @@ from orchestrator.errors import HostUnavailable, WrongHost
 from orchestrator.protocol import RELICS_QUEUE, TOOLS_QUEUE, Task, host_queue
 from orchestrator.settings import Settings
 from orchestrator.state.leases import LeaseKeeper
-from orchestrator.state.registry import ExecutionRegistry, HostRegistry
+from orchestrator.state.registry import ExecutionEntry, ExecutionRegistry, HostRegistry
 from orchestrator.worker.pool import WarmPool
 
 __all__ = ["Runtime", "Enqueue"]
@@ -161,22 +161,22 @@ class Runtime:
             if self.leases.holder(execution_id) is not None:
                 continue
             entry = self.executions.get(execution_id)
-            if not entry or entry.get("state") == "finished":
+            if not entry.known or entry.finished:
                 self.executions.forget(execution_id)
                 continue
             if self._requeue(execution_id, entry):
                 requeued.append(execution_id)
         return requeued
 
-    def _requeue(self, execution_id: str, entry: dict[str, str]) -> bool:
-        if self.enqueue is None or "request" not in entry:
+    def _requeue(self, execution_id: str, entry: ExecutionEntry) -> bool:
+        if self.enqueue is None or not entry.request:
             return False
         hold = self.settings.lease_seconds * 3
         if not self.executions.mark_requeued(execution_id, hold):
             return False
-        request = json.loads(entry["request"])
-        task = entry.get("task") or TOOL_TASK
-        owner = entry.get("host", "")
+        request = json.loads(entry.request)
+        task = entry.task or TOOL_TASK
+        owner = entry.host
         if owner and self.hosts.alive(owner):
             queue = host_queue(owner)
         else:  # session work then fails there with HostUnavailable

@@ -72,6 +72,10 @@ def settings_env(host_name: str, **extra: str) -> dict[str, str]:
         # Memory limits, not use: the load test commits 16 x 512 MB per host, more than the
         # default host quota (the machine's memory) on a small CI machine.
         "ORCHESTRATOR_HOST_MAX_MEMORY_MB": "65536",
+        # The load test runs 300 tools of one session, 32 at a time: quota tests start their
+        # own workers with small limits.
+        "ORCHESTRATOR_SESSION_MAX_CONTAINERS": "256",
+        "ORCHESTRATOR_SESSION_MAX_MEMORY_MB": "131072",
         "ORCHESTRATOR_SECRET_KEY": TEST_SECRET_KEY,
     }
     env.update(extra)

@@ -99,6 +99,11 @@ def host(services: None, docker_client: docker.DockerClient) -> Iterator[str]:
     """A host label of this test only; whatever carries it is removed afterwards."""
     name = f"race-{uuid.uuid4().hex[:8]}"
     yield name
+    # These tests make their containers themselves (the product only lists and reaps them):
+    # what is left is the test's own, not a leak of the product, so it goes first.
+    label = {"label": [f"orchestrator.host={name}"]}
+    for container in docker_client.containers.list(all=True, filters=label):
+        container.remove(force=True, v=True)
     force_remove_managed(docker_client, name)
 
 

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from orchestrator import OrchestratorClient
+from orchestrator.models import ToolExecutionResult
 from tests.integration.conftest import USED_HOSTS
 from tests.integration.harness import (
     REDIS_URL,
@@ -61,12 +62,22 @@ def test_300_runs_on_two_workers_none_lost_none_duplicated_nothing_leaked(
     volumes = [{"source": str(out), "target": "/out"}]
     script = 'echo "$N" >> /out/lines; echo "{\\"n\\": $N}"'
     started = time.monotonic()
+    # Each run goes to one of the two workers' own queues: a worker of another test that
+    # consumes the shared queue with other settings cannot take any of them.
+    queues = [f"host.{worker.host_name}", f"host.{second_worker.host_name}"]
     handles = [
-        client.execute_tool(tool(session_id, script, parameters={"N": n}, volumes=volumes))
+        client.app.send_task(
+            "orchestrator.tools.execute",
+            args=[tool(session_id, script, parameters={"N": n}, volumes=volumes)],
+            queue=queues[n % 2],
+        )
         for n in range(RUNS)
     ]
     deadline = time.monotonic() + 780
-    results = [h.result(timeout=max(1.0, deadline - time.monotonic())) for h in handles]
+    results = [
+        ToolExecutionResult.model_validate(h.get(timeout=max(1.0, deadline - time.monotonic())))
+        for h in handles
+    ]
     elapsed = time.monotonic() - started
 
     assert len(results) == RUNS  # none lost

@@ -144,7 +144,12 @@ def test_engine_outage_fails_with_docker_unavailable_and_the_worker_recovers(
         elapsed = time.monotonic() - started
         assert "Docker engine unreachable" in str(failure.value), str(failure.value)
         assert elapsed < 120, elapsed  # 3 attempts, backoff of at most 2 and 4 s
-        assert worker.log_bytes().count(f"[{sent.id}] retry:".encode()) == 2, worker.log()
+        # The worker logs a retry after it sent it: give the last line a moment to appear.
+        retries = f"[{sent.id}] retry:".encode()
+        settle = time.monotonic() + 10
+        while worker.log_bytes().count(retries) < 2 and time.monotonic() < settle:
+            time.sleep(0.2)
+        assert worker.log_bytes().count(retries) == 2, worker.log()
         assert worker.proc is not None and worker.proc.poll() is None, worker.log()
         assert redis.Redis.from_url(REDIS_URL).exists(f"orch:host:{worker.host_name}")
     finally:

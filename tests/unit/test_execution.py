@@ -455,7 +455,7 @@ def test_secret_values_never_appear_in_the_result_or_the_live_log(rt, redis, eng
     live = read_live(redis, "e1")
     assert "tok-123456" not in live["stdout"] + live["stderr"]
     assert "***" in live["stderr"]
-    stored = json.loads(rt.executions.get("e1")["request"])
+    stored = json.loads(rt.executions.get("e1").request)
     assert stored["secret_parameters"] == {"API_TOKEN": "***", "PIN": "***"}
     [spec] = created_specs(engine)
     assert spec.environment["API_TOKEN"] == "tok-123456"  # the tool itself gets it
@@ -606,7 +606,7 @@ def test_after_a_run_nothing_is_in_flight_and_the_metrics_count_it(
 
     assert result.status == status
     assert rt.executions.inflight() == []
-    assert rt.executions.get("e1")["state"] == "finished"
+    assert rt.executions.get("e1").state == "finished"
     assert rt.executions.result("e1") == result
     assert redis.hget(keys.METRICS_BY_STATUS, status) == b"1"
     assert redis.hget(keys.METRICS_BY_TOOL, "echo") == b"1"
@@ -736,7 +736,7 @@ def test_a_matching_run_execs_the_tool_in_a_pool_container_then_discards_it(
         ("RUNNING", {"host": "h1", "container_id": result.container_id, "tool_name": "echo"})
     ]
     entry = pool_rt.executions.get("e1")
-    assert (entry["pooled"], entry["container_id"]) == ("1", result.container_id)
+    assert (entry.pooled, entry.container_id) == (True, result.container_id)
     assert read_live(redis, "e1") == {"stdout": '{"who": "pool"}\n', "stderr": "err\n"}
     settle(pool_rt)
     assert engine.find_container(result.container_id) is None  # used once, then discarded
@@ -842,7 +842,7 @@ def test_a_pool_container_that_died_while_idle_is_discarded_and_the_run_goes_col
     assert taken in idle
     [spec] = tool_specs(engine)
     assert spec.name == NAME
-    assert "pooled" not in pool_rt.executions.get("e1")
+    assert not pool_rt.executions.get("e1").pooled
     settle(pool_rt)
     assert engine.find_container(taken) is None
 
@@ -864,7 +864,7 @@ def test_an_engine_error_after_the_exec_started_is_an_error_never_a_cold_rerun(
     assert result.error == "No such container: gone"
     assert len(exec_refs(engine)) == 1
     assert tool_specs(engine) == []  # the tool ran once: at most once
-    assert pool_rt.executions.get("e1")["pooled"] == "1"
+    assert pool_rt.executions.get("e1").pooled
 
 
 def test_a_redelivered_pooled_run_is_never_run_again(pool_rt, engine):

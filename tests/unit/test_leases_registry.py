@@ -13,7 +13,7 @@ from orchestrator.models import ToolExecutionResult
 from orchestrator.settings import Settings
 from orchestrator.state import keys
 from orchestrator.state.leases import LeaseKeeper
-from orchestrator.state.registry import ExecutionRegistry, HostRegistry, text
+from orchestrator.state.registry import ExecutionEntry, ExecutionRegistry, HostRegistry, text
 from orchestrator.worker.runtime import Runtime
 
 # -- LeaseKeeper -------------------------------------------------------------------------------
@@ -148,12 +148,15 @@ def test_started_execution_is_stored_with_json_encoded_fields_and_is_in_flight(r
 
     registry.start("e1", {"host": "h1", "request": {"tool_name": "grep"}, "attempt": 1})
 
-    assert registry.get("e1") == {
-        "host": "h1",
-        "request": '{"tool_name": "grep"}',
-        "attempt": "1",
-        "state": "running",
+    assert redis.hgetall(keys.execution("e1")) == {
+        b"host": b"h1",
+        b"request": b'{"tool_name": "grep"}',
+        b"attempt": b"1",
+        b"state": b"running",
     }
+    entry = registry.get("e1")
+    assert (entry.known, entry.host, entry.state) == (True, "h1", "running")
+    assert entry.request == '{"tool_name": "grep"}'
     assert registry.inflight() == ["e1"]
     assert 0 < redis.ttl(keys.execution("e1")) <= 120
 
@@ -165,9 +168,9 @@ def test_update_sets_fields_of_a_running_execution(redis):
     registry.update("e1", container_id="c0ffee", status="running")
 
     entry = registry.get("e1")
-    assert entry["container_id"] == "c0ffee"
-    assert entry["host"] == "h1"
-    assert entry["state"] == "running"
+    assert entry.container_id == "c0ffee"
+    assert entry.host == "h1"
+    assert entry.state == "running"
 
 
 def test_finished_execution_result_round_trips_and_leaves_the_in_flight_set(redis):
@@ -179,8 +182,8 @@ def test_finished_execution_result_round_trips_and_leaves_the_in_flight_set(redi
     registry.finish(result)
 
     assert registry.result("e1") == result
-    assert registry.get("e1")["state"] == "finished"
-    assert registry.get("e1")["status"] == "oom_killed"
+    assert registry.get("e1").finished
+    assert registry.get("e1").status == "oom_killed"
     assert registry.inflight() == ["e2"]
     assert 0 < redis.ttl(keys.execution_result("e1")) <= 120
 
@@ -188,7 +191,8 @@ def test_finished_execution_result_round_trips_and_leaves_the_in_flight_set(redi
 def test_unknown_execution_has_no_entry_and_no_result(redis):
     registry = ExecutionRegistry(redis, 120)
 
-    assert registry.get("ghost") == {}
+    assert registry.get("ghost") == ExecutionEntry()
+    assert not registry.get("ghost").known
     assert registry.result("ghost") is None
 
 
@@ -208,7 +212,7 @@ def test_forget_drops_an_execution_from_the_in_flight_set_without_a_result(redis
 
     assert registry.inflight() == []
     assert registry.result("e1") is None
-    assert registry.get("e1")["state"] == "running"
+    assert registry.get("e1").state == "running"
 
 
 def test_cancel_flag_is_seen_only_after_it_is_requested(redis):

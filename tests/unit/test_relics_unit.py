@@ -19,6 +19,7 @@ from orchestrator.errors import RelicConflict, RelicExited, RelicNotFound, Relic
 from orchestrator.models import RelicStartRequest
 from orchestrator.settings import Settings
 from orchestrator.state import keys, routing
+from orchestrator.state.relics import RelicEntry
 from orchestrator.worker import health, relics
 from orchestrator.worker.relics import probe, relic_container_name, volume_name, wait_healthy
 from orchestrator.worker.runtime import Runtime
@@ -276,14 +277,15 @@ def test_a_started_relic_runs_in_the_session_network_and_is_registered(rt, engin
     assert spec.labels["orchestrator.port"] == "8000"
     network = engine.inspect_network("session_s1")
     assert network.internal and network.labels["orchestrator.session"] == "s1"
-    assert relics.lookup(rt.redis, "r1") == {
-        "relic_name": "db",
-        "session_id": "s1",
-        "host": "h1",
-        "container_name": "orch-relic-2-s1-db",
-        "port": "8000",
-        "health": "/ready",
-    }
+    assert relics.lookup(rt.redis, "r1") == RelicEntry(
+        relic_id="r1",
+        relic_name="db",
+        session_id="s1",
+        host="h1",
+        container_name="orch-relic-2-s1-db",
+        port=8000,
+        health="/ready",
+    )
     assert rt.redis.sismember(keys.session_relics("s1"), "r1")
     assert routing.session_owner(rt.redis, "s1") == "h1"
 

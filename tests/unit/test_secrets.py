@@ -441,7 +441,7 @@ def test_a_tool_gets_the_decrypted_secret_and_nothing_stored_holds_it(keyed_rt, 
     assert result.stdout == "*** ***\n" and result.stderr == "*** ***\n"
     stored = dump_redis(keyed_rt.redis)
     assert SECRET not in stored and "$encrypted" not in stored
-    assert json.loads(keyed_rt.executions.get("e1")["request"])["secret_parameters"] == {
+    assert json.loads(keyed_rt.executions.get("e1").request)["secret_parameters"] == {
         "API_KEY": "***"
     }
 
@@ -477,8 +477,8 @@ def test_a_relic_gets_its_decrypted_secret_and_the_registry_never_holds_it(
     stored = dump_redis(keyed_rt.redis)
     assert SECRET not in stored and "$encrypted" not in stored
     entry = keyed_rt.executions.get("r1")
-    assert json.loads(entry["request"])["secret_parameters"] == {"DB_PASSWORD": "***"}
-    assert entry["has_secrets"] == "1"
+    assert json.loads(entry.request)["secret_parameters"] == {"DB_PASSWORD": "***"}
+    assert entry.has_secrets
 
 
 def test_a_relic_that_prints_its_secret_and_exits_fails_with_the_secret_masked(

@@ -305,6 +305,6 @@ def test_a_relic_of_the_old_naming_is_found_by_its_labels(rt, engine):
 
     assert resumed.container_id == old and resumed.container_name == "orch-relic-s1-db"
     assert engine.called("create_container") == []
-    assert relics.lookup(rt.redis, "r1")["container_name"] == "orch-relic-s1-db"
+    assert relics.lookup(rt.redis, "r1").container_name == "orch-relic-s1-db"
     relics.remove_relic(rt, "r1")
     assert engine.find_container(old) is None
