@@ -46,8 +46,8 @@ hostb-down:
 	bash scripts/hostb.sh down
 
 .PHONY: config-reference
-config-reference: ## rewrite README's settings table from orchestrator/settings.py
-	$(VENV_RUN) python3 -m orchestrator.config_reference README.md
+config-reference: ## rewrite docs/configuration.md's settings table from orchestrator/settings.py
+	$(VENV_RUN) python3 -m orchestrator.config_reference docs/configuration.md
 
 .PHONY: mutation-check
 mutation-check: ## break each guarantee on a copy (scripts/mutations.txt); its tests must fail. Not in CI

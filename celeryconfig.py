@@ -19,8 +19,8 @@ by name, is such a module.
 This module is part of the worker (the repository and the image), like ``worker.py`` and
 ``tasks/``: it is not installed in site-packages, where it would take the place of a user's
 own ``celeryconfig``. Where only the package is installed, ``celery --config
-orchestrator.client.celeryconfig ...`` gives the client's settings (README, "From any Celery
-client").
+orchestrator.client.celeryconfig ...`` gives the client's settings (docs/celery.md, "The
+celery command").
 """
 
 # No `from __future__ import annotations` here: it would add a public name, `annotations`.

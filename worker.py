@@ -63,7 +63,7 @@ def _prepare_flower() -> None:
     _guard_flower(settings)
 
 
-#: Credentials anyone who read the README knows: Flower refuses them outside development.
+#: The documented credentials (docs/trust-model.md): Flower refuses them outside development.
 DEFAULT_FLOWER_CREDENTIALS = frozenset({"admin:orchestrator"})
 
 

@@ -5,7 +5,7 @@ The public surface for callers is the client and the models::
     from orchestrator import OrchestratorClient, ToolExecutionRequest
 """
 
-from orchestrator.client.sync import (
+from orchestrator.client import (
     AsyncOrchestratorClient,
     ExecutionHandle,
     ExecutionProgress,

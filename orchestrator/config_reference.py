@@ -2,11 +2,10 @@
 
 :func:`markdown_table` renders every field as the operator meets it: the environment
 variable, its default written the way the environment takes it, and the field's
-description. README.md's "Configuration" section holds that table between
-:data:`START_MARKER` and :data:`END_MARKER`; ``python -m orchestrator.config_reference
-README.md`` (``make config-reference``) rewrites it, and a unit test fails when it is
-out of date. ``orchestrator config`` prints effective values in the same notation
-(:func:`env_value`).
+description. docs/configuration.md holds that table between :data:`START_MARKER` and
+:data:`END_MARKER`; ``python -m orchestrator.config_reference`` (``make config-reference``)
+rewrites it there, and a unit test fails when it is out of date. ``orchestrator config``
+prints effective values in the same notation (:func:`env_value`).
 """
 
 from __future__ import annotations
@@ -24,16 +23,19 @@ from orchestrator.settings import ENV_PREFIX, Settings
 
 __all__ = [
     "END_MARKER",
+    "REFERENCE_PAGE",
     "START_MARKER",
     "default_text",
     "description",
     "env_name",
     "env_value",
     "markdown_table",
-    "readme_block",
-    "replace_readme_block",
+    "reference_block",
+    "replace_reference_block",
 ]
 
+#: The page that holds the generated table, relative to the repository's root.
+REFERENCE_PAGE = "docs/configuration.md"
 START_MARKER = "<!-- settings:start -->"
 END_MARKER = "<!-- settings:end -->"
 NONE_TEXT = "(none)"
@@ -71,14 +73,16 @@ def default_text(field: FieldInfo) -> str:
     """A field's default for the table: the value in backticks, or a placeholder.
 
     Empty defaults are ``(none)``; the host name's factory is ``(hostname)``, never the
-    name of the machine that generated the table.
+    name of the machine that generated the table. Factories that are a type (``list``) or a
+    lambda (a constant list written in Settings) are run; any other function is named.
     """
     factory: Any = field.default_factory
     if factory is socket.gethostname:
         return HOSTNAME_TEXT
     if factory is not None:
-        if not isinstance(factory, type):  # some computation: do not run it here
-            return f"({getattr(factory, '__name__', 'computed')})"
+        name = getattr(factory, "__name__", "computed")
+        if not isinstance(factory, type) and name != "<lambda>":
+            return f"({name})"  # some computation: do not run it here
         value = factory()
     else:
         value = field.default
@@ -124,28 +128,28 @@ def _bounds(text: str) -> tuple[int, int]:
     return start + len(START_MARKER), end
 
 
-def readme_block(text: str) -> str:
+def reference_block(text: str) -> str:
     """What stands between the markers, without the blank lines around it."""
     start, end = _bounds(text)
     return text[start:end].strip("\n") + "\n"
 
 
-def replace_readme_block(text: str, table: str) -> str:
+def replace_reference_block(text: str, table: str) -> str:
     """``text`` with the block between the markers replaced by ``table``."""
     start, end = _bounds(text)
     return text[:start] + "\n" + table.rstrip("\n") + "\n" + text[end:]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m orchestrator.config_reference [README.md]``: rewrite the README's table
-    (or print the table when no file is given)."""
+    """``python -m orchestrator.config_reference [PAGE | -]``: rewrite the table in ``PAGE``
+    (default :data:`REFERENCE_PAGE`, from the current directory), or print it for ``-``."""
     args = sys.argv[1:] if argv is None else argv
-    if not args:
+    if args == ["-"]:
         print(markdown_table(), end="")
         return 0
-    path = Path(args[0])
+    path = Path(args[0] if args else REFERENCE_PAGE)
     text = path.read_text(encoding="utf-8")
-    updated = replace_readme_block(text, markdown_table())
+    updated = replace_reference_block(text, markdown_table())
     if updated != text:
         path.write_text(updated, encoding="utf-8")
         print(f"{path}: settings table updated")

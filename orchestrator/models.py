@@ -9,6 +9,8 @@ loses its text in Celery's JSON result backend.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 from datetime import datetime
@@ -24,11 +26,16 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.core.archive import check_path
 from orchestrator.errors import InvalidRequest
 from orchestrator.protocol import ID_MAX_LENGTH, ID_PATTERN, validate_id
 
 __all__ = [
     "ResourceLimits",
+    "FileContent",
+    "FilesWritten",
+    "FilesRead",
+    "SkippedPath",
     "RelicResourceLimits",
     "BuildSpec",
     "VolumeMount",
@@ -40,6 +47,8 @@ __all__ = [
     "FINAL_STATUSES",
     "RelicStartRequest",
     "RelicInfo",
+    "RelicExecRequest",
+    "ExecResult",
     "ContainerStats",
     "AggregateStats",
     "CleanupReport",
@@ -189,6 +198,86 @@ def _check_env(mapping: dict[str, Any]) -> dict[str, Any]:
     return mapping
 
 
+class FileContent(_Strict):
+    """One file inside a container: its absolute path, bytes and mode.
+
+    On the way in give ``content_base64`` or ``text`` (UTF-8), or neither for an empty
+    file. On the way back ``content_base64`` holds the bytes (at most the server's cap:
+    ``truncated`` says when the file was larger), ``size`` the file's real size, and a
+    collected file too large to keep in a result has ``ref`` instead of content (see
+    ``OrchestratorClient.get_collected_file``). Paths are checked further by the worker
+    (:func:`orchestrator.core.archive.check_path`).
+    """
+
+    path: str = Field(max_length=4096, description="Absolute path inside the container.")
+    content_base64: str | None = None
+    text: str | None = None
+    mode: int = Field(0o644, ge=0, le=0o7777, description="Permission bits (0o644).")
+    size: int | None = Field(None, ge=0, description="The file's size (results only).")
+    truncated: bool = False
+    ref: str | None = Field(None, max_length=200, description="Stored apart (results only).")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        try:
+            return check_path("path", value)
+        except InvalidRequest as exc:
+            raise ValueError(str(exc).removeprefix("path: ")) from exc
+
+    @model_validator(mode="after")
+    def _one_content(self) -> FileContent:
+        if self.content_base64 is not None and self.text is not None:
+            raise ValueError("give content_base64 or text, not both")
+        return self
+
+    def data(self) -> bytes:
+        """The file's bytes (as far as they came: see ``truncated`` and ``ref``).
+
+        Decoded here, not when validated: megabytes are decoded once, where used.
+
+        Raises:
+            InvalidRequest: ``content_base64`` is not valid base64.
+        """
+        if self.content_base64 is not None:
+            try:
+                return base64.b64decode(self.content_base64, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise InvalidRequest(f"{self.path}: content_base64 is not valid base64") from exc
+        return (self.text or "").encode()
+
+    @classmethod
+    def of(cls, path: str, data: bytes | str, mode: int = 0o644, **fields: Any) -> FileContent:
+        """A file from bytes (sent as base64) or text (sent as is)."""
+        if isinstance(data, str):
+            return cls(path=path, text=data, mode=mode, **fields)
+        return cls(path=path, content_base64=base64.b64encode(data).decode(), mode=mode, **fields)
+
+
+class SkippedPath(BaseModel):
+    """A path ``get_files`` did not return, and why (a link, a device, over a cap...)."""
+
+    path: str
+    reason: str
+
+
+class FilesWritten(BaseModel):
+    """Result of ``orchestrator.relics.put_files``."""
+
+    relic_id: str
+    written: list[str] = Field(default_factory=list)
+    bytes: int = 0
+
+
+class FilesRead(BaseModel):
+    """Result of ``orchestrator.relics.get_files``: files found, paths missing or skipped."""
+
+    relic_id: str = ""
+    files: list[FileContent] = Field(default_factory=list)
+    missing: list[str] = Field(default_factory=list)
+    skipped: list[SkippedPath] = Field(default_factory=list)
+
+
 class _ContainerRequest(_Strict):
     session_id: Identifier
     image: ImageRef | None = None
@@ -229,6 +318,13 @@ class ToolExecutionRequest(_ContainerRequest):
     resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
     network_mode: Literal["none", "bridge", "session"] = "none"
     cleanup: bool = True
+    files: list[FileContent] = Field(
+        default_factory=list, description="Written into the container before it starts."
+    )
+    stdin: str | None = Field(None, description="Given to the tool's standard input.")
+    collect: list[ContainerPath] = Field(
+        default_factory=list, max_length=256, description="Read back after the tool exits."
+    )
 
     @field_validator("parameters", "secret_parameters")
     @classmethod
@@ -284,6 +380,8 @@ class PoolSpec(BaseModel):
             and request.build is None
             and request.network_mode == "none"
             and not request.volumes
+            # files, stdin and collect run cold: written before the tool's process exists
+            and not (request.files or request.collect or request.stdin is not None)
             and wanted.memory_mb == self.memory_mb
             and wanted.cpu_limit == self.cpu_limit
             and (wanted.pids_limit or default_pids) == (self.pids_limit or default_pids)
@@ -322,6 +420,13 @@ class ToolExecutionResult(BaseModel):
     stats: ToolRunStats = Field(default_factory=ToolRunStats)
     container_id: str | None = None
     host: str | None = None
+    files: list[FileContent] = Field(default_factory=list, description="Collected files.")
+    missing_files: list[str] = Field(default_factory=list, description="collect paths absent.")
+    skipped_files: list[SkippedPath] = Field(default_factory=list)
+
+    def collected(self, path: str) -> FileContent | None:
+        """The collected file ``path`` (its bytes may be kept apart: see ``ref``)."""
+        return next((item for item in self.files if item.path == path), None)
 
 
 class RelicStartRequest(_ContainerRequest):
@@ -330,7 +435,12 @@ class RelicStartRequest(_ContainerRequest):
     relic_name: Identifier
     port: int = Field(8000, ge=1, le=65535)
     ports: dict[int, int] | None = Field(None, description="container port -> host port")
-    health_check_endpoint: str = Field("/health", max_length=2048)
+    health_check_endpoint: str | None = Field(
+        "/health",
+        max_length=2048,
+        description="GET path answered below 400 once ready; null: ready once its process "
+        "runs (a workspace relic).",
+    )
     health_timeout_seconds: float = Field(60.0, gt=0)
     create_private_network: bool = True
     resource_limits: RelicResourceLimits = Field(default_factory=RelicResourceLimits)
@@ -343,6 +453,14 @@ class RelicStartRequest(_ContainerRequest):
     @classmethod
     def _secret_names(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _check_env(value)
+
+    @field_validator("resource_limits", mode="before")
+    @classmethod
+    def _relic_limits(cls, value: Any) -> Any:
+        """A plain ResourceLimits: the fields it sets, relic defaults for the others."""
+        if isinstance(value, ResourceLimits) and not isinstance(value, RelicResourceLimits):
+            return value.model_dump(exclude_unset=True)
+        return value
 
     @model_validator(mode="after")
     def _secrets_apart(self) -> RelicStartRequest:
@@ -359,7 +477,9 @@ class RelicStartRequest(_ContainerRequest):
 
     @field_validator("health_check_endpoint")
     @classmethod
-    def _endpoint(cls, value: str) -> str:
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.startswith("/") or any(c in value for c in "\x00\r\n "):
             raise ValueError("must be a path starting with '/' and without spaces")
         return value
@@ -389,6 +509,76 @@ class RelicInfo(BaseModel):
     host: str | None = None
     started_at: datetime | None = None
     ports: dict[str, int] = Field(default_factory=dict)
+
+
+class RelicExecRequest(_Strict):
+    """Run a command in a running relic (argument of ``orchestrator.relics.exec``).
+
+    A list command is run as it is; a string is run by ``sh -c``. ``timeout_seconds``
+    defaults to the relic's own ``resource_limits.timeout_seconds`` and may not exceed it
+    (nor the server's ``max_timeout_seconds``).
+    """
+
+    relic_id: Identifier
+    session_id: Identifier | None = Field(
+        None, description="When given, the relic must belong to this session."
+    )
+    command: (
+        Annotated[list[Annotated[str, StringConstraints(max_length=65536)]], Field(min_length=1)]
+        | Annotated[str, StringConstraints(min_length=1, max_length=65536)]
+    )
+    environment: dict[str, str] = Field(default_factory=dict)
+    secret_parameters: dict[str, Any] = Field(
+        default_factory=dict, description="Env vars never shown in results, logs or Flower."
+    )
+    working_dir: ContainerPath | None = None
+    stdin: str | None = Field(None, description="Text given to the command's standard input.")
+    timeout_seconds: int | None = Field(
+        None, gt=0, description="Wall-clock limit; default: the relic's timeout_seconds."
+    )
+
+    @field_validator("environment", "secret_parameters")
+    @classmethod
+    def _env_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_env(value)
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> RelicExecRequest:
+        parts = [self.command] if isinstance(self.command, str) else self.command
+        if any("\x00" in part for part in parts):
+            raise ValueError("command must not contain NUL")
+        if isinstance(self.command, str) and not self.command.strip():
+            raise ValueError("command must not be blank")
+        both = sorted(set(self.secret_parameters) & set(self.environment))
+        if both:
+            raise ValueError(f"variables given twice: {', '.join(both)}")
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The request as JSON with secret values replaced (safe to store or show)."""
+        data = self.model_dump(mode="json")
+        data["secret_parameters"] = {name: "***" for name in self.secret_parameters}
+        return data
+
+
+class ExecResult(BaseModel):
+    """Outcome of a command run in a relic (result of ``orchestrator.relics.exec``)."""
+
+    exec_id: str
+    relic_id: str
+    session_id: str = ""
+    status: ExecutionStatus
+    exit_code: int | None = None
+    result: Any = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
+    host: str | None = None
 
 
 class ContainerStats(BaseModel):

@@ -72,6 +72,14 @@ class Settings(BaseModel):
         600, ge=10, description="Redis broker redelivery of unacknowledged messages."
     )
     result_ttl_seconds: int = Field(86400, ge=60, description="Results and registry lifetime.")
+    client_wait_slack_seconds: int = Field(
+        300,
+        ge=0,
+        description=(
+            "A client's default wait for run_tool and start_relic: the request's own limit "
+            "(timeout_seconds, health_timeout_seconds) plus this (queueing, image pull, build)."
+        ),
+    )
     docker_timeout_seconds: int = Field(120, ge=5, description="docker-py API timeout.")
     docker_retries: int = Field(5, ge=0, description="Retries while the engine is unreachable.")
 
@@ -94,7 +102,9 @@ class Settings(BaseModel):
     network_grace_seconds: float = Field(
         60.0, ge=0, description="An empty managed network younger than this is kept."
     )
-    relic_max_health_timeout_seconds: int = Field(600, ge=1)
+    relic_max_health_timeout_seconds: int = Field(
+        600, ge=1, description="Largest health_timeout_seconds a relic start may ask."
+    )
     read_only_root: bool = Field(
         False, description="Run containers with a read-only root and a tmpfs on /tmp."
     )
@@ -102,7 +112,23 @@ class Settings(BaseModel):
     pool: list[PoolSpec] = Field(
         default_factory=list,
         description='Warm pools as JSON: [{"image": "...", "size": 2, "memory_mb": 512, '
-        '"cpu_limit": 1.0}]',
+        '"cpu_limit": 1.0}]; each size is a minimum the adaptive pools never go below.',
+    )
+    pool_memory_mb: int = Field(
+        4096,
+        ge=0,
+        description="Memory (the sum of their limits) that warm pools sized from demand may "
+        "hold idle per host; 0 turns adaptive pools off (ORCHESTRATOR_POOL still applies).",
+    )
+    pool_max_size: int = Field(
+        16, ge=1, le=256, description="Most idle containers an adaptive pool holds per host."
+    )
+    pool_refill_concurrency: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Pool containers made or removed at once per worker; they wait behind "
+        "pooled runs in progress.",
     )
     relic_cap_add: list[str] = Field(
         default_factory=list, description="Capabilities relics may keep (all others dropped)."
@@ -151,6 +177,22 @@ class Settings(BaseModel):
         65_536, ge=1024, description="Bytes of live output kept in Redis per stream of a run."
     )
     live_log_ttl_seconds: int = Field(3600, ge=60, description="Lifetime of a run's live output.")
+    files_max_file_bytes: int = Field(
+        33_554_432, ge=1024, description="Largest file written or read back (put/get, tool files)."
+    )
+    files_max_request_bytes: int = Field(
+        67_108_864,
+        ge=1024,
+        description="Bytes of files (and stdin) in one put_files, get_files or tool run.",
+    )
+    files_max_count: int = Field(
+        1000, ge=1, description="Files in one put_files, get_files or tool run."
+    )
+    collect_inline_max_bytes: int = Field(
+        65_536,
+        ge=0,
+        description="A collected file larger than this is kept beside the result, fetched apart.",
+    )
     flower_allowed_hosts: list[str] = Field(
         default_factory=lambda: ["localhost", "127.0.0.1", "::1"],
         description="Host headers Flower answers (plus its --address); * allows any.",
@@ -199,7 +241,7 @@ class Settings(BaseModel):
     secret_key: SecretStr | None = Field(
         None,
         description="Fernet key(s) encrypting secret_parameters between clients and workers, "
-        "comma-separated: the first encrypts, all decrypt (see Secrets).",
+        "comma-separated: the first encrypts, all decrypt (see docs/secrets.md).",
     )
     dev_allow_plaintext_secrets: bool = Field(
         False,

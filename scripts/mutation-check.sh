@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Mutation check of README's "Guarantees" table: for each mutation in scripts/mutations.txt,
-# break the product on a copy of the working tree, run the row's tests there and report
-# whether they failed (they must). Not run in CI: it takes as long as the tests it runs.
+# Mutation check of the Guarantees table (docs/guarantees.md): for each mutation in
+# scripts/mutations.txt, break the product on a copy of the working tree, run the row's tests
+# there and report whether they failed (they must). Not run in CI: it takes as long as the
+# tests it runs.
 #
 #   scripts/mutation-check.sh [ROW ...]      # all rows, or only the named ones
 #

@@ -40,6 +40,8 @@ if [ "${1:-}" = "--test" ]; then  # what only the test suite needs
   command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)  # its local base images
   command -v rabbitmq-server >/dev/null || need_pkgs+=(rabbitmq-server)  # the amqp test pass
   command -v openssl >/dev/null || need_pkgs+=(openssl)  # certificates for the TLS Redis test
+  command -v zsh >/dev/null || need_pkgs+=(zsh)  # the completion tests run the real shells
+  command -v fish >/dev/null || need_pkgs+=(fish)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing ${need_pkgs[*]}"

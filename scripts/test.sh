@@ -28,7 +28,7 @@ AMQP_TESTS=(
   tests/integration/test_cli.py
   tests/integration/test_janitor.py
   # Redis-only by design: a plain client on the Redis broker, and draining a dead host's
-  # queue (the janitor reads kombu's Redis lists; README "Choosing the broker").
+  # queue (the janitor reads kombu's Redis lists; docs/brokers.md).
   --deselect tests/integration/test_janitor.py::test_messages_on_a_dead_hosts_queue_fail_clearly
 )
 if [ $# -eq 0 ] && [ "${ORCHESTRATOR_SKIP_AMQP_PASS:-}" != 1 ]; then

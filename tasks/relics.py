@@ -9,10 +9,11 @@ from celery import shared_task
 from celery.exceptions import Ignore
 
 from orchestrator.errors import InvalidRequest, WrongHost
-from orchestrator.models import RelicStartRequest, parse_request
+from orchestrator.models import FileContent, RelicExecRequest, RelicStartRequest, parse_request
 from orchestrator.protocol import Task, validate_id
 from orchestrator.state import routing
-from orchestrator.worker import relics
+from orchestrator.worker import files as worker_files
+from orchestrator.worker import relic_exec, relics
 from tasks.base import SecretTask
 from tasks.forwarding import fan_out, forward
 from tasks.runtime import get_runtime
@@ -77,6 +78,73 @@ def remove(self: Any, relic_id: str) -> dict[str, Any]:
         return relics.remove_relic(get_runtime(), relic_id)
     except WrongHost as exc:
         forward(self, exc, [relic_id])
+
+
+def _file_list(value: Any) -> list[FileContent]:
+    if not isinstance(value, list):
+        raise InvalidRequest("files: expected a list of FileContent objects")
+    return [parse_request(FileContent, item) for item in value]
+
+
+# SecretTask for its bounded stored arguments: megabytes of files are not kept with the result.
+@shared_task(bind=True, base=SecretTask, name=Task.RELICS_PUT_FILES.value, **RETRY)
+def put_files(self: Any, relic_id: str, files: Any = None) -> dict[str, Any]:
+    """Write files into a relic's container. Returns ``{"relic_id", "written", "bytes"}``."""
+    _relic_id(relic_id)
+    wanted = _file_list(files)
+    try:
+        return worker_files.put_relic_files(get_runtime(), relic_id, wanted).model_dump(mode="json")
+    except WrongHost as exc:
+        forward(self, exc, [relic_id, [f.model_dump(mode="json") for f in wanted]])
+
+
+@shared_task(bind=True, name=Task.RELICS_GET_FILES.value, **RETRY)
+def get_files(
+    self: Any, relic_id: str, paths: Any = None, inline_max_bytes: Any = None
+) -> dict[str, Any]:
+    """Read files from a relic's container (a directory gives its files).
+
+    Returns ``{"relic_id", "files": [FileContent], "missing": [path], "skipped": [...]}``;
+    with ``inline_max_bytes``, larger files come beside the reply (see ``state.blobs``).
+    """
+    _relic_id(relic_id)
+    if inline_max_bytes is not None and (
+        not isinstance(inline_max_bytes, int) or inline_max_bytes < 0
+    ):
+        raise InvalidRequest("inline_max_bytes: must be a non-negative integer or null")
+    try:
+        read = worker_files.get_relic_files(get_runtime(), relic_id, paths, inline_max_bytes)
+        return read.model_dump(mode="json")
+    except WrongHost as exc:
+        forward(self, exc, [relic_id, paths, inline_max_bytes])
+
+
+@shared_task(bind=True, base=SecretTask, name=Task.RELICS_EXEC.value, **RETRY)
+def exec_command(self: Any, request: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """Run a command in a running relic; the exec id is this task's id. Returns ExecResult.
+
+    Secret parameters are handled as a tool run's are (see ``tasks.tools.execute``); cancel
+    with ``orchestrator.tools.cancel`` and the exec id.
+    """
+    with self.containing_errors():
+        return _exec(self, request if request is not None else fields)
+
+
+def _exec(task: Any, request: Any) -> dict[str, Any]:
+    req = parse_request(RelicExecRequest, request)
+    # The task id keys the registry and marks the command's processes: the caller chooses it.
+    exec_id = validate_id("exec_id", task.request.id)
+
+    def progress(state: str, meta: dict[str, Any]) -> None:
+        task.update_state(state=state, meta={"exec_id": exec_id, **meta})
+
+    try:
+        result = relic_exec.exec_in_relic(get_runtime(), req, exec_id, progress=progress)
+    except relic_exec.DuplicateDelivery:
+        raise Ignore() from None
+    except WrongHost as exc:  # sent on encrypted (SecretTask.apply_async)
+        forward(task, exc, [req.model_dump(mode="json")])
+    return result.model_dump(mode="json")
 
 
 @shared_task(name=Task.RELICS_LIST_HOST.value, **RETRY)

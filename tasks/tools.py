@@ -7,10 +7,10 @@ from typing import Any
 from celery import shared_task
 from celery.exceptions import Ignore
 
-from orchestrator.errors import DockerUnavailable, WrongHost
-from orchestrator.models import ToolExecutionRequest, parse_request
+from orchestrator.errors import DockerUnavailable, ExecutionNotFound, WrongHost
+from orchestrator.models import FileContent, ToolExecutionRequest, parse_request
 from orchestrator.protocol import FINAL_STATUSES, Task, validate_id
-from orchestrator.state import sessions
+from orchestrator.state import collected, sessions
 from orchestrator.worker import execution
 from tasks.base import SecretTask
 from tasks.forwarding import forward
@@ -61,6 +61,25 @@ def _execute(task: Any, request: Any, requeued: bool) -> dict[str, Any]:
     return result.model_dump(mode="json")
 
 
+@shared_task(name=Task.TOOLS_COLLECTED_FILE.value)
+def collected_file(execution_id: str, path: str) -> dict[str, Any]:
+    """One collected file of a finished run, with its bytes (also those kept apart).
+
+    Returns a FileContent. Raises ``ExecutionNotFound`` when the run, its file or the
+    bytes kept apart are unknown or expired.
+    """
+    validate_id("execution_id", execution_id)
+    rt = get_runtime()
+    done = rt.executions.result(execution_id)
+    item = done.collected(path) if done is not None else None
+    if item is None:
+        raise ExecutionNotFound(f"execution {execution_id}: no collected file {path!r}")
+    if item.ref is not None:
+        data = collected.load(rt.redis, item.ref)
+        item = FileContent.of(item.path, data, item.mode, size=item.size, truncated=item.truncated)
+    return item.model_dump(mode="json")
+
+
 @shared_task(bind=True, name=Task.TOOLS_CANCEL.value)
 def cancel(self: Any, execution_id: str) -> dict[str, Any]:
     """Cancel an execution on whatever host runs it.
@@ -73,6 +92,9 @@ def cancel(self: Any, execution_id: str) -> dict[str, Any]:
     done = rt.executions.result(execution_id)
     if done is not None and done.status in FINAL_STATUSES:
         return {"execution_id": execution_id, "cancelled": False, "status": done.status}
+    finished = rt.executions.get(execution_id)  # an exec in a relic keeps its result apart
+    if finished.finished and finished.status in FINAL_STATUSES:
+        return {"execution_id": execution_id, "cancelled": False, "status": finished.status}
     rt.executions.request_cancel(execution_id)
     self.app.control.revoke(execution_id)
     entry = rt.executions.get(execution_id)

@@ -3,8 +3,11 @@ settings and a local development stack.
 
 Each subcommand is one small function ``_cmd_<group>_<verb>(client, args) -> int`` over
 :class:`~orchestrator.client.OrchestratorClient`. Output is for humans by default and
-JSON with ``--json``. Exit codes: 0 success, 1 a tool run (or cleanup) that did not
-succeed, 2 an error the user can fix, printed to stderr as ``error: ...`` with the fix.
+JSON with ``--json``. Errors go to stderr as ``error: ...`` with the fix. Exit codes
+(:data:`~orchestrator.cli.errors.EXIT_CODES`, listed by ``--help``): 0 success, 1 a run,
+exec, cleanup or check that did not succeed, 2 a usage error or a request to fix, 69 Redis
+or the broker unreachable, 75 no answer in time, 130 interrupted. ``--wait S`` (before or
+after the command) is how long a command waits for its answer.
 
 ::
 
@@ -12,9 +15,10 @@ succeed, 2 an error the user can fix, printed to stderr as ``error: ...`` with t
     orchestrator tool logs --follow EXECUTION_ID
     orchestrator relic ls --session s1
     orchestrator stats --watch
+    orchestrator stats --wait 5 RELIC_OR_EXECUTION_ID
     orchestrator up && orchestrator doctor && orchestrator down
     orchestrator config --json
-    source <(orchestrator completion bash)
+    source <(orchestrator completion bash)    # or zsh; fish: orchestrator completion fish | source
 
 The package: :mod:`~orchestrator.cli.parser` builds the parser whose handlers live in
 :mod:`~orchestrator.cli.tools`, :mod:`~orchestrator.cli.relics`,
@@ -33,10 +37,10 @@ import sys
 
 from orchestrator.cli.admin import CLEAR_SCREEN as CLEAR_SCREEN
 from orchestrator.cli.admin import STATS_HEADERS as STATS_HEADERS
-from orchestrator.cli.completion import bash_completion
-from orchestrator.cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError, _error_message
+from orchestrator.cli.completion import bash_completion, completion_script
+from orchestrator.cli.errors import EXIT_INTERRUPTED, EXIT_OK, CliError, _error_message, exit_code
 from orchestrator.cli.output import _table as _table
-from orchestrator.cli.parser import build_parser
+from orchestrator.cli.parser import DEFAULT_WAIT_SECONDS, build_parser
 from orchestrator.cli.tools import RUN_WAIT_SLACK_SECONDS as RUN_WAIT_SLACK_SECONDS
 from orchestrator.cli.tools import _Progress as _Progress
 from orchestrator.client.sync import OrchestratorClient
@@ -62,6 +66,19 @@ def _make_client(settings: Settings) -> OrchestratorClient:
     return client
 
 
+def _resolve_wait(args: argparse.Namespace) -> None:
+    """``--wait``, before or after the command, is how long the command waits.
+
+    Commands with a wait of their own (``--wait-timeout``: ``tool run``, ``relic start``,
+    ``up``) keep their default unless a ``--wait`` is given; the others wait
+    :data:`~orchestrator.cli.parser.DEFAULT_WAIT_SECONDS`.
+    """
+    given = args.call_timeout
+    if given is not None and getattr(args, "wait_timeout", 0) is None:
+        args.wait_timeout = given
+    args.call_timeout = DEFAULT_WAIT_SECONDS if given is None else given
+
+
 def _run(args: argparse.Namespace) -> int:
     settings: Settings | None = None
     try:
@@ -81,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         if not message:
             raise
         print(f"error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_code(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,13 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         argv: arguments without the program name; ``sys.argv[1:]`` when omitted.
 
     Returns:
-        The exit code: 0 success, 1 a run that did not succeed, 2 an error to fix.
+        The exit code (:data:`~orchestrator.cli.errors.EXIT_CODES`).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.local:
-        print(bash_completion(parser), end="")
+        print(completion_script(parser, args.shell), end="")
         return EXIT_OK
+    _resolve_wait(args)
     try:
         return _run(args)
     except BrokenPipeError:  # `orchestrator ... | head`: silence the flush at exit too

@@ -24,7 +24,9 @@ from orchestrator.client.sync import OrchestratorClient
 from orchestrator.models import AggregateStats, ContainerStats
 
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
-START_STACK = "start one with `orchestrator up` or `celery -A worker worker` (see README)"
+START_STACK = (
+    "start one with `orchestrator up` or `celery -A worker worker` (see docs/operations.md)"
+)
 START_BEAT = "start beat with `celery -A worker beat` or `orchestrator up`"
 JANITOR_STALE_FACTOR = 3  # intervals without a pass before the janitor counts as stopped
 DEFAULT_FLOWER_URL = "http://127.0.0.1:5555"
@@ -76,9 +78,12 @@ def _stats_table(stats: AggregateStats) -> str:
     return _table(rows, STATS_HEADERS, right=range(4, 10))
 
 
-def _show_stats(stats: AggregateStats, as_json: bool) -> None:
+def _show_stats(stats: AggregateStats | ContainerStats, as_json: bool) -> None:
     if as_json:
         print(stats.model_dump_json(), flush=True)
+        return
+    if isinstance(stats, ContainerStats):  # `stats ID`: its row, no totals
+        print(_table([_stats_row(stats)], STATS_HEADERS, right=range(4, 10)), flush=True)
         return
     print(_stats_table(stats))
     if stats.hosts:
@@ -87,13 +92,22 @@ def _show_stats(stats: AggregateStats, as_json: bool) -> None:
         print(f"warning: {error}", file=sys.stderr)
 
 
+def _stats_of(
+    client: OrchestratorClient, args: argparse.Namespace
+) -> AggregateStats | ContainerStats:
+    """Every container's stats, or one container's (``stats ID``)."""
+    if args.container is None:
+        return client.stats(timeout=args.call_timeout)
+    return client.container_stats(args.container, timeout=args.call_timeout)
+
+
 def _cmd_stats(client: OrchestratorClient, args: argparse.Namespace) -> int:
     if not args.watch:
-        _show_stats(client.stats(timeout=args.call_timeout), args.json)
+        _show_stats(_stats_of(client, args), args.json)
         return EXIT_OK
     try:
         while True:
-            stats = client.stats(timeout=args.call_timeout)
+            stats = _stats_of(client, args)
             if not args.json:
                 sys.stdout.write(CLEAR_SCREEN)
             _show_stats(stats, args.json)

@@ -1,7 +1,8 @@
 """Exit codes and the translation of errors into one line that says how to fix them.
 
 :class:`CliError` is a problem the user can fix; :func:`_error_message` turns it, the
-library's errors and unreachable broker or backend connections into that line.
+library's errors and unreachable broker or backend connections into that line, and
+:func:`exit_code` into the exit code (:data:`EXIT_CODES`, sysexits numbers where one fits).
 """
 
 from __future__ import annotations
@@ -16,12 +17,44 @@ from orchestrator.errors import InvalidRequest, OrchestratorError, OrchestratorT
 from orchestrator.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-START_WORKER = "start one with `celery -A worker worker` (see README)"
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: Redis or the broker cannot be reached
+EXIT_TEMPFAIL = 75  # sysexits EX_TEMPFAIL: no answer in time; the task goes on
+
+#: What each exit code means (the command's help lists them).
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_FAILED: "the tool run, relic exec, cleanup or doctor check did not succeed",
+    EXIT_USAGE: "a usage error or a request to fix (bad option, invalid request, unknown id)",
+    EXIT_UNAVAILABLE: "Redis (registry, result backend) or the broker cannot be reached",
+    EXIT_TEMPFAIL: "no answer in time (no worker, or the task is still running)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+START_WORKER = "start one with `celery -A worker worker` (see docs/deployment.md)"
 START_WORKER_HINT = f"{START_WORKER} or run `orchestrator doctor`"
 
 
 class CliError(Exception):
-    """Raised for a problem the user can fix; the message says how."""
+    """Raised for a problem the user can fix; the message says how.
+
+    Args:
+        message: what went wrong and how to fix it.
+        code: the exit code (a usage error unless told).
+    """
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code of a command that ended with ``exc`` (its message already printed)."""
+    if isinstance(exc, CliError):
+        return exc.code
+    if isinstance(exc, OrchestratorTimeout):
+        return EXIT_TEMPFAIL
+    if _unreachable_part(exc):
+        return EXIT_UNAVAILABLE
+    return EXIT_USAGE
 
 
 def _no_worker(seconds: float) -> str:

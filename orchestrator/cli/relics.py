@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from orchestrator.cli.errors import EXIT_OK, START_WORKER_HINT, CliError
+from orchestrator.cli.errors import EXIT_OK, EXIT_TEMPFAIL, START_WORKER_HINT, CliError
 from orchestrator.cli.output import _fields, _print_json, _table
 from orchestrator.cli.request import _relic_request
 from orchestrator.cli.tools import RUN_WAIT_SLACK_SECONDS
@@ -45,7 +45,8 @@ def _cmd_relic_start(client: OrchestratorClient, args: argparse.Namespace) -> in
     except OrchestratorTimeout as exc:
         raise CliError(
             f"relic {request.relic_name!r} was not up within {wait:g} s: is a worker running? "
-            f"{START_WORKER_HINT}; a slow image pull needs a larger --wait-timeout"
+            f"{START_WORKER_HINT}; a slow image pull needs a larger --wait",
+            EXIT_TEMPFAIL,
         ) from exc
     _print_relic(relic, args.json)
     return EXIT_OK

@@ -120,6 +120,8 @@ def _relic_request(args: argparse.Namespace) -> RelicStartRequest:
             "health_timeout_seconds": args.health_timeout,
         },
     )
+    if getattr(args, "no_health", False):
+        request["health_check_endpoint"] = None  # a workspace relic
     limits = _overlay({}, {"memory_mb": args.memory_mb, "cpu_limit": args.cpu})
     if limits:
         # Unset limits keep the relic defaults, not ResourceLimits' tool defaults.

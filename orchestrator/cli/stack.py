@@ -10,7 +10,9 @@ host's worker heart-beats in Redis (and Flower answers), and prints what runs wh
 Flower never gets default credentials from ``up``: unless the environment gives some
 (``ORCHESTRATOR_FLOWER_BASIC_AUTH`` or Flower's own ``FLOWER_BASIC_AUTH``), ``up``
 generates a random password for user ``admin``, keeps it in the state directory
-(``flower-credentials``, mode 0600, reused by the next ``up``) and prints it.
+(``flower-credentials``, mode 0600, reused by the next ``up``) and prints it. Likewise,
+unless ``ORCHESTRATOR_SECRET_KEY`` is set, the processes get the Fernet key kept in
+``secret-key`` there (generated once), and ``up`` prints how clients use it.
 
 Neither starts Redis or the Docker engine: ``make setup`` does.
 """
@@ -34,6 +36,7 @@ from orchestrator.cli import admin
 from orchestrator.cli.errors import EXIT_OK, CliError
 from orchestrator.cli.output import _print_json, _sanitize, _table
 from orchestrator.client.sync import OrchestratorClient
+from orchestrator.core.secrets import KEY_SETTING, generate_key, keyring
 from orchestrator.settings import Settings
 
 STATE_DIR_VARIABLE = "ORCHESTRATOR_STATE_DIR"
@@ -47,6 +50,7 @@ LOG_TAIL_LINES = 20
 SETUP_HINT = "`orchestrator up` starts neither Redis nor the Docker engine; `make setup` does"
 KEEPS_RUNNING = "what started keeps running: `orchestrator down` stops it"
 CREDENTIALS_FILE = "flower-credentials"
+SECRET_KEY_FILE = "secret-key"
 FLOWER_USER = "admin"
 
 
@@ -248,7 +252,32 @@ def _child_env(settings: Settings, flower_auth: str | None = None) -> dict[str, 
     }
     if flower_auth:
         env["ORCHESTRATOR_FLOWER_BASIC_AUTH"] = flower_auth
+    key_file = _secret_key_file(state_dir())
+    if key_file is not None:
+        env[KEY_SETTING] = key_file.read_text().strip()
     return env
+
+
+def _secret_key_file(state: Path) -> Path | None:
+    """The file holding the workers' ``ORCHESTRATOR_SECRET_KEY`` when the environment sets
+    none: kept in the state directory, else made there with a new key (mode 0600), so the
+    stack can decrypt secret_parameters and its clients can read the key.
+
+    Returns:
+        None when the environment sets the key (it is used as it is).
+    """
+    if os.environ.get(KEY_SETTING):
+        return None
+    path = state / SECRET_KEY_FILE
+    try:
+        if keyring(path.read_text().strip()) is not None:
+            return path
+    except (OSError, ValueError):
+        pass  # missing, or not a key: a new one
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(generate_key() + "\n")
+    return path
 
 
 def _flower_credentials(state: Path) -> str | None:
@@ -313,6 +342,12 @@ def _report_up(
     elif has_flower:
         user = settings.flower_basic_auth.partition(":")[0]
         print(f"Flower asks for user {user!r} (ORCHESTRATOR_FLOWER_BASIC_AUTH)")
+    key_file = _secret_key_file(state)
+    if key_file is not None:
+        print(
+            f"clients send secret_parameters encrypted with the workers' key: "
+            f"export {KEY_SETTING}=$(cat {key_file})"
+        )
     print("stop them with: orchestrator down")
 
 
@@ -383,11 +418,12 @@ def _cmd_up(client: OrchestratorClient, args: argparse.Namespace) -> int:
     flower_auth = None if args.no_flower else _flower_credentials(state)
     since = _start_missing(procs, root, state, _child_env(settings, flower_auth))
     started = [p for p in procs if p.popen is not None]
-    deadline = time.monotonic() + args.wait_timeout
-    _wait_for_worker(client, procs[0], started, state, deadline, args.wait_timeout, since)
+    wait = UP_WAIT_SECONDS if args.wait_timeout is None else args.wait_timeout
+    deadline = time.monotonic() + wait
+    _wait_for_worker(client, procs[0], started, state, deadline, wait, since)
     for proc in procs:
         if proc.name == "flower":
-            _wait_for_flower(proc, started, state, deadline, args.wait_timeout)
+            _wait_for_flower(proc, started, state, deadline, wait)
     _report_up(procs, settings, state, args.json, flower_auth)
     return EXIT_OK
 

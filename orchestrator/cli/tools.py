@@ -12,6 +12,7 @@ from orchestrator.cli.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_TEMPFAIL,
     CliError,
     _no_worker,
 )
@@ -67,7 +68,7 @@ def _still_running(execution_id: str, state: str, seconds: float) -> str:
     return (
         f"execution {execution_id} is still {state} after {seconds:g} s and keeps running: "
         f"watch it with `orchestrator tool logs --follow {execution_id}`, "
-        f"cancel it with `orchestrator tool cancel {execution_id}`, or raise --wait-timeout"
+        f"cancel it with `orchestrator tool cancel {execution_id}`, or raise --wait"
     )
 
 
@@ -81,7 +82,7 @@ def _wait_for(
         while state not in FINAL_CELERY_STATES:
             progress.update(state)
             if time.monotonic() >= deadline:
-                raise CliError(_still_running(handle.id, state, wait_seconds))
+                raise CliError(_still_running(handle.id, state, wait_seconds), EXIT_TEMPFAIL)
             time.sleep(POLL_SECONDS)
             state = handle.state
     finally:

@@ -3,11 +3,14 @@
 Nothing here imports worker code or docker.
 """
 
-from orchestrator.client.sync import (
-    AsyncOrchestratorClient,
-    ExecutionHandle,
-    ExecutionProgress,
-    OrchestratorClient,
-)
+from orchestrator.client.aio import AsyncExecutionHandle, AsyncOrchestratorClient
+from orchestrator.client.calls import ExecutionProgress
+from orchestrator.client.sync import ExecutionHandle, OrchestratorClient
 
-__all__ = ["OrchestratorClient", "AsyncOrchestratorClient", "ExecutionHandle", "ExecutionProgress"]
+__all__ = [
+    "OrchestratorClient",
+    "AsyncOrchestratorClient",
+    "ExecutionHandle",
+    "AsyncExecutionHandle",
+    "ExecutionProgress",
+]

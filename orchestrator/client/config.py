@@ -22,7 +22,14 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     if not settings.broker_url.startswith(("redis://", "rediss://", "sentinel://")):
         return {}
     # Unacknowledged messages come back after this; leases make the redelivery harmless.
-    return {"visibility_timeout": settings.visibility_timeout_seconds}
+    # A consumer sweeps for them every tenth of the timeout (1 to 10 s): kombu's own default
+    # sweep (unacked_restore_interval x unacked_restore_throttle) comes every 100 s only.
+    timeout = settings.visibility_timeout_seconds
+    return {
+        "visibility_timeout": timeout,
+        "unacked_restore_interval": min(10, max(1, timeout // 10)),
+        "unacked_restore_throttle": 1,
+    }
 
 
 def client_config(settings: Settings) -> dict[str, Any]:

@@ -7,11 +7,11 @@ docker. Requests are validated here first, so bad input fails at once with
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
+from types import TracebackType
 from typing import Any, TypeVar
 
 from celery import Celery
@@ -19,38 +19,40 @@ from celery.exceptions import TaskRevokedError
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
-from orchestrator import protocol
+from orchestrator.client import calls
+from orchestrator.client import files as file_calls
+from orchestrator.client.backend import close_app
+from orchestrator.client.calls import Call, ExecutionProgress, RunHandle, no_result
 from orchestrator.client.config import client_config
+from orchestrator.client.relic_exec import ExecHandle, exec_call, exec_request, relic_queue
 from orchestrator.client.resend import LostMessages, Sent
-from orchestrator.core import redaction, secrets
-from orchestrator.errors import OrchestratorTimeout
+from orchestrator.core import secrets
 from orchestrator.models import (
     AggregateStats,
     CleanupReport,
     ContainerStats,
+    ExecResult,
+    FilesRead,
+    FilesWritten,
+    RelicExecRequest,
     RelicInfo,
     RelicStartRequest,
     ToolExecutionRequest,
     ToolExecutionResult,
     parse_request,
 )
-from orchestrator.protocol import ROUTED_QUEUES, Task
+from orchestrator.protocol import ROUTED_QUEUES
 from orchestrator.settings import Settings
-from orchestrator.state import keys
+from orchestrator.state import blobs, collected, keys
 from orchestrator.state.logs import follow_live, read_live
 from orchestrator.state.redis_conn import broker_probe, redis_client
 from orchestrator.state.registry import HostRegistry
 from orchestrator.state.routing import queue_for
 
-__all__ = ["OrchestratorClient", "AsyncOrchestratorClient", "ExecutionHandle", "ExecutionProgress"]
+__all__ = ["OrchestratorClient", "ExecutionHandle", "ExecutionProgress"]
 
 T = TypeVar("T")
 FINAL_CELERY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
-
-
-class ExecutionProgress(dict[str, Any]):
-    """The state of an execution that has not finished: ``{"execution_id", "state", ...}``."""
-
 
 #: Longest wait on the result backend's notification before the stored result is read again.
 RESULT_RECHECK_SECONDS = 2.0
@@ -80,26 +82,29 @@ def _unwrap(
             )
         except CeleryTimeout as exc:
             if deadline is not None and time.monotonic() >= deadline:
-                raise OrchestratorTimeout(
-                    f"no result for task {async_result.id} after {timeout} s; is a worker "
-                    "running? (`orchestrator doctor` checks)"
-                ) from exc
+                raise no_result(async_result.id, timeout) from exc
             if between_slices is not None:
                 between_slices()
 
 
-class ExecutionHandle:
-    """A tool execution that was enqueued; ``id`` is its execution id."""
+class ExecutionHandle(RunHandle):
+    """A tool execution that was enqueued; ``id`` is its execution id.
+
+    ``wait_seconds`` is how long :meth:`result` waits by default: the run's
+    ``timeout_seconds`` plus the ``client_wait_slack_seconds`` setting.
+    """
 
     def __init__(
-        self, client: OrchestratorClient, sent: Sent, tool_name: str, session_id: str
+        self,
+        client: OrchestratorClient,
+        sent: Sent,
+        tool_name: str,
+        session_id: str,
+        wait_seconds: float,
     ) -> None:
+        super().__init__(sent, tool_name, session_id, wait_seconds)
         self.client = client
-        self.sent = sent
         self.async_result = sent.async_result
-        self.id: str = sent.async_result.id
-        self.tool_name = tool_name
-        self.session_id = session_id
 
     @property
     def state(self) -> str:
@@ -109,19 +114,28 @@ class ExecutionHandle:
     def result(self, timeout: float | None = None) -> ToolExecutionResult:
         """Wait for the run to finish and return its result.
 
+        Args:
+            timeout: seconds to wait; None waits :attr:`wait_seconds`.
+
         Raises:
-            OrchestratorTimeout: no result within ``timeout`` seconds.
+            OrchestratorTimeout: no result in time (the run goes on; ask again by ``id``).
             InvalidRequest: the worker refused the request.
         """
         try:
-            data = self.client._wait(self.sent, timeout)
+            data = self.client._wait(self.sent, self._wait_for(timeout))
         except TaskRevokedError:
-            return self.client._cancelled_result(self.id, self.tool_name, self.session_id)
+            return self._cancelled()
         return ToolExecutionResult.model_validate(data)
 
 
 class OrchestratorClient:
-    """Synchronous client.
+    """Synchronous client; ``with OrchestratorClient() as client:`` closes its connections.
+
+    Every call that waits takes ``timeout`` (seconds); None means the call's finite default:
+    60 s for reads, 120 s to stop or remove a relic, 300 s for cleanups, and for
+    :meth:`run_tool` and :meth:`start_relic` the request's own limit plus the
+    ``client_wait_slack_seconds`` setting. A wait that runs out raises
+    :class:`~orchestrator.errors.OrchestratorTimeout` naming the task, which goes on.
 
     Args:
         settings: connections; read from ``ORCHESTRATOR_*`` variables when omitted.
@@ -130,6 +144,7 @@ class OrchestratorClient:
 
     def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
         self.settings = settings or Settings.from_env()
+        self._owns_app = app is None
         if app is None:
             app = Celery("orchestrator-client", set_as_current=False)
             app.conf.update(client_config(self.settings))
@@ -160,7 +175,9 @@ class OrchestratorClient:
             epoch=epoch,
         )
 
-    def _sealed(self, req: ToolExecutionRequest | RelicStartRequest) -> dict[str, Any]:
+    def _sealed(
+        self, req: ToolExecutionRequest | RelicStartRequest | RelicExecRequest
+    ) -> dict[str, Any]:
         """The request as sent: JSON with every secret value encrypted.
 
         Raises:
@@ -171,10 +188,13 @@ class OrchestratorClient:
             req.model_dump(mode="json"), self._keyring, self.settings.dev_allow_plaintext_secrets
         )
 
-    def _send_request(self, name: str, payload: dict[str, Any], queue: str | None) -> Sent:
-        """Send a sealed request with an argsrepr (what Flower shows) masked and bounded."""
-        argsrepr, _ = redaction.call_repr([payload], {})
-        return self._send(name, [payload], queue=queue, argsrepr=argsrepr)
+    def _send_call(self, call: Call[Any]) -> Sent:
+        """Send ``call``, to its session's host when it names a session."""
+        queue = call.queue
+        if call.session_id is not None and queue is not None:
+            queue = queue_for(self.redis, call.session_id, queue)
+        options = {} if call.argsrepr is None else {"argsrepr": call.argsrepr}
+        return self._send(call.task, call.args, queue=queue, **options)
 
     def _wait(self, sent: Sent, timeout: float | None) -> Any:
         """Wait for a sent task's result, sending it again if a restarted broker lost it."""
@@ -182,10 +202,24 @@ class OrchestratorClient:
         check = None if lost is None else functools.partial(lost.check, sent)
         return _unwrap(sent.async_result, timeout, check)
 
-    def _call(
-        self, name: str, args: list[Any], timeout: float | None, queue: str | None = None
-    ) -> Any:
-        return self._wait(self._send(name, args, queue=queue), timeout)
+    def _send_request(self, name: str, payload: dict[str, Any], queue: str) -> Sent:
+        """Send a sealed request to ``queue`` as it is, its argsrepr masked and bounded."""
+        return self._send_call(calls._sealed_call(name, payload, dict, 0, queue, None))
+
+    def _run(self, call: Call[T], timeout: float | None) -> T:
+        """Send ``call``, wait ``timeout`` (None: its default) and decode the answer."""
+        return call.decode(self._wait(self._send_call(call), call.wait(timeout)))
+
+    def __enter__(self) -> OrchestratorClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     # -- tools ---------------------------------------------------------------------------
 
@@ -199,38 +233,33 @@ class OrchestratorClient:
             Forbidden: it has secret parameters and no key is set (see :meth:`_sealed`).
         """
         req = parse_request(ToolExecutionRequest, request)
-        payload = self._sealed(req)
-        queue = protocol.TOOLS_QUEUE
-        if req.network_mode == "session":
-            queue = queue_for(self.redis, req.session_id, protocol.TOOLS_QUEUE)
-        sent = self._send_request(Task.TOOLS_EXECUTE, payload, queue)
-        return ExecutionHandle(self, sent, req.tool_name, req.session_id)
+        call = calls.execute_tool(req, self._sealed(req), self.settings.client_wait_slack_seconds)
+        sent = self._send_call(call)
+        return ExecutionHandle(self, sent, req.tool_name, req.session_id, call.wait_seconds)
 
     def run_tool(
         self, request: ToolExecutionRequest | dict[str, Any], timeout: float | None = None
     ) -> ToolExecutionResult:
-        """Enqueue a tool run and wait for its result (``timeout`` in seconds)."""
+        """Enqueue a tool run and wait for its result.
+
+        Args:
+            request: the run.
+            timeout: seconds to wait; None waits the run's ``timeout_seconds`` plus the
+                ``client_wait_slack_seconds`` setting.
+
+        Raises:
+            OrchestratorTimeout: no result in time; the run goes on.
+        """
         return self.execute_tool(request).result(timeout=timeout)
 
-    def cancel_tool(self, execution_id: str, timeout: float | None = 30) -> dict[str, Any]:
-        """Cancel a run on any host: ``{"execution_id", "cancelled", "status"}``."""
-        return dict(self._call(Task.TOOLS_CANCEL, [execution_id], timeout))
+    def cancel_tool(self, execution_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Cancel a run on any host: ``{"execution_id", "cancelled", "status"}`` (30 s)."""
+        return self._run(calls.cancel_tool(execution_id), timeout)
 
     def get_execution(self, execution_id: str) -> ToolExecutionResult | ExecutionProgress:
         """The final result, or an ExecutionProgress while the run is queued or running."""
-        async_result = AsyncResult(execution_id, app=self.app)
-        state = async_result.state
-        if state == "SUCCESS":
-            return ToolExecutionResult.model_validate(async_result.result)
-        if state == "REVOKED":
-            return self._cancelled_result(execution_id, "", "")
-        if state == "FAILURE":
-            error = async_result.result
-            return ExecutionProgress(
-                execution_id=execution_id, state=state, error=f"{type(error).__name__}: {error}"
-            )
-        info = async_result.info if isinstance(async_result.info, dict) else {}
-        return ExecutionProgress({**info, "execution_id": execution_id, "state": state})
+        meta = self.app.backend.get_task_meta(execution_id)
+        return calls.execution_from_meta(execution_id, meta)
 
     def get_logs(self, execution_id: str) -> dict[str, str]:
         """``{"stdout", "stderr"}`` of a run (what has been captured so far while it runs)."""
@@ -287,17 +316,6 @@ class OrchestratorClient:
             raise ValueError("not a JSON object")
         return summary
 
-    def _cancelled_result(
-        self, execution_id: str, tool_name: str, session_id: str
-    ) -> ToolExecutionResult:
-        return ToolExecutionResult(
-            execution_id=execution_id,
-            tool_name=tool_name,
-            session_id=session_id,
-            status="cancelled",
-            error="cancelled before it started",
-        )
-
     # -- relics --------------------------------------------------------------------------
 
     def start_relic(
@@ -307,116 +325,189 @@ class OrchestratorClient:
 
         Secret parameters are encrypted with ``ORCHESTRATOR_SECRET_KEY`` before they leave.
 
+        Args:
+            request: the relic.
+            timeout: seconds to wait; None waits its ``health_timeout_seconds`` plus the
+                ``client_wait_slack_seconds`` setting.
+
         Raises:
             InvalidRequest: the request does not validate.
             Forbidden: it has secret parameters and no key is set (see :meth:`_sealed`).
+            OrchestratorTimeout: not started in time; the start goes on.
         """
         req = parse_request(RelicStartRequest, request)
-        payload = self._sealed(req)
-        queue = queue_for(self.redis, req.session_id, protocol.RELICS_QUEUE)
-        data = self._wait(self._send_request(Task.RELICS_START, payload, queue), timeout)
-        return RelicInfo.model_validate(data)
+        call = calls.start_relic(req, self._sealed(req), self.settings.client_wait_slack_seconds)
+        return call.decode(self._wait(self._send_call(call), call.wait(timeout)))
 
-    def get_relic(self, relic_id: str, timeout: float | None = 60) -> RelicInfo:
+    def get_relic(self, relic_id: str, timeout: float | None = None) -> RelicInfo:
         """A relic's current info (status kept true to the engine)."""
-        return RelicInfo.model_validate(self._call(Task.RELICS_INFO, [relic_id], timeout))
+        return self._run(calls.get_relic(relic_id), timeout)
 
     def list_relics(
-        self, session_id: str | None = None, timeout: float | None = 60
+        self, session_id: str | None = None, timeout: float | None = None
     ) -> list[RelicInfo]:
         """Every relic, or those of one session."""
-        data = self._call(Task.RELICS_LIST, [session_id], timeout)
-        return [RelicInfo.model_validate(item) for item in data]
+        return self._run(calls.list_relics(session_id), timeout)
 
-    def stop_relic(self, relic_id: str, timeout: float | None = 120) -> RelicInfo:
-        """Stop a relic gracefully (then kill after its grace period)."""
-        return RelicInfo.model_validate(self._call(Task.RELICS_STOP, [relic_id], timeout))
+    def stop_relic(self, relic_id: str, timeout: float | None = None) -> RelicInfo:
+        """Stop a relic gracefully (then kill after its grace period); waits 120 s."""
+        return self._run(calls.stop_relic(relic_id), timeout)
 
-    def remove_relic(self, relic_id: str, timeout: float | None = 120) -> dict[str, Any]:
-        """Remove a relic's container: ``{"relic_id", "removed"}``."""
-        return dict(self._call(Task.RELICS_REMOVE, [relic_id], timeout))
+    def remove_relic(self, relic_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Remove a relic's container: ``{"relic_id", "removed"}``; waits 120 s."""
+        return self._run(calls.remove_relic(relic_id), timeout)
+
+    def start_exec(self, relic_id: str, command: list[str] | str, **options: Any) -> ExecHandle:
+        """Send a command to run in a relic and return at once; ``handle.id`` is the exec id.
+
+        Takes the keywords of :meth:`exec_in_relic` but ``wait_timeout``.
+        """
+        req = exec_request(relic_id, command, **options)
+        queue = relic_queue(self.redis, req.relic_id)
+        return ExecHandle(self, self._send_call(exec_call(req, self._sealed(req), queue)), req)
+
+    def exec_in_relic(
+        self,
+        relic_id: str,
+        command: list[str] | str,
+        *,
+        stdin: str | bytes | None = None,
+        timeout: int | None = 60,
+        environment: dict[str, str] | None = None,
+        secret_parameters: dict[str, Any] | None = None,
+        working_dir: str | None = None,
+        session_id: str | None = None,
+        wait_timeout: float | None = None,
+    ) -> ExecResult:
+        """Run a command in a running relic and return its result.
+
+        Args:
+            relic_id: the relic.
+            command: an argv, or a string run by ``sh -c``.
+            stdin: text given to its standard input.
+            timeout: its time limit in seconds (at most the relic's
+                ``resource_limits.timeout_seconds``; None: exactly that); past it the command's
+                processes are killed, the relic goes on.
+            environment: extra environment variables.
+            secret_parameters: environment variables encrypted on the way, masked in the result.
+            working_dir: where it runs (absolute path in the container).
+            session_id: when given, the relic must belong to this session.
+            wait_timeout: seconds to wait for the result (None: ``timeout`` plus a minute).
+
+        Raises:
+            RelicNotFound / Forbidden / LimitExceeded / InvalidRequest: refused; nothing ran.
+            OrchestratorTimeout: no result within ``wait_timeout`` (the command goes on).
+        """
+        handle = self.start_exec(
+            relic_id,
+            command,
+            stdin=stdin,
+            timeout=timeout,
+            environment=environment,
+            secret_parameters=secret_parameters,
+            working_dir=working_dir,
+            session_id=session_id,
+        )
+        return handle.result(wait_timeout)
+
+    # -- files (orchestrator/client/files.py) ------------------------------------------------
+
+    def put_files(
+        self,
+        relic_id: str,
+        files: file_calls.Files,
+        mode: int | None = None,
+        timeout: float | None = None,
+    ) -> FilesWritten:
+        """Write files into a relic: ``{"/abs/path": bytes or str}`` (or FileContent items).
+
+        Missing directories are made (0755); ``mode`` (default 0o644) applies to every file
+        of a mapping. Returns what was written (``written`` paths, ``bytes``).
+
+        Raises:
+            InvalidRequest: a bad path, or a path that is a directory in the container.
+            LimitExceeded: over ``ORCHESTRATOR_FILES_MAX_*`` (the message names which).
+            RelicNotFound: no such relic.
+        """
+        items = file_calls.file_list(files, mode, lambda data: blobs.put(self.redis, data))
+        call = file_calls.put_files(relic_id, items, relic_queue(self.redis, relic_id))
+        return self._run(call, timeout)
+
+    def get_files_detailed(
+        self, relic_id: str, paths: list[str], timeout: float | None = None
+    ) -> FilesRead:
+        """Read files or directories from a relic, with what was missing, skipped or cut:
+        ``files`` (FileContent: ``data()``, ``mode``, ``size``, ``truncated``), ``missing``
+        and ``skipped`` (links, devices and pipes are never followed or read)."""
+        read, _ = self._read_files(relic_id, file_calls.checked_paths(paths), timeout, True)
+        return read
+
+    def _read_files(
+        self, relic_id: str, checked: list[str], timeout: float | None, complete: bool
+    ) -> tuple[FilesRead, dict[str, bytes]]:
+        queue = relic_queue(self.redis, relic_id)
+        call = file_calls.get_files(relic_id, checked, queue, file_calls.INLINE_MAX_BYTES)
+        read = self._run(call, timeout)
+        take = functools.partial(blobs.take, self.redis)
+        return read, file_calls.file_bytes(read, take, complete)
+
+    def get_files(
+        self, relic_id: str, paths: list[str], timeout: float | None = None
+    ) -> dict[str, bytes]:
+        """Read files from a relic: ``{path: bytes}``, a directory giving each of its files.
+
+        Raises:
+            PathNotFound: a path is missing (``get_files_detailed`` reports instead).
+            InvalidRequest: a path asked for is a link or device (not followed or read).
+            LimitExceeded: a file is larger than the server lets one call read.
+        """
+        checked = file_calls.checked_paths(paths)
+        read, data = self._read_files(relic_id, checked, timeout, False)
+        file_calls.check_complete(read, checked)
+        return data
+
+    def get_collected_file(self, execution_id: str, path: str) -> bytes:
+        """The bytes of a finished run's collected file, also one kept beside its result
+        (read from Redis: ``orchestrator.tools.collected_file`` does it for other clients).
+
+        Raises:
+            ExecutionNotFound: no such finished run or file, or it expired with the result.
+        """
+        result = self.get_execution(execution_id)
+        found = file_calls.find_collected(result, execution_id, path)
+        return collected.load(self.redis, found.ref) if found.ref else found.data()
 
     # -- stats, sessions, cleanup -----------------------------------------------------------
 
-    def container_stats(self, container: str, timeout: float | None = 60) -> ContainerStats:
+    def container_stats(self, container: str, timeout: float | None = None) -> ContainerStats:
         """Stats of one container by container id, execution id or relic id."""
-        data = self._call(Task.STATS_CONTAINER, [container], timeout)
-        return ContainerStats.model_validate(data)
+        return self._run(calls.container_stats(container), timeout)
 
-    def stats(self, timeout: float | None = 60) -> AggregateStats:
+    def stats(self, timeout: float | None = None) -> AggregateStats:
         """Stats of every managed container on every live host."""
-        return AggregateStats.model_validate(self._call(Task.STATS_ALL, [], timeout))
+        return self._run(calls.stats(), timeout)
 
     def touch_session(
-        self, session_id: str, extend_seconds: float = 3600, timeout: float | None = 60
+        self, session_id: str, extend_seconds: float = 3600, timeout: float | None = None
     ) -> dict[str, Any]:
         """Keep a session alive: ``{"session_id", "expires_at"}``."""
-        return dict(self._call(Task.SESSIONS_TOUCH, [session_id, extend_seconds], timeout))
+        return self._run(calls.touch_session(session_id, extend_seconds), timeout)
 
     def cleanup_session(
-        self, session_id: str, force: bool = True, timeout: float | None = 300
+        self, session_id: str, force: bool = True, timeout: float | None = None
     ) -> CleanupReport:
-        """Stop and remove every container, volume and network of a session."""
-        data = self._call(Task.CLEANUP_SESSION, [session_id, force], timeout)
-        return CleanupReport.model_validate(data)
+        """Stop and remove every container, volume and network of a session; waits 300 s."""
+        return self._run(calls.cleanup_session(session_id, force), timeout)
 
-    def cleanup_networks(self, timeout: float | None = 300) -> dict[str, Any]:
-        """Remove managed networks that have no containers: ``{"removed", "errors"}``."""
-        return dict(self._call(Task.CLEANUP_NETWORKS, [], timeout))
+    def cleanup_networks(self, timeout: float | None = None) -> dict[str, Any]:
+        """Remove managed networks that have no containers: ``{"removed", "errors"}`` (300 s)."""
+        return self._run(calls.cleanup_networks(), timeout)
 
     def close(self) -> None:
-        """Release connections."""
+        """Close the connections: registry, broker and result backend (of an app it made)."""
         if self._redis is not None:
             self._redis.close()
         if self._lost is not None:
             self._lost.broker.close()
-        self.app.close()
-
-
-def _in_thread(method: Callable[..., T]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    async def wrapper(self: AsyncOrchestratorClient, *args: Any, **kwargs: Any) -> T:
-        bound = getattr(self.sync, method.__name__)
-        return await asyncio.to_thread(bound, *args, **kwargs)
-
-    return wrapper
-
-
-class AsyncOrchestratorClient:
-    """The same methods as :class:`OrchestratorClient`, as coroutines.
-
-    Celery's result API is blocking, so each call runs in a worker thread.
-    """
-
-    def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
-        self.sync = OrchestratorClient(settings, app)
-
-    execute_tool = _in_thread(OrchestratorClient.execute_tool)
-    run_tool = _in_thread(OrchestratorClient.run_tool)
-    cancel_tool = _in_thread(OrchestratorClient.cancel_tool)
-    get_execution = _in_thread(OrchestratorClient.get_execution)
-    get_logs = _in_thread(OrchestratorClient.get_logs)
-    start_relic = _in_thread(OrchestratorClient.start_relic)
-    get_relic = _in_thread(OrchestratorClient.get_relic)
-    list_relics = _in_thread(OrchestratorClient.list_relics)
-    stop_relic = _in_thread(OrchestratorClient.stop_relic)
-    remove_relic = _in_thread(OrchestratorClient.remove_relic)
-    container_stats = _in_thread(OrchestratorClient.container_stats)
-    stats = _in_thread(OrchestratorClient.stats)
-    touch_session = _in_thread(OrchestratorClient.touch_session)
-    cleanup_session = _in_thread(OrchestratorClient.cleanup_session)
-    cleanup_networks = _in_thread(OrchestratorClient.cleanup_networks)
-
-    async def follow_logs(self, execution_id: str) -> AsyncIterator[tuple[str, str]]:
-        """Async iterator over ``(stream, text)`` chunks of a run's output, live."""
-        chunks = self.sync.follow_logs(execution_id)
-        done = object()
-        while True:
-            item = await asyncio.to_thread(next, chunks, done)
-            if item is done:
-                return
-            yield item  # type: ignore[misc]
-
-    async def close(self) -> None:
-        """Release connections."""
-        await asyncio.to_thread(self.sync.close)
+        if self._owns_app:
+            close_app(self.app)

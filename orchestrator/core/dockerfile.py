@@ -9,7 +9,9 @@ by the engine too, which the worker does first instead, through its tracked pull
 The parser follows the builder where these checks depend on it: parser directives
 (``# escape=```), continuation lines (comments and empty lines inside them skipped),
 case-insensitive keywords, flags (``--chown=...``), JSON (exec) and plain argument forms,
-``ARG`` values before the first ``FROM`` substituted into ``FROM`` lines.
+``ARG`` values before the first ``FROM`` substituted into ``FROM`` lines. A ``COPY
+--from=<image>`` that names no earlier stage makes the engine pull that image too: it counts
+as a base image (pulled first, tracked, its triggers checked).
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ class Instruction:
 
 
 class UnresolvedBase(ValueError):
-    """A ``FROM`` whose image this module cannot work out (a variable it cannot expand)."""
+    """A ``FROM`` (or ``COPY --from``) whose image this module cannot work out (a variable
+    it cannot expand)."""
 
-    def __init__(self, line: int, text: str) -> None:
-        super().__init__(f"line {line}: FROM {text}")
+    def __init__(self, line: int, text: str, keyword: str = "FROM") -> None:
+        super().__init__(f"line {line}: {keyword} {text}")
         self.line = line
         self.text = text
 
@@ -181,10 +184,32 @@ def expand(text: str, values: Mapping[str, str]) -> str:
     return _VARIABLE.sub(one, text)
 
 
+def _copied_image(instruction: Instruction) -> str | None:
+    """The image or stage a ``COPY --from=`` names (``ADD`` has no ``--from``); None when
+    there is none or it is a stage number.
+
+    Raises:
+        UnresolvedBase: the value holds a variable.
+    """
+    if instruction.keyword != "COPY":
+        return None
+    flags, _ = _words(instruction.arguments)
+    for flag in flags:
+        name, has_value, value = flag.partition("=")
+        if name.lower() != "--from" or not has_value:
+            continue
+        if "$" in value:
+            raise UnresolvedBase(instruction.line, instruction.arguments, "COPY")
+        return None if value.isdigit() else value  # a number names a stage by position
+    return None
+
+
 def base_images(dockerfile: str, build_args: Mapping[str, str]) -> list[str]:
-    """The images a build starts from: every ``FROM`` that is neither ``scratch`` nor an
-    earlier stage, with the ``ARG`` values declared before the first ``FROM`` (a build
-    argument overriding a declared default) substituted.
+    """The images a build reads: every ``FROM`` that is neither ``scratch`` nor an earlier
+    stage, with the ``ARG`` values declared before the first ``FROM`` (a build argument
+    overriding a declared default) substituted, and every ``COPY --from=<image>`` whose
+    value is neither an earlier stage's name nor a stage number (the engine would pull that
+    image itself).
 
     Args:
         dockerfile: the Dockerfile's text.
@@ -194,17 +219,26 @@ def base_images(dockerfile: str, build_args: Mapping[str, str]) -> list[str]:
         The image references, in order, each once.
 
     Raises:
-        UnresolvedBase: a ``FROM`` still holds a variable after substitution.
+        UnresolvedBase: a ``FROM`` still holds a variable after substitution, or a ``COPY
+            --from`` holds one (the builder expands it with the stage's arguments too).
     """
     values: dict[str, str] = {}
     stages: set[str] = set()
     images: list[str] = []
     seen_from = False
+
+    def found(ref: str) -> None:
+        if ref.lower() not in stages and ref != "scratch" and ref not in images:
+            images.append(ref)
+
     for instruction in instructions(dockerfile):
         if instruction.keyword == "ARG" and not seen_from:
             for declaration in instruction.arguments.split():
                 name, has_default, default = declaration.partition("=")
                 values[name] = build_args.get(name, default.strip('"') if has_default else "")
+        copied = _copied_image(instruction)
+        if copied is not None:
+            found(copied)
         if instruction.keyword != "FROM":
             continue
         seen_from = True
@@ -214,8 +248,7 @@ def base_images(dockerfile: str, build_args: Mapping[str, str]) -> list[str]:
         ref = expand(words[0], values)
         if "$" in ref:
             raise UnresolvedBase(instruction.line, instruction.arguments)
-        if ref.lower() not in stages and ref != "scratch" and ref not in images:
-            images.append(ref)
+        found(ref)
         if len(words) >= 3 and words[1].upper() == "AS":
             stages.add(words[2].lower())  # later FROM lines may name this stage
     return images

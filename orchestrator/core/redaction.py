@@ -17,9 +17,18 @@ import binascii
 import json
 import urllib.parse
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
-from orchestrator.models import RelicStartRequest, ToolExecutionRequest, ToolExecutionResult
+from orchestrator.models import (
+    ExecResult,
+    RelicExecRequest,
+    RelicStartRequest,
+    ToolExecutionRequest,
+    ToolExecutionResult,
+)
+
+#: A result whose output is masked: a tool run's or an exec's.
+_Result = TypeVar("_Result", ToolExecutionResult, ExecResult)
 
 __all__ = [
     "MASK",
@@ -48,7 +57,9 @@ SECRETS_FIELD = "secret_parameters"
 MAX_DEPTH = 16
 
 
-def secret_values(request: ToolExecutionRequest | RelicStartRequest) -> list[str]:
+def secret_values(
+    request: ToolExecutionRequest | RelicStartRequest | RelicExecRequest,
+) -> list[str]:
     """The (decrypted) secret parameters as they appear in the container's environment."""
     values = request.secret_parameters.values()
     return [v if isinstance(v, str) else json.dumps(v, separators=(",", ":")) for v in values]
@@ -94,7 +105,7 @@ def redact_bytes(data: bytes, forms: list[str]) -> bytes:
     return data
 
 
-def redact_result(result: ToolExecutionResult, secrets: list[str]) -> ToolExecutionResult:
+def redact_result(result: _Result, secrets: list[str]) -> _Result:
     """``result`` with every secret masked in its output, error and parsed JSON result."""
     forms = secret_forms(secrets)
     if not forms:
@@ -104,7 +115,7 @@ def redact_result(result: ToolExecutionResult, secrets: list[str]) -> ToolExecut
         if data[field] is not None:
             data[field] = redact_text(data[field], forms)
     data["result"] = scrub(data["result"], forms)
-    return ToolExecutionResult.model_validate(data)
+    return type(result).model_validate(data)
 
 
 def scrub(value: Any, forms: list[str]) -> Any:

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from orchestrator.errors import Forbidden, InvalidRequest
-from orchestrator.models import RelicStartRequest, ToolExecutionRequest
+from orchestrator.models import RelicExecRequest, RelicStartRequest, ToolExecutionRequest
 
 if TYPE_CHECKING:  # Settings validates its key with this module: no import cycle at run time
     from orchestrator.settings import Settings
 
-R = TypeVar("R", ToolExecutionRequest, RelicStartRequest)
+R = TypeVar("R", ToolExecutionRequest, RelicStartRequest, RelicExecRequest)
 
 __all__ = [
     "ENCRYPTED_FIELD",

@@ -201,17 +201,32 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
+    def attach_stdin(self, ref: str, data: bytes) -> None:
+        """Give ``data`` to the main process's standard input, then close it (EOF).
+
+        The container must have been made with ``stdin_open``; attach before starting it,
+        as ``docker run -i`` does. The bytes are written in the background, as fast as the
+        process reads them; a process that exits without reading them all ends the writing.
+
+        Raises:
+            ContainerNotFound: no such container.
+        """
+
+    @abc.abstractmethod
     def put_archive(self, ref: str, path: str, tar_bytes: bytes) -> None:
         """Extract a tar archive into directory ``path`` of the container.
 
         Works on created and stopped containers too. Members keep their modes (a
         directory already there takes the archive's mode); missing parent directories
-        are made with mode 0755.
+        are made with mode 0755. A member never replaces a directory with a file or the
+        reverse (Docker's ``noOverwriteDirNonDir``): that member fails the call, and the
+        members before it stay written.
 
         Raises:
             ContainerNotFound: no such container.
             PathNotFound: ``path`` does not exist in it.
-            DockerError: ``path`` is not a directory.
+            DockerError: ``path`` is not a directory, or a member would replace a directory
+                with a file or the reverse.
         """
 
     @abc.abstractmethod

@@ -114,7 +114,8 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         "Labels": dict(spec.labels),
         "Env": [f"{k}={v}" for k, v in spec.environment.items()],
         "OpenStdin": spec.stdin_open,
-        "StdinOnce": False,
+        # Closed for good when the one attached writer closes it: the tool sees EOF.
+        "StdinOnce": spec.stdin_open,
         "Tty": False,
         "HostConfig": _host_config(spec),
     }
@@ -362,10 +363,25 @@ class DockerEngine(Engine):
         frames = docker.utils.socket.frames_iter(sock, tty=False)
         return _DockerExec(self.api, exec_id, frames, sock)
 
+    def attach_stdin(self, ref: str, data: bytes) -> None:
+        with docker_errors(f"attach to the standard input of {ref}"):
+            sock = self.api.attach_socket(ref, params={"stdin": 1, "stream": 1})
+        raw = getattr(sock, "_sock", sock)
+        raw.settimeout(None)
+        threading.Thread(
+            target=_feed_and_close, args=(raw, sock, data), name="stdin", daemon=True
+        ).start()
+
     def put_archive(self, ref: str, path: str, tar_bytes: bytes) -> None:
         with docker_errors(f"write files into {ref}:{path}"):
             try:
-                self.api.put_archive(ref, path, tar_bytes)
+                # docker-py's put_archive has no noOverwriteDirNonDir: the same call, with it
+                reply = self.api._put(
+                    self.api._url("/containers/{0}/archive", ref),
+                    params={"path": path, "noOverwriteDirNonDir": "true"},
+                    data=tar_bytes,
+                )
+                self.api._raise_for_status(reply)
             except docker.errors.NotFound as exc:
                 raise self._path_or_container(ref, path, exc) from exc
 
@@ -754,6 +770,19 @@ def _pull_failed(ref: str, detail: str) -> str:
         f"pull image {ref}: cannot be pulled (its registry has no such image, or no "
         f"registry is reachable): {detail}"
     )
+
+
+def _feed_and_close(raw: Any, sock: Any, data: bytes) -> None:
+    """Write a container's standard input, close it, and wait for the engine to hang up
+    (when the container ends): closing at once could cut the stdin before it is copied."""
+    _feed_stdin(raw, data)
+    try:
+        while raw.recv(65536):
+            pass
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 def _feed_stdin(raw: Any, data: bytes) -> None:

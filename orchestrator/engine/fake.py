@@ -179,6 +179,8 @@ class FakeProgram:
     #: that ends a process by default.
     signal_exit_codes: Mapping[str, int] | None = None
     memory_bytes: int = 4 * 1024 * 1024
+    #: a program like ``cat``: after ``stdout`` it writes what it read on its standard input
+    echoes_stdin: bool = False
     #: exec behaviour: given the exec spec, what it prints and how it ends
     on_exec: Callable[[ExecSpec], FakeExec] = field(default=lambda spec: FakeExec())
 
@@ -231,6 +233,8 @@ class _FakeContainer:
     stopped_at: dict[int, float] = field(default_factory=dict)
     networks: dict[str, str] = field(default_factory=dict)
     files: dict[str, _Entry] = field(default_factory=_default_files)
+    #: what was given to its standard input (``attach_stdin``)
+    stdin: bytes = b""
     exited: threading.Event = field(default_factory=threading.Event)
 
 
@@ -646,7 +650,8 @@ class FakeEngine(Engine):
         """The log as the engine stores it: each run's stdout lines, then its stderr's."""
         lines: list[tuple[int, bytes]] = []
         for _ in range(box.runs):
-            for stream, output in ((1, box.program.stdout), (2, box.program.stderr)):
+            echoed = box.stdin if box.program.echoes_stdin else b""
+            for stream, output in ((1, box.program.stdout + echoed), (2, box.program.stderr)):
                 lines.extend((stream, line) for line in output.splitlines(keepends=True))
         return lines
 
@@ -750,13 +755,21 @@ class FakeEngine(Engine):
                 entry = box.files.get(candidate)
                 if entry is not None and entry.kind == "symlink":
                     target = posixpath.normpath(posixpath.join(current, entry.link))
-                    path = posixpath.normpath("/".join([target, *parts[index + 1 :]]))
+                    # join, not "/".join: normpath keeps a leading "//" (a link to "/")
+                    path = posixpath.normpath(posixpath.join(target, *parts[index + 1 :]))
                     changed = True
                     break
                 current = candidate
             if not changed:
                 return path
         raise DockerError(f"{path}: too many levels of symbolic links")
+
+    def attach_stdin(self, ref: str, data: bytes) -> None:
+        self._call("attach_stdin", ref)
+        with self._lock:
+            box = self._box(ref)
+            if box.spec.stdin_open:  # Docker drops what is written to a closed stdin
+                box.stdin = bytes(data)
 
     def put_archive(self, ref: str, path: str, tar_bytes: bytes) -> None:
         self._call("put_archive", ref, path)
@@ -789,6 +802,11 @@ class FakeEngine(Engine):
             box.files[parent] = _Entry("dir", 0o755)
             parent = posixpath.dirname(parent)
         mode = member.mode & 0o7777
+        existing = box.files.get(full)
+        if existing is not None and (existing.kind == "dir") != member.isdir():
+            kinds = ("directory", "non-directory")
+            old, new = kinds if existing.kind == "dir" else kinds[::-1]
+            raise DockerError(f'cannot overwrite {old} "{full}" with {new} "{full}"')
         if member.isdir():
             box.files[full] = _Entry("dir", mode)
         elif member.issym():

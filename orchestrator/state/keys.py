@@ -20,6 +20,16 @@ def execution_result(execution_id: str) -> str:
     return f"{PREFIX}exec:{execution_id}:result"
 
 
+def collected_file(execution_id: str, index: int) -> str:
+    """String: the bytes of a run's collected file too large to keep in its result."""
+    return f"{PREFIX}file:{execution_id}:{index}"
+
+
+def relic_exec_result(exec_id: str) -> str:
+    """String: the final ExecResult of a command run in a relic, as JSON."""
+    return f"{PREFIX}relic-exec:{exec_id}:result"
+
+
 def lease(execution_id: str) -> str:
     """String with TTL: the token of the worker running an execution."""
     return f"{PREFIX}lease:{execution_id}"
@@ -28,6 +38,16 @@ def lease(execution_id: str) -> str:
 def requeued(execution_id: str) -> str:
     """String with TTL: an expired execution was re-enqueued (stops double re-enqueue)."""
     return f"{PREFIX}requeued:{execution_id}"
+
+
+def last_holder(execution_id: str) -> str:
+    """String with TTL: the token of the worker that last took an execution's lease."""
+    return f"{PREFIX}lease-holder:{execution_id}"
+
+
+def worker_alive(owner: str) -> str:
+    """String with TTL: a worker process (by lease token) renewed its leases lately."""
+    return f"{PREFIX}worker:{owner}"
 
 
 def cancel(execution_id: str) -> str:
@@ -101,3 +121,18 @@ def lock(name: str) -> str:
 def pool(host_name: str, spec_key: str) -> str:
     """Set: ids of idle warm-pool containers of one pool on one host."""
     return f"{PREFIX}pool:{host_name}:{spec_key}"
+
+
+def pool_demand(host_name: str, spec_key: str) -> str:
+    """Sorted set: recent arrivals (score: time) of runs one pool of one host could serve."""
+    return f"{PREFIX}pool-demand:{host_name}:{spec_key}"
+
+
+def pool_specs(host_name: str) -> str:
+    """Hash: spec key -> PoolSpec JSON of the pools demand made on one host."""
+    return f"{PREFIX}pool-specs:{host_name}"
+
+
+def pool_lock(host_name: str) -> str:
+    """String with TTL: the worker process sizing a host's pools right now."""
+    return f"{PREFIX}pool-lock:{host_name}"

@@ -18,7 +18,7 @@ from orchestrator.core import redaction
 from orchestrator.state import keys
 from orchestrator.state.registry import text
 
-__all__ = ["LiveLog", "read_live", "follow_live", "EOF_FIELD"]
+__all__ = ["LiveLog", "LiveReader", "join_live", "read_live", "follow_live", "EOF_FIELD"]
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 8192
@@ -82,16 +82,20 @@ class LiveLog:
         return pieces, len(kept) < len(data)
 
     def _publish(self, stream: str, pieces: list[bytes], truncated: bool) -> None:
+        if not pieces and not truncated:
+            return
         try:
+            pipe = self.redis.pipeline(transaction=False)  # one round trip per chunk
             for piece in pieces:
-                self.redis.xadd(self.key, {"stream": stream, "data": piece}, maxlen=4096)
+                pipe.xadd(self.key, {"stream": stream, "data": piece}, maxlen=4096)
             if truncated:
-                self.redis.xadd(self.key, {"stream": stream, "data": b"", "truncated": b"1"})
+                pipe.xadd(self.key, {"stream": stream, "data": b"", "truncated": b"1"})
             if pieces and not self._expiring:
                 # From the first write, not only at close: a worker that dies mid-run leaves a
                 # stream that still expires (Redis keeps no key forever under noeviction).
-                self.redis.expire(self.key, self.ttl_seconds)
-                self._expiring = True
+                pipe.expire(self.key, self.ttl_seconds)
+            pipe.execute()
+            self._expiring = self._expiring or bool(pieces)
         except Exception:  # noqa: BLE001 - live logs are best effort; the result has the output
             log.debug("could not publish live output of %s", self.key, exc_info=True)
 
@@ -103,8 +107,10 @@ class LiveLog:
         for name, (pieces, truncated) in held:
             self._publish(name, pieces, truncated)
         try:
-            self.redis.xadd(self.key, {"stream": "", "data": b"", EOF_FIELD: b"1"}, maxlen=4096)
-            self.redis.expire(self.key, self.ttl_seconds)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xadd(self.key, {"stream": "", "data": b"", EOF_FIELD: b"1"}, maxlen=4096)
+            pipe.expire(self.key, self.ttl_seconds)
+            pipe.execute()
         except Exception:  # noqa: BLE001 - see append
             log.debug("could not close live output of %s", self.key, exc_info=True)
 
@@ -113,10 +119,10 @@ def _decode(entry: dict[Any, Any]) -> dict[str, Any]:
     return {text(k) or "": v for k, v in entry.items()}
 
 
-def read_live(redis: Any, execution_id: str) -> dict[str, str]:
-    """Everything published so far: ``{"stdout", "stderr"}``."""
+def join_live(entries: Any) -> dict[str, str]:
+    """``{"stdout", "stderr"}`` of a stream's entries (an ``XRANGE`` reply)."""
     parts: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
-    for _, entry in redis.xrange(keys.logs(execution_id)):
+    for _, entry in entries:
         fields = _decode(entry)
         stream = fields.get("stream", b"")
         name = text(stream) or ""
@@ -125,6 +131,50 @@ def read_live(redis: Any, execution_id: str) -> dict[str, str]:
     return {
         name: b"".join(chunks).decode("utf-8", errors="replace") for name, chunks in parts.items()
     }
+
+
+def read_live(redis: Any, execution_id: str) -> dict[str, str]:
+    """Everything published so far: ``{"stdout", "stderr"}``."""
+    return join_live(redis.xrange(keys.logs(execution_id)))
+
+
+class LiveReader:
+    """Where a follower is in an execution's stream, and the chunks of what it reads next.
+
+    No I/O: the caller reads with ``XREAD {key: last}`` (blocking or asyncio) and feeds the
+    reply to :meth:`feed` until :attr:`ended`.
+    """
+
+    def __init__(self, execution_id: str) -> None:
+        self.key = keys.logs(execution_id)
+        self.last: Any = "0-0"
+        self.ended = False
+        self._decoders: dict[str, Any] = {}
+
+    def feed(self, reply: Any) -> list[tuple[str, str]]:
+        """The ``(stream, text)`` chunks of one ``XREAD`` reply, up to the end marker."""
+        chunks: list[tuple[str, str]] = []
+        for entry_id, entry in reply[0][1] if reply else []:
+            self.last = entry_id
+            fields = _decode(entry)
+            if fields.get(EOF_FIELD):
+                self.ended = True
+                break
+            chunk = self._chunk(fields)
+            if chunk is not None:
+                chunks.append(chunk)
+        return chunks
+
+    def _chunk(self, fields: dict[str, Any]) -> tuple[str, str] | None:
+        name = text(fields.get("stream", b"")) or ""
+        if fields.get("truncated"):
+            return name, "\n[... live output truncated; the result keeps head and tail ...]\n"
+        data = fields.get("data", b"")
+        if not isinstance(data, bytes):
+            return name, str(data)
+        decoder = self._decoders.setdefault(name, codecs.getincrementaldecoder("utf-8")("replace"))
+        decoded = decoder.decode(data)  # a character split between entries stays whole
+        return (name, decoded) if decoded else None
 
 
 def follow_live(
@@ -138,33 +188,14 @@ def follow_live(
         block_ms: how long one read blocks.
         idle_rounds: stop after this many empty reads (None: wait for the end marker).
     """
-    last = "0-0"
+    reader = LiveReader(execution_id)
     idle = 0
-    key = keys.logs(execution_id)
-    decoders: dict[str, Any] = {}
-    while True:
-        reply = redis.xread({key: last}, block=block_ms, count=512)
-        if not reply:
-            idle += 1
-            if idle_rounds is not None and idle >= idle_rounds:
-                return
+    while not reader.ended:
+        reply = redis.xread({reader.key: reader.last}, block=block_ms, count=512)
+        if reply:
+            idle = 0
+            yield from reader.feed(reply)
             continue
-        idle = 0
-        for entry_id, entry in reply[0][1]:
-            last = entry_id
-            fields = _decode(entry)
-            if fields.get(EOF_FIELD):
-                return
-            stream = fields.get("stream", b"")
-            name = text(stream) or ""
-            if fields.get("truncated"):
-                yield name, "\n[... live output truncated; the result keeps head and tail ...]\n"
-                continue
-            data = fields.get("data", b"")
-            if not isinstance(data, bytes):
-                yield name, str(data)
-                continue
-            decoder = decoders.setdefault(name, codecs.getincrementaldecoder("utf-8")("replace"))
-            decoded = decoder.decode(data)  # a character split between entries stays whole
-            if decoded:
-                yield name, decoded
+        idle += 1
+        if idle_rounds is not None and idle >= idle_rounds:
+            return

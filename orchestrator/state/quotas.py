@@ -15,7 +15,8 @@ The quotas (each a setting, named in every refusal):
 - ``session_max_containers``: tool runs in flight and relics of one session;
 - ``session_max_relics``: relics of one session;
 - ``session_max_memory_mb``: memory limits committed by one session's containers;
-- ``host_max_memory_mb``: memory limits committed on one host (0: its physical memory);
+- ``host_max_memory_mb``: memory limits committed on one host (0: its physical memory),
+  an image build's ``build_memory_mb`` included while it runs (:meth:`Quotas.building`);
 - ``host_max_relic_starts``: relic starts at once per host (each holds a worker thread
   until its relic is healthy, up to its health timeout): :meth:`Quotas.relic_start`.
 """
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 HolderKind = Literal["tool", "relic"]
+#: The kind of a host entry held by an image build (it counts memory only).
+BUILD_KIND = "build"
 HOST_PREFIX = f"{PREFIX}quota:host:"
 #: A key outlives its last holder's expiry by this much (a margin for clock skew).
 KEY_MARGIN_SECONDS = 60
@@ -67,12 +70,11 @@ def starts_key(host_name: str) -> str:
     return f"{PREFIX}quota:relic-starts:{host_name}"
 
 
-# Both hashes are pruned of expired entries, counted without the holder itself (so taking a
-# holder again, as a resumed run does, never counts it twice), checked, then written.
-_ACQUIRE = """
-local holder, kind, mb = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local now, expires = tonumber(ARGV[4]), tonumber(ARGV[5])
-local function scan(key)
+# A hash pruned of expired entries and counted without the holder itself (so taking a
+# holder again, as a resumed run does, never counts it twice): {holders, relics, MB, latest
+# expiry}; builds count memory, not containers.
+_SCAN = """
+local function scan(key, holder, now)
   local count, relics, total, latest = 0, 0, 0, 0
   local raw = redis.call('HGETALL', key)
   for i = 1, #raw, 2 do
@@ -82,7 +84,7 @@ local function scan(key)
     if e <= now then
       redis.call('HDEL', key, name)
     elseif name ~= holder then
-      count = count + 1
+      if k ~= 'build' then count = count + 1 end
       if k == 'relic' then relics = relics + 1 end
       total = total + (tonumber(m) or 0)
       if e > latest then latest = e end
@@ -90,8 +92,16 @@ local function scan(key)
   end
   return {count, relics, total, latest}
 end
-local s = scan(KEYS[1])
-local h = scan(KEYS[2])
+"""
+
+# Both hashes are scanned, checked, then written.
+_ACQUIRE = (
+    _SCAN
+    + """
+local holder, kind, mb = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now, expires = tonumber(ARGV[4]), tonumber(ARGV[5])
+local s = scan(KEYS[1], holder, now)
+local h = scan(KEYS[2], holder, now)
 if ARGV[6] == '1' then
   if s[1] + 1 > tonumber(ARGV[7]) then return {'containers', s[1]} end
   if kind == 'relic' and s[2] + 1 > tonumber(ARGV[8]) then return {'relics', s[2]} end
@@ -109,6 +119,20 @@ redis.call('EXPIREAT', KEYS[1], math.ceil(math.max(s[4], expires)) + 60)
 redis.call('EXPIREAT', KEYS[2], math.ceil(math.max(h[4], expires)) + 60)
 return {'ok', 0}
 """
+)
+
+# A build's memory on its host alone (a build belongs to no session).
+_BUILD = (
+    _SCAN
+    + """
+local holder, mb, now, expires = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local h = scan(KEYS[1], holder, now)
+if h[3] + mb > tonumber(ARGV[5]) then return {'host_memory', h[3]} end
+redis.call('HSET', KEYS[1], holder, ARGV[6])
+redis.call('EXPIREAT', KEYS[1], math.ceil(math.max(h[4], expires)) + 60)
+return {'ok', 0}
+"""
+)
 
 _RELEASE = """
 local previous = redis.call('HGET', KEYS[1], ARGV[1])
@@ -300,12 +324,52 @@ class Quotas:
         finally:
             self.redis.zrem(key, holder)
 
+    @contextmanager
+    def building(self, holder: str, memory_mb: int, expires_at: float) -> Iterator[None]:
+        """Count an image build's memory in this host's committed memory during a ``with``
+        block (its ``RUN`` steps may use that much; a build belongs to no session).
+
+        Args:
+            holder: names the build (its tag): one entry per build under way.
+            memory_mb: the memory limit of its ``RUN`` steps (``build_memory_mb``).
+            expires_at: unix time after which the entry no longer counts (a dead worker's).
+
+        Raises:
+            QuotaExceeded: the host's memory quota has no room for it, naming both settings.
+        """
+        key = host_key(self.host)
+        expires = math.ceil(expires_at)
+        reply = self.redis.eval(
+            _BUILD,
+            1,
+            key,
+            holder,
+            memory_mb,
+            math.floor(time.time()),
+            expires,
+            self.host_memory_mb,
+            f"{BUILD_KIND}|{memory_mb}|{expires}|",
+        )
+        if text(reply[0]) != "ok":
+            used = int(reply[1])
+            raise QuotaExceeded(
+                f"build: its RUN steps' {memory_mb} MB (ORCHESTRATOR_BUILD_MEMORY_MB) would "
+                f"commit {used + memory_mb} MB on host {self.host!r}, above its quota "
+                f"{self.host_memory_mb} MB (ORCHESTRATOR_HOST_MAX_MEMORY_MB; 0 means the host's "
+                "physical memory); try again when its runs end"
+            )
+        try:
+            yield
+        finally:
+            self.redis.hdel(key, holder)
+
     def session_usage(self, session_id: str) -> dict[str, int]:
         """What a session holds now: ``{"containers", "relics", "memory_mb"}``."""
         return _usage(self.redis.hgetall(session_key(session_id)))
 
     def host_usage(self) -> dict[str, int]:
-        """What this host holds now: ``{"containers", "relics", "memory_mb"}``."""
+        """What this host holds now: ``{"containers", "relics", "memory_mb"}`` (the memory of
+        builds under way included)."""
         return _usage(self.redis.hgetall(host_key(self.host)))
 
 
@@ -325,7 +389,7 @@ def _usage(raw: dict[Any, Any]) -> dict[str, int]:
         kind, memory, expires, _ = (text(value) or "").split("|", 3)
         if float(expires or 0) <= now:
             continue
-        usage["containers"] += 1
+        usage["containers"] += kind != BUILD_KIND
         usage["relics"] += kind == "relic"
         usage["memory_mb"] += int(memory or 0)
     return usage

@@ -1,8 +1,10 @@
-"""Running a tool inside an already-running (warm pool) container with ``exec``.
+"""Running a command inside an already-running container with ``exec``: a tool in a
+warm-pool container, or a command in a relic.
 
 Output is demultiplexed live into the same capped buffers and live log as a cold
-run; the deadline and cancellation are enforced by the caller's wait, which kills
-the whole container (it is discarded after one run anyway).
+run; the deadline and cancellation are enforced by the wait loop, which calls the
+caller's ``stop``: a pool run kills the whole container (it is discarded after one run
+anyway), an exec in a relic kills only the command's processes.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
-from orchestrator.core.output import CappedBuffer
+from orchestrator.core.output import CappedBuffer, extract_result
 from orchestrator.core.types import ExecSpec, ExecStream, Image
 from orchestrator.engine.base import Engine
 from orchestrator.state.logs import LiveLog
 from orchestrator.worker import waiting
 
-__all__ = ["ExecOutcome", "run_exec", "exec_command"]
+__all__ = ["ExecOutcome", "run_exec", "exec_command", "outcome_fields"]
 
 #: The stream names of the exec output's stream numbers.
 _STREAMS = {1: "stdout", 2: "stderr"}
@@ -35,6 +39,23 @@ class ExecOutcome:
     timed_out: bool = False
     cancelled: bool = False
     errors: list[BaseException] = field(default_factory=list)
+
+
+def outcome_fields(outcome: ExecOutcome, started: datetime, finished: datetime) -> dict[str, Any]:
+    """The result fields of an exec's outcome (a pool run's, an exec in a relic's): exit code,
+    JSON result, capped stdout and stderr, and the times."""
+    stdout = outcome.stdout.text()
+    return {
+        "exit_code": outcome.exit_code,
+        "result": extract_result(stdout),
+        "stdout": stdout,
+        "stderr": outcome.stderr.text(),
+        "stdout_truncated": outcome.stdout.truncated,
+        "stderr_truncated": outcome.stderr.truncated,
+        "started_at": started,
+        "finished_at": finished,
+        "duration_seconds": round((finished - started).total_seconds(), 3),
+    }
 
 
 def exec_command(command: list[str] | str | None, image: Image | None) -> list[str]:
@@ -68,11 +89,14 @@ def run_exec(
     slice_seconds: float,
     should_cancel: Callable[[], bool],
     on_started: Callable[[], None] = lambda: None,
+    stdin: bytes | None = None,
+    working_dir: str | None = None,
+    stop: Callable[[], None] | None = None,
 ) -> ExecOutcome:
     """Exec ``argv`` in a running container and wait until it ends, the deadline or cancellation.
 
-    At the deadline or on cancellation the whole container is killed (the exec alone
-    cannot be), which ends the exec.
+    At the deadline or on cancellation ``stop`` is called, which must end the exec; by
+    default the whole container is killed.
 
     Args:
         engine: the engine running the container.
@@ -85,6 +109,10 @@ def run_exec(
         slice_seconds: how often cancellation is checked.
         should_cancel: asked every slice; True kills it.
         on_started: called once the process was started in the container.
+        stdin: bytes given to the command's standard input (None: no stdin).
+        working_dir: where the command runs (None: the image's working directory).
+        stop: ends the command at the deadline or on cancellation (default: kill the
+            container).
 
     Returns:
         Its output, exit code and whether it was stopped.
@@ -95,21 +123,28 @@ def run_exec(
             could not be read.
     """
     outcome = ExecOutcome(None, CappedBuffer(cap_bytes), CappedBuffer(cap_bytes))
-    stream = engine.exec_start(container_id, ExecSpec(argv=tuple(argv), environment=environment))
+    spec = ExecSpec(argv=tuple(argv), environment=environment, working_dir=working_dir, stdin=stdin)
+    stream = engine.exec_start(container_id, spec)
     try:
         on_started()
         reader = threading.Thread(target=_pump, args=(stream, outcome, live), daemon=True)
         reader.start()
-        while reader.is_alive():
+        while True:
+            # Wait first: a short command ends without a single cancellation round trip.
+            reader.join(min(slice_seconds, max(0.0, deadline - time.monotonic())))
+            if not reader.is_alive():
+                break
             if should_cancel():
                 outcome.cancelled = True
             elif time.monotonic() >= deadline:
                 outcome.timed_out = True
             if outcome.cancelled or outcome.timed_out:
-                waiting.kill(engine, container_id)
+                if stop is None:
+                    waiting.kill(engine, container_id)
+                else:
+                    stop()
                 reader.join(5)
                 break
-            reader.join(min(slice_seconds, max(0.0, deadline - time.monotonic())))
         if live is not None:
             live.close()
         outcome.exit_code = stream.exit_code()

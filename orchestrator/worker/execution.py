@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,10 +43,10 @@ from orchestrator.protocol import Kind, parse_labels
 from orchestrator.state.logs import LiveLog
 from orchestrator.state.quotas import Quotas
 from orchestrator.state.registry import ExecutionEntry
-from orchestrator.worker import networks, volumes, waiting
-from orchestrator.worker.exec_run import exec_command, run_exec
+from orchestrator.worker import files, networks, volumes, waiting
+from orchestrator.worker.exec_run import exec_command, outcome_fields, run_exec
 from orchestrator.worker.follow import LogFollower
-from orchestrator.worker.images import resolve_image
+from orchestrator.worker.images import check_build_request, resolve_image
 from orchestrator.worker.runtime import Runtime
 from orchestrator.worker.sampling import UsageSampler
 from orchestrator.worker.waiting import Exit
@@ -94,6 +95,8 @@ def run_execution(
     check_volumes(request.volumes, rt.settings)
     check_network(request, rt.settings)
     check_request_size(revealed, rt.settings)
+    check_build_request(request.build, rt.settings)
+    files.check_run_request(request, rt.settings)
     if not rt.leases.acquire(execution_id):
         raise DuplicateDelivery(f"execution {execution_id} is running on another worker")
     try:
@@ -121,6 +124,9 @@ def _masking(request: ToolExecutionRequest) -> Iterator[None]:
 
 #: Added to a run's timeout in its quota entry's expiry: time to pull or build its image.
 QUOTA_IMAGE_SECONDS = 900
+#: A pooled run samples its usage only once it has run this long: the engine's stats
+#: stream costs CPU that a short run would otherwise share with it.
+POOLED_USAGE_DELAY_SECONDS = 0.2
 
 
 def _quota(
@@ -199,15 +205,36 @@ class _Run:
             result = self._attempt()
         except (ImageNotFound, DockerError, SessionError, ContainerNotFound) as exc:
             if isinstance(exc, DockerUnavailable):
+                # The tool container stays for the retry to attach to (the janitor reaps
+                # it past its deadline if none comes): removed here once the engine
+                # answers again, the retry would run the tool a second time.
                 self._abandon()
+                if self.pooled:
+                    self._cleanup()
                 raise
             result = self._result("error", error=str(exc), container_id=self.container_id)
         except BaseException:
             self._abandon()
-            raise
-        finally:
             self._cleanup()
-        result = self._redact(result)
+            raise
+        result = self._finish(self._redact(result))
+        # Removed only once the result is stored: a worker killed in between leaves a
+        # container the janitor reaps, not a run that a later delivery would start again.
+        self._cleanup()
+        return result
+
+    def _finish(self, result: ToolExecutionResult) -> ToolExecutionResult:
+        """Store the result, unless another attempt of this execution stored one first.
+
+        Two attempts overlap only when this one's lease was taken over (it stalled for
+        longer than its worker's liveness mark): the first result stored is the run's, and
+        the later attempt, which may have lost the container to the first, returns it.
+        """
+        rt = self.rt
+        if result.status == "error" or rt.leases.lost(self.execution_id):
+            stored = rt.executions.result(self.execution_id)
+            if stored is not None:
+                return stored
         rt.executions.finish(result)
         return result
 
@@ -233,10 +260,20 @@ class _Run:
                 error="its worker died during a warm-pool run, whose output cannot be "
                 "recovered; it is not run again (at most once): submit it again",
             )
-        container = self._own(rt.engine.find_container(self.name))
+        # A first delivery (the registry knows no attempt of it) looks for its container
+        # only when no pool container serves it: a pool hit saves the look-up.
+        first = not (self.previous.known or self.requeued)
+        container = None if first else self._own(rt.engine.find_container(self.name))
         if container is None:
             if rt.executions.cancel_requested(self.execution_id):
                 return self._result("cancelled", error="cancelled before it started")
+            if self.previous.container_id:  # an earlier attempt made it: at most once
+                return self._result(
+                    "error",
+                    error=f"its container {self.name} was removed before its result was "
+                    "stored (by hand, or by an attempt that lost its lease); it is not run "
+                    "again (at most once): submit it again",
+                )
             if self.requeued and self.request.secret_parameters:
                 return self._result(
                     "error",
@@ -253,6 +290,9 @@ class _Run:
                     log.info("pool container unusable (%s); running cold", exc)
                     rt.pool.discard(pooled)
                     self.container_id, self.pooled = None, False
+            if first:
+                container = self._own(rt.engine.find_container(self.name))
+        if container is None:
             container = self._create()
         else:
             log.info("execution %s: attaching to existing container", self.execution_id)
@@ -269,7 +309,7 @@ class _Run:
         )
         argv = exec_command(request.command, self._image_config())
         started = datetime.now(UTC)
-        sampler = UsageSampler(rt.engine, container_id).start()
+        sampler = UsageSampler(rt.engine, container_id, POOLED_USAGE_DELAY_SECONDS).start()
         outcome = run_exec(
             rt.engine,
             container_id,
@@ -288,21 +328,12 @@ class _Run:
         oom = outcome.exit_code != 0 and rt.engine.inspect_container(container_id).oom_killed
         exit_info = Exit(outcome.exit_code, outcome.timed_out, outcome.cancelled)
         status, error = _status(exit_info, oom, outcome.exit_code, request)
-        stdout_text = outcome.stdout.text()
         return self._result(
             status,
-            exit_code=outcome.exit_code,
-            result=extract_result(stdout_text),
-            stdout=stdout_text,
-            stderr=outcome.stderr.text(),
-            stdout_truncated=outcome.stdout.truncated,
-            stderr_truncated=outcome.stderr.truncated,
             error=error,
-            started_at=started,
-            finished_at=finished,
-            duration_seconds=round((finished - started).total_seconds(), 3),
             stats=usage,
             container_id=container_id,
+            **outcome_fields(outcome, started, finished),
         )
 
     def _image_config(self) -> Image | None:
@@ -353,6 +384,8 @@ class _Run:
             network=network,
             volume_names=volume_names,
         )
+        if request.stdin is not None:  # attached (then closed) right before the start
+            spec = replace(spec, stdin_open=True)
         try:
             return rt.engine.create_container(spec)
         except ContainerConflict:  # another delivery created it first: run that one
@@ -388,6 +421,7 @@ class _Run:
         if container.status == "created":
             # Binds are mounted at start: check them once more, as late as possible.
             volumes.recheck_binds(rt, self.request.volumes)
+            files.prepare_run(engine, self.name, self.request, rt.settings)
             engine.start_container(self.name)
             # Started here: our own clocks stand in for an inspect round trip.
             self.started_here = datetime.now(UTC)
@@ -468,6 +502,7 @@ class _Run:
         else:
             started, finished = state.started_at, state.finished_at
         duration = max(0.0, (finished - started).total_seconds()) if started and finished else None
+        collected = files.collect_run(self.rt, self.name, self.request, self.execution_id)
         return self._result(
             status,
             exit_code=exit_code,
@@ -482,6 +517,9 @@ class _Run:
             duration_seconds=round(duration, 3) if duration is not None else None,
             stats=usage,
             container_id=self.container_id,
+            files=collected.files,
+            missing_files=collected.missing,
+            skipped_files=collected.skipped,
         )
 
     def _cleanup(self) -> None:

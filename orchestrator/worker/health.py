@@ -57,6 +57,8 @@ def wait_healthy(
 ) -> str:
     """Poll the health endpoint with a short adaptive interval until it answers.
 
+    A relic without a health endpoint (a workspace) is ready as soon as its container runs.
+
     Args:
         engine: this host's engine.
         container: the started relic container.
@@ -82,7 +84,10 @@ def wait_healthy(
                 f"it was healthy; last log lines:\n{logs_tail(engine, container.id)}"
             )
         address = address or container_address(current, network)
-        if address and probe(address, request.port, request.health_check_endpoint, 0.5):
+        endpoint = request.health_check_endpoint
+        if endpoint is None and current.status == "running":
+            return address or ""
+        if address and endpoint and probe(address, request.port, endpoint, 0.5):
             return address
         if time.monotonic() >= deadline:
             raise RelicUnhealthy(

@@ -58,6 +58,7 @@ from orchestrator.protocol import Kind, label, label_filter
 from orchestrator.settings import Settings
 from orchestrator.state import images as tracking
 from orchestrator.state import keys
+from orchestrator.state.quotas import Quotas
 
 __all__ = [
     "BUILD_NAMESPACE",
@@ -65,6 +66,7 @@ __all__ = [
     "build_image",
     "build_tag",
     "check_builds_allowed",
+    "check_build_request",
     "build_network_allowed",
     "check_dockerfile",
     "resolve_image",
@@ -77,6 +79,8 @@ LOCK_SECONDS = 1800
 MIB = 1024 * 1024
 #: Every image a build makes is tagged under this repository prefix, and only there.
 BUILD_NAMESPACE = "orchestrator-build"
+#: A build's entry in its host's memory quota outlives its time limit by this much.
+BUILD_QUOTA_MARGIN_SECONDS = 120
 #: Version of the build key: bump it when what goes into :func:`build_tag` changes.
 _KEY_VERSION = 1
 #: The largest ``.dockerignore`` read (the file is the request's).
@@ -155,6 +159,23 @@ def check_builds_allowed(settings: Settings) -> None:
             "Dockerfile on the host's engine, so builds are refused unless the operator "
             "allows them); set ORCHESTRATOR_ALLOW_BUILDS=true to allow builds, or give an "
             "image instead"
+        )
+
+
+def check_build_request(build: BuildSpec | None, settings: Settings) -> None:
+    """The build checks a request can fail before anything is created or counted: builds
+    allowed at all, and (an inline Dockerfile being known already) nothing the engine would
+    download while builds have no network. A context directory is checked when it is read.
+
+    Raises:
+        Forbidden: naming the field, the rule and the setting.
+    """
+    if build is None:
+        return
+    check_builds_allowed(settings)
+    if build.dockerfile_inline is not None:
+        check_dockerfile(
+            build.dockerfile_inline, build_network_allowed(settings), "build.dockerfile_inline"
         )
 
 
@@ -462,6 +483,8 @@ def build_image(
     Raises:
         Forbidden: builds are off, or the request breaks the build policy (the message
             names the field, the rule and the setting).
+        QuotaExceeded: the host's committed memory has no room for the build's
+            ``build_memory_mb``.
         LimitExceeded: the context or the image built is over its size cap.
         InvalidRequest: the context or the Dockerfile does not exist.
         ImageBuildFailed: the build failed or ran past its time limit; the message has
@@ -477,8 +500,11 @@ def build_image(
     with lock:
         if not _built_here(engine, tag):
             _prepare_bases(engine, redis, settings, source, spec, network)
-            on_build()
-            _run_build(engine, settings, spec, source, tag, network)
+            # Its RUN steps commit memory on the host like a container: counted while it runs.
+            expires = time.time() + settings.build_timeout_seconds + BUILD_QUOTA_MARGIN_SECONDS
+            with Quotas(redis, settings).building(tag, settings.build_memory_mb, expires):
+                on_build()
+                _run_build(engine, settings, spec, source, tag, network)
     tracking.record_use(redis, settings.host_name, tag, time.time())
     return tag
 

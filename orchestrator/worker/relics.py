@@ -45,7 +45,7 @@ from orchestrator.state.registry import text
 from orchestrator.state.relics import RelicEntry
 from orchestrator.worker import health, networks, self_attach, volumes
 from orchestrator.worker.health import container_address, probe, wait_healthy
-from orchestrator.worker.images import resolve_image
+from orchestrator.worker.images import check_build_request, resolve_image
 from orchestrator.worker.runtime import Runtime
 
 __all__ = [
@@ -65,6 +65,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: The registry's health path of a relic without one (a workspace: ready once it runs).
+NO_HEALTH_CHECK = "none"
 ENGINE_TO_STATUS = {"exited": "stopped", "created": "created", "dead": "dead"}
 
 
@@ -79,9 +81,11 @@ def _register(rt: Runtime, relic_id: str, request: RelicStartRequest, name: str)
         host=rt.host_name,
         container_name=name,
         port=request.port,
-        health=request.health_check_endpoint,
+        health=request.health_check_endpoint or NO_HEALTH_CHECK,
     )
     relic_registry.register(rt.redis, entry)
+    # The longest an exec in the relic may run (orchestrator.worker.relic_exec).
+    rt.redis.hset(keys.relic(relic_id), "timeout_seconds", request.resource_limits.timeout_seconds)
 
 
 def lookup(redis: Any, relic_id: str) -> RelicEntry:
@@ -134,6 +138,7 @@ def _check(rt: Runtime, request: RelicStartRequest) -> None:
     check_volumes(request.volumes, rt.settings)
     check_network(request, rt.settings)
     check_request_size(request, rt.settings)
+    check_build_request(request.build, rt.settings)
     if request.health_timeout_seconds > rt.settings.relic_max_health_timeout_seconds:
         raise RelicUnhealthy(
             f"health_timeout_seconds: above the server maximum "
@@ -425,8 +430,11 @@ def describe(
         healthy = False
         if status == "running" and address:
             path = text(rt.redis.hget(keys.relic(relic_id), "health")) or "/health"
-            with self_attach.attached(rt.engine, network or "bridge"):
-                healthy = health.probe(address, port, path, 0.5)
+            if path == NO_HEALTH_CHECK:
+                healthy = True  # a workspace relic is healthy while it runs
+            else:
+                with self_attach.attached(rt.engine, network or "bridge"):
+                    healthy = health.probe(address, port, path, 0.5)
     ports = {cport: int(bindings[0][1]) for cport, bindings in container.ports.items() if bindings}
     return RelicInfo(
         relic_id=relic_id,

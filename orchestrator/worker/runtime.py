@@ -151,14 +151,14 @@ class Runtime:
         )
 
     def reap_expired(self) -> list[str]:
-        """Re-enqueue in-flight executions whose lease expired (their worker died).
+        """Re-enqueue in-flight executions whose lease expired and whose worker died.
 
         Returns:
             The ids that were re-enqueued.
         """
         requeued = []
         for execution_id in self.executions.inflight():
-            if self.leases.holder(execution_id) is not None:
+            if not self.leases.abandoned(execution_id):  # held, or its worker lives
                 continue
             entry = self.executions.get(execution_id)
             if not entry.known or entry.finished:

@@ -29,11 +29,14 @@ class UsageSampler:
     Args:
         engine: the engine running the container.
         ref: the container's id or name.
+        delay_seconds: how long to wait before following (nothing is sampled from a
+            container that ended sooner).
     """
 
-    def __init__(self, engine: Engine, ref: str) -> None:
+    def __init__(self, engine: Engine, ref: str, delay_seconds: float = 0.0) -> None:
         self.engine = engine
         self.ref = ref
+        self.delay_seconds = delay_seconds
         self._peak_memory = 0
         self._last: Mapping[str, Any] | None = None
         self._samples = 0
@@ -51,6 +54,8 @@ class UsageSampler:
         return self
 
     def _run(self) -> None:
+        if self.delay_seconds > 0 and self._stopped.wait(self.delay_seconds):
+            return
         try:
             stream = self.engine.stream_stats(self.ref)
         except Exception as exc:  # noqa: BLE001 - sampling is best effort, never fatal

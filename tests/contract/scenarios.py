@@ -80,6 +80,9 @@ WRITES_SLOWLY = Behaviour(
     FakeProgram(stdout=b"a\nb\n", run_seconds=0.5),
 )
 
+#: ``cat``: writes what it reads on its standard input, exits at its end.
+ECHOES_STDIN = Behaviour("echoes-stdin", "cat", FakeProgram(echoes_stdin=True))
+
 # -- exec'd commands -------------------------------------------------------------------------
 
 EXIT_0 = Command(("true",), lambda spec: FakeExec())

@@ -159,3 +159,18 @@ def test_missing_containers_are_container_not_found(harness: Harness) -> None:
         harness.engine.get_archive(missing, "/")
     with pytest.raises(ContainerNotFound):
         harness.engine.put_archive(missing, "/", FILES)
+
+
+def test_a_file_never_replaces_a_directory_nor_the_reverse(harness: Harness) -> None:
+    engine = harness.engine
+    ref = engine.create_container(harness.spec(SLEEPS)).id
+    engine.put_archive(ref, "/", FILES)
+
+    with pytest.raises(DockerError, match="cannot overwrite directory"):
+        engine.put_archive(ref, "/", make_tar(TarEntry("box/sub", b"a file", mode=0o644)))
+    with pytest.raises(DockerError, match="cannot overwrite non-directory"):
+        engine.put_archive(ref, "/", make_tar(TarEntry("top.txt", mode=0o755, kind="dir")))
+
+    chunks, stat = engine.get_archive(ref, "/box/sub")
+    assert stat.mode == GO_DIR | 0o700
+    assert read_tar(chunks)["sub/deep.txt"].data == b"deep"

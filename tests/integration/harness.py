@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +84,9 @@ def settings_env(host_name: str, **extra: str) -> dict[str, str]:
         "ORCHESTRATOR_SESSION_MAX_CONTAINERS": "256",
         "ORCHESTRATOR_SESSION_MAX_MEMORY_MB": "131072",
         "ORCHESTRATOR_SECRET_KEY": TEST_SECRET_KEY,
+        # No pool sized from demand: a test's repeated runs stay cold (and a worker a test
+        # kills leaves no idle pool container); the pool tests turn it on.
+        "ORCHESTRATOR_POOL_MEMORY_MB": "0",
     }
     env.update(extra)
     return env
@@ -264,14 +274,23 @@ def force_remove_managed(
 ) -> dict[str, list[str]]:
     """Teardown: record what a test host left (LEDGER), then remove it; returns the record."""
     left = record_leftovers(client, host_label, where=where, expected=expected)
-    label = {"label": [MANAGED, f"orchestrator.host={host_label}"]}
-    for container in client.containers.list(all=True, filters=label):
+    remove_labelled(client, host_label)
+    return left
+
+
+def remove_labelled(client: Any, host_label: str, containers_only: bool = False) -> None:
+    """Remove every container (then network and volume) labelled with ``host_label``,
+    unrecorded: for what a test made itself, or after :func:`record_leftovers` took its
+    record."""
+    label = {"label": [f"orchestrator.host={host_label}"]}
+    for container in client.containers.list(all=True, filters=label, ignore_removed=True):
         container.remove(force=True, v=True)
+    if containers_only:
+        return
     for network in client.networks.list(filters=label):
         network.remove()
     for volume in client.volumes.list(filters=label):
         volume.remove(force=True)
-    return left
 
 
 def remove_built_images(client: Any, requested_tag: str) -> None:
@@ -298,3 +317,296 @@ def tool(session_id: str, script: str, **extra: Any) -> dict[str, Any]:
         "command": ["sh", "-c", script],
         **extra,
     }
+
+
+# -- a private redis-server, as docker-compose.yml runs it ------------------------------------
+
+
+def free_port(start: int = 6390) -> int:
+    for port in range(start, start + 100):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port for a private redis-server")
+
+
+def shipped_appendfsync() -> str:
+    """The ``--appendfsync`` docker-compose.yml gives its Redis when nothing overrides it:
+    the word after ``--appendfsync`` in the redis service's command, or, when that is a
+    variable (``$$NAME`` or ``${NAME...}``), the default its ``${NAME:-default}`` gets."""
+    compose = (ROOT / "docker-compose.yml").read_text()
+    found = re.search(r"--appendfsync\s+(?:-\s+)?\"?(\$\$\{?(\w+)|\$\{(\w+)|(\w+))", compose)
+    assert found, "docker-compose.yml no longer passes --appendfsync to redis"
+    literal, variable = found.group(4), found.group(2) or found.group(3)
+    if literal:
+        return literal
+    default = re.search(rf"\$\{{{variable}:-(\w+)\}}", compose)
+    assert default, f"docker-compose.yml gives {variable} (the --appendfsync) no default"
+    return default.group(1)
+
+
+class RedisServer:
+    """A private redis-server with an append-only file, fsynced as docker-compose.yml ships."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        self.port = port
+        self.directory = directory
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait_seconds: float = 20) -> RedisServer:
+        command = [
+            "redis-server",
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--appendonly", "yes",
+            "--appendfsync", shipped_appendfsync(),
+            "--save", "",
+            "--dir", str(self.directory),
+            "--logfile", str(self.directory / "redis.log"),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(command, start_new_session=True)
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log()}")
+            if self.ping():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server on {self.port} did not answer: {self.log()}")
+
+    def ping(self) -> bool:
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def log(self) -> str:
+        path = self.directory / "redis.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def shutdown(self) -> None:
+        """SHUTDOWN: the server flushes its append-only file and exits."""
+        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown"], capture_output=True)
+        self._reap()
+
+    def kill(self) -> None:
+        """SIGKILL: only what the append-only file holds survives (everysec: up to ~1 s lost;
+        the client re-sends what the broker lost, the lease and stored result stop reruns)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self._reap()
+
+    def _reap(self) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@contextmanager
+def private_redis(start_port: int = 6390) -> Iterator[RedisServer]:
+    """A started private redis-server on a free port, killed and its files removed after."""
+    require(have("redis-server") and have("redis-cli"), "redis-server and redis-cli")
+    directory = Path(tempfile.mkdtemp(prefix="orch-redis-"))
+    server = RedisServer(free_port(start_port), directory)
+    try:
+        yield server.start()
+    finally:
+        server.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- counted runs: a tool that says each time it starts ----------------------------------------
+
+EXECUTE = "orchestrator.tools.execute"
+
+
+def counting_tool(session_id: str, runs: Path, seconds: int) -> dict[str, Any]:
+    """A tool that appends ``start`` to ``runs/count``, sleeps, then prints ``{"ok": 1}``."""
+    runs.mkdir(exist_ok=True)
+    runs.chmod(0o777)
+    return {
+        "tool_name": "counted",
+        "session_id": session_id,
+        "image": TEST_IMAGE,
+        "command": [
+            "sh",
+            "-c",
+            f"echo start >> /runs/count; sleep {seconds}; echo '{{\"ok\": 1}}'",
+        ],
+        "volumes": [{"source": str(runs), "target": "/runs"}],
+    }
+
+
+class ContainerEvents:
+    """The engine's container events carrying a label, recorded live from now on.
+
+    Read back later with ``since``, events are only what the engine still keeps (its last
+    256): on a machine shared by other test sessions a count of creations or starts would
+    come out low, and a test of "started once" could not fail.
+
+    Args:
+        client: a docker-py client.
+        label: ``key`` or ``key=value``, as the engine's ``label`` filter takes it.
+    """
+
+    def __init__(self, client: Any, label: str) -> None:
+        filters = {"type": "container", "label": label}
+        self._stream = client.events(since=int(time.time()), decode=True, filters=filters)
+        self.seen: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self._stream:
+                self.seen.append(event)
+        except Exception:  # noqa: BLE001 - the stream was closed
+            return
+
+    def per(self, action: str, key: str) -> dict[str, int]:
+        """How many ``action`` events (``create``, ``start`` ...) per value of label ``key``."""
+        counts: dict[str, int] = {}
+        for event in list(self.seen):
+            value = event.get("Actor", {}).get("Attributes", {}).get(key)
+            if event.get("Action") == action and value:  # relics carry an empty execution
+                counts[value] = counts.get(value, 0) + 1
+        return counts
+
+    def count(self, action: str, key: str, value: str) -> int:
+        """How many ``action`` events of containers labelled ``key=value``."""
+        return self.per(action, key).get(value, 0)
+
+    def close(self, settle_seconds: float = 1.0) -> None:
+        """Stop recording, after ``settle_seconds`` for the last events to arrive."""
+        time.sleep(settle_seconds)
+        self._stream.close()
+        self._thread.join(5)
+
+
+def deliveries(worker: WorkerProcess, task_id: str, what: str = "received") -> int:
+    """How many times a worker's log says a delivery of ``task_id`` was ``what``
+    (Celery logs ``received``, ``ignored``, ``succeeded in`` ... at level info)."""
+    return worker.log_bytes().count(f"[{task_id}] {what}".encode())
+
+
+def wait_log(worker: WorkerProcess, task_id: str, what: str, times: int, timeout: float) -> None:
+    """Wait until a worker's log says ``task_id`` was ``what`` at least ``times`` times."""
+    deadline = time.monotonic() + timeout
+    while deadline > time.monotonic():
+        if deliveries(worker, task_id, what) >= times:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{task_id} was not {what} {times} times; log:\n{worker.log()}")
+
+
+def wait_running(client: Any, execution_id: str, timeout: float = 30) -> None:
+    """Wait until a run reports RUNNING (its container started)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.app.AsyncResult(execution_id).state == "RUNNING":
+            return
+        time.sleep(0.1)
+    raise AssertionError("the run never reached RUNNING")
+
+
+@dataclass
+class CountedRun:
+    """A :func:`counting_tool` run sent to one host's queue, and what proves it ran once:
+    its count file and the engine's events for its execution, recorded live."""
+
+    runs: Path
+    sent: Any  # the task's AsyncResult
+    events: ContainerEvents
+
+    @classmethod
+    def send(
+        cls, client: Any, engine: Any, host: str, shared_dir: Path, seconds: int, **options: Any
+    ) -> CountedRun:
+        """Send the run to ``host.<host>`` (``options`` go to ``send_task``)."""
+        runs = shared_dir / f"count-{uuid.uuid4().hex[:8]}"
+        task_id = str(uuid.uuid4())
+        events = ContainerEvents(engine, f"orchestrator.execution={task_id}")
+        request = counting_tool(host, runs, seconds)
+        sent = client.app.send_task(
+            EXECUTE, args=[request], queue=f"host.{host}", task_id=task_id, **options
+        )
+        return cls(runs, sent, events)
+
+    def assert_ran_once(self, result: dict[str, Any]) -> None:
+        """The run succeeded, its tool started once and one container was ever made."""
+        self.events.close()
+        assert result["status"] == "succeeded", result
+        assert result["result"] == {"ok": 1}, result
+        assert (self.runs / "count").read_text() == "start\n"  # the tool started once
+        made = self.events.count("create", "orchestrator.execution", self.sent.id)
+        started = self.events.count("start", "orchestrator.execution", self.sent.id)
+        assert (made, started) == (1, 1), self.events.seen  # one container, started once
+
+
+# -- a victim service on this host, as its containers see it ----------------------------------
+
+
+class Listener:
+    """A TCP service on an address of this host that records what reaches it: what cloud
+    metadata, a database on the host or another tenant's service stands for."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket()
+        self.sock.bind((address, 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.address, self.port = address, self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.received.append(conn.recv(1024))
+                except OSError:
+                    self.received.append(b"")
+
+    def got(self, needle: bytes, wait: float = 3) -> bool:
+        """True once a connection brought ``needle`` (waiting up to ``wait`` seconds)."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if any(needle in chunk for chunk in self.received):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def bridge_gateway(client: Any) -> str:
+    """The default bridge's gateway: this host's address as its containers see it."""
+    config = client.networks.get("bridge").attrs["IPAM"]["Config"][0]
+    return str(config.get("Gateway") or next(ipaddress.ip_network(config["Subnet"]).hosts()))
+
+
+@contextmanager
+def gateway_listener(client: Any) -> Iterator[Listener]:
+    """A :class:`Listener` on the default bridge's gateway address, closed after."""
+    listener = Listener(bridge_gateway(client))
+    try:
+        yield listener
+    finally:
+        listener.close()

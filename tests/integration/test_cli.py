@@ -160,7 +160,33 @@ def test_unreachable_broker_fails_fast_with_the_fix(worker: WorkerProcess) -> No
     done = orchestrator(
         worker, "--broker", "redis://127.0.0.1:1/0", *run_args("s", "true"), timeout=60
     )
-    assert done.returncode == 2
+    assert done.returncode == 69  # EX_UNAVAILABLE, apart from usage errors (2)
     assert done.stderr.startswith("error: cannot reach the broker at redis://127.0.0.1:1/0")
     assert "Traceback" not in done.stderr
     assert time.monotonic() - started < 20
+
+
+def test_stats_of_one_running_tool_by_its_execution_id(
+    worker: WorkerProcess, session_id: str
+) -> None:
+    execution_id = detach(worker, session_id, "sleep 30")
+    try:
+        show_until(worker, execution_id, "state", {"RUNNING"})
+        done = orchestrator(worker, "stats", execution_id, "--json", "--wait", "30")
+        assert done.returncode == 0, done.stderr
+        stats = json.loads(done.stdout)
+        # A fresh container of the session, or a warm one from the image's pool.
+        assert (stats["kind"], stats["session_id"]) in {("tool", session_id), ("pool", None)}
+        assert stats["status"] == "running" and stats["memory_limit_mb"] > 0
+
+        every = orchestrator(worker, "stats", "--wait", "30", "--json")
+        assert every.returncode == 0, every.stderr
+        names = [c["container_id"] for c in json.loads(every.stdout)["containers"]]
+        assert stats["container_id"] in names
+    finally:
+        orchestrator(worker, "tool", "cancel", execution_id)
+    show_until(worker, execution_id, "status", {"cancelled"}, timeout=30)
+
+    gone = orchestrator(worker, "stats", "no-such-container", "--wait", "30")
+    assert gone.returncode == 2 and gone.stderr.startswith("error: ")
+    assert "Traceback" not in gone.stderr

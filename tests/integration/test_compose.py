@@ -1,7 +1,9 @@
 """The docker-compose deployment, for real: the image is built from the Dockerfile, the stack
 (Redis with a password and AOF, two worker replicas on the host's engine, beat, Flower) comes
-up healthy, a tool and a relic run through it from a client on the host, Flower answers with
-auth, and `docker-compose down -v --rmi local` leaves nothing behind.
+up healthy, a tool and a relic run through it from a client on the host, a tool with
+secret_parameters and a build (enabled by the operator's environment) run too, Flower answers
+with auth and forgets a replica that went away, Redis' password is on no command line, the
+services' logs are capped, and `docker-compose down -v --rmi local` leaves nothing behind.
 
 No registry is reachable here: scripts/base-image.sh makes local stand-ins for the base and
 Redis images (debootstrap), which the stack is told to use through its own variables.
@@ -10,6 +12,7 @@ Redis images (debootstrap), which the stack is told to use through its own varia
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
 import os
@@ -29,12 +32,14 @@ import pytest
 import redis
 
 from orchestrator import OrchestratorClient, Settings
+from orchestrator.core.secrets import generate_key
 from tests.integration.harness import (
     ROOT,
     TEST_IMAGE,
     force_remove_managed,
     have,
     managed_leftovers,
+    remove_built_images,
     require,
 )
 
@@ -48,6 +53,10 @@ BUILD_STAGE_LABEL = "org.opencontainers.image.title=orchestrator-build-stage"
 COMPOSE_LABEL = "com.docker.compose.project"
 FLOWER_USER, FLOWER_PASSWORD = "ops", "flower-pw"
 REPLICAS = 2
+#: Flower forgets a worker replica this long after it went offline (the stack's default: 300).
+PURGE_SECONDS = 5
+LOG_MAX_SIZE, LOG_MAX_FILE = "2m", "2"
+SERVICES = ("redis", "worker", "beat", "flower")
 HTTPD = (
     "mkdir -p /www && echo ok > /www/health && echo hello > /www/index.html"
     " && exec httpd -f -p 8000 -h /www"
@@ -96,6 +105,8 @@ class Stack:
     host_name: str
     redis_url: str
     flower_port: int
+    password: str
+    secret_key: str
     down_done: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -185,6 +196,7 @@ def stack(
     directory = tmp_path_factory.mktemp("compose") / "orchestrator"
     make_context(directory)
     password = uuid.uuid4().hex
+    secret_key = generate_key()
     redis_port, flower_port = free_port(), free_port()
     host_name = f"compose-{uuid.uuid4().hex[:6]}"
     env = {
@@ -197,7 +209,13 @@ def stack(
         "ORCHESTRATOR_REDIS_PORT": str(redis_port),
         "ORCHESTRATOR_FLOWER_PORT": str(flower_port),
         "ORCHESTRATOR_FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}",
+        "ORCHESTRATOR_SECRET_KEY": secret_key,
         "ORCHESTRATOR_HOST_NAME": host_name,
+        # Builds are off unless the operator's environment turns them on.
+        "ORCHESTRATOR_ALLOW_BUILDS": "true",
+        "ORCHESTRATOR_FLOWER_PURGE_OFFLINE_SECONDS": str(PURGE_SECONDS),
+        "ORCHESTRATOR_LOG_MAX_SIZE": LOG_MAX_SIZE,
+        "ORCHESTRATOR_LOG_MAX_FILE": LOG_MAX_FILE,
         # The janitor reaps every managed object on the engine it drives; other tests share
         # this engine, so it must not run during this one.
         "ORCHESTRATOR_JANITOR_INTERVAL_SECONDS": "3600",
@@ -210,6 +228,8 @@ def stack(
         host_name=host_name,
         redis_url=f"redis://:{password}@127.0.0.1:{redis_port}/0",
         flower_port=flower_port,
+        password=password,
+        secret_key=secret_key,
     )
     stack.timings["base_images"] = base_seconds
     try:
@@ -233,7 +253,12 @@ def stack(
 
 @pytest.fixture(scope="module")
 def stack_client(stack: Stack) -> Iterator[OrchestratorClient]:
-    settings = Settings.from_env({}, broker_url=stack.redis_url, result_backend=stack.redis_url)
+    settings = Settings.from_env(
+        {},
+        broker_url=stack.redis_url,
+        result_backend=stack.redis_url,
+        secret_key=stack.secret_key,
+    )
     client = OrchestratorClient(settings)
     yield client
     client.close()
@@ -351,6 +376,131 @@ def test_flower_requires_auth_and_shows_runs_and_metrics(
     assert status == 200 and json.loads(body)["state"] == "SUCCESS", body
     status, body = flower_get(stack, "/metrics", auth=False)
     assert status == 200 and b"flower_events_total" in body
+
+
+def test_compose_refuses_to_start_without_a_secret_key(tmp_path: Path) -> None:
+    """Like the passwords, the key has no default: compose names the variable and stops."""
+    require(have("docker-compose"), "docker-compose")
+    shutil.copyfile(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "REDIS_PASSWORD": "x" * 32,
+        "ORCHESTRATOR_FLOWER_BASIC_AUTH": "ops:pw",
+    }
+    run = ["docker-compose", "config"]
+    refused = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "ORCHESTRATOR_SECRET_KEY" in refused.stderr
+    env["ORCHESTRATOR_SECRET_KEY"] = generate_key()
+    accepted = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "version" not in accepted.stderr.lower()  # no obsolete `version:` key to warn about
+
+
+def test_redis_password_is_on_no_command_line(
+    stack: Stack, docker_client: docker.DockerClient
+) -> None:
+    """Neither `docker inspect` of Redis nor any process's argv on the host (`ps` sees the
+    containers' processes too: Redis, the workers, healthchecks) shows the password."""
+    secret = stack.password.encode()
+    (store,) = stack.containers(docker_client, "redis")
+    config = store.attrs["Config"]
+    shown = [store.attrs["Path"], store.attrs["Args"], config["Cmd"], config["Entrypoint"]]
+    assert stack.password not in json.dumps(shown), shown
+    seen = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
+        except OSError:
+            continue  # exited meanwhile
+        seen += b"redis-server" in argv
+        assert secret not in argv, f"pid {proc.name}: {argv[:200]!r}"
+    assert seen, "no redis-server process seen on the host"
+    assert redis.Redis.from_url(stack.redis_url).ping()
+
+
+def test_every_services_log_is_capped(stack: Stack, docker_client: docker.DockerClient) -> None:
+    containers = stack.containers(docker_client)
+    services = {c.labels["com.docker.compose.service"] for c in containers}
+    assert services == set(SERVICES)
+    for container in containers:
+        config = container.attrs["HostConfig"]["LogConfig"]
+        assert config["Type"] == "json-file", container.name
+        assert config["Config"] == {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}
+
+
+def test_a_tool_with_secret_parameters_runs_through_the_stack(
+    stack: Stack, stack_client: OrchestratorClient
+) -> None:
+    """The client encrypts with the key the stack's workers were given; the worker decrypts
+    it for the container only; neither the result nor Redis holds the value."""
+    secret = f"compose-secret-{uuid.uuid4().hex}"
+    result = stack_client.run_tool(
+        {
+            "tool_name": "secret",
+            "session_id": f"compose-{uuid.uuid4().hex[:8]}",
+            "image": TEST_IMAGE,
+            "command": ["sh", "-c", 'printf %s "$TOKEN" | md5sum'],
+            "secret_parameters": {"TOKEN": secret},
+        },
+        timeout=120,
+    )
+    assert result.status == "succeeded", result.stderr
+    assert result.stdout.split()[0] == hashlib.md5(secret.encode()).hexdigest()
+    store = redis.Redis.from_url(stack.redis_url)
+    for key in store.scan_iter(match="*"):
+        if store.type(key) == b"string":
+            assert secret.encode() not in store.get(key), key
+    assert secret not in result.model_dump_json()
+
+
+def test_a_build_runs_when_the_operators_environment_enables_builds(
+    stack: Stack, stack_client: OrchestratorClient, docker_client: docker.DockerClient
+) -> None:
+    tag = f"compose-build-{uuid.uuid4().hex[:8]}"
+    try:
+        result = stack_client.run_tool(
+            {
+                "tool_name": "built",
+                "session_id": f"compose-{uuid.uuid4().hex[:8]}",
+                "build": {
+                    "dockerfile_inline": f"FROM {TEST_IMAGE}\nRUN echo built > /built\n",
+                    "tag": tag,
+                },
+                "command": ["cat", "/built"],
+            },
+            timeout=300,
+        )
+        assert (result.status, result.stdout) == ("succeeded", "built\n"), result.stderr
+    finally:
+        remove_built_images(docker_client, tag)
+
+
+def flower_workers(stack: Stack) -> dict[str, bool]:
+    """Flower's worker list (its dashboard's JSON): node name -> online."""
+    status, body = flower_get(stack, "/workers?json=1")
+    assert status == 200, body
+    return {w["hostname"]: bool(w.get("status")) for w in json.loads(body)["data"]}
+
+
+def test_flower_forgets_a_worker_replica_that_went_away(
+    stack: Stack, docker_client: docker.DockerClient
+) -> None:
+    """Runs last but one: it stops a replica (down removes it)."""
+    workers = stack.containers(docker_client, "worker")
+    nodes = {f"celery@{c.attrs['Config']['Hostname']}": c for c in workers}
+    deadline = time.monotonic() + 60
+    while set(nodes) - set(flower_workers(stack)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert set(nodes) <= set(flower_workers(stack))
+    gone, kept = sorted(nodes)
+    nodes[gone].stop(timeout=60)
+    deadline = time.monotonic() + PURGE_SECONDS + 60
+    listed = flower_workers(stack)
+    while gone in listed and time.monotonic() < deadline:
+        time.sleep(1)
+        listed = flower_workers(stack)
+    assert gone not in listed, listed
+    assert listed.get(kept) is True, listed
 
 
 def test_down_leaves_nothing(stack: Stack, docker_client: docker.DockerClient) -> None:

@@ -7,9 +7,7 @@ time limit, the images the janitor must never remove."""
 from __future__ import annotations
 
 import io
-import socket
 import tarfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,8 +23,10 @@ from orchestrator.settings import Settings
 from tests.integration.conftest import USED_HOSTS
 from tests.integration.harness import (
     TEST_IMAGE,
+    Listener,
     WorkerProcess,
     force_remove_managed,
+    gateway_listener,
     require,
     settings_env,
 )
@@ -312,54 +312,11 @@ def test_a_dockerfile_symlinked_out_of_the_context_is_never_read(
 # -- (e) a build has no network: RUN steps and ADD <url> reach nothing ------------------------
 
 
-class Listener:
-    """A TCP service on the default bridge's gateway (this host, seen from a container):
-    what cloud metadata, a database on the host or another tenant's service stands for."""
-
-    def __init__(self, address: str) -> None:
-        self.sock = socket.socket()
-        self.sock.bind((address, 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.address, self.port = address, self.sock.getsockname()[1]
-        self.received: list[bytes] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                try:
-                    self.received.append(conn.recv(1024))
-                except OSError:
-                    self.received.append(b"")
-
-    def got(self, needle: bytes, wait: float = 3) -> bool:
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if any(needle in chunk for chunk in self.received):
-                return True
-            time.sleep(0.1)
-        return False
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def gateway(docker_client: docker.DockerClient) -> Iterator[Listener]:
-    config = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
-    listener = Listener(config.get("Gateway") or "172.17.0.1")
-    yield listener
-    listener.close()
+    """A host service on the default bridge's gateway address."""
+    with gateway_listener(docker_client) as listener:
+        yield listener
 
 
 def test_a_run_step_reaches_no_host_service(

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import base64
 import http.client
-import ipaddress
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -36,8 +34,11 @@ from tests.integration.harness import (
     REDIS_URL,
     ROOT,
     TEST_IMAGE,
+    Listener,
     WorkerProcess,
+    bridge_gateway,
     force_remove_managed,
+    gateway_listener,
     settings_env,
     tool,
 )
@@ -71,53 +72,11 @@ def new_session() -> str:
 # -- the victim: a service on the default bridge's gateway (the host, seen from a container) --
 
 
-class Listener:
-    """A TCP service on an address of this host that records what reaches it."""
-
-    def __init__(self, address: str) -> None:
-        self.sock = socket.socket()
-        self.sock.bind((address, 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.address = address
-        self.port = self.sock.getsockname()[1]
-        self.received: list[bytes] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                try:
-                    self.received.append(conn.recv(1024))
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-
-
-def bridge_gateway(docker_client: docker.DockerClient) -> str:
-    """The default bridge's gateway: this host's address as its containers see it."""
-    config = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
-    return str(config.get("Gateway") or next(ipaddress.ip_network(config["Subnet"]).hosts()))
-
-
 @pytest.fixture(scope="module")
 def gateway(docker_client: docker.DockerClient) -> Iterator[Listener]:
-    """A host service on the default bridge's gateway address (what cloud metadata, a
-    database on the host or another tenant's container stands for)."""
-    listener = Listener(bridge_gateway(docker_client))
-    yield listener
-    listener.close()
+    """A host service on the default bridge's gateway address."""
+    with gateway_listener(docker_client) as listener:
+        yield listener
 
 
 def reach(listener: Listener, marker: str) -> str:

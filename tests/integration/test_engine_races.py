@@ -30,6 +30,7 @@ from tests.integration.harness import (
     REDIS_URL,
     TEST_IMAGE,
     force_remove_managed,
+    remove_labelled,
     settings_env,
 )
 
@@ -101,9 +102,7 @@ def host(services: None, docker_client: docker.DockerClient) -> Iterator[str]:
     yield name
     # These tests make their containers themselves (the product only lists and reaps them):
     # what is left is the test's own, not a leak of the product, so it goes first.
-    label = {"label": [f"orchestrator.host={name}"]}
-    for container in docker_client.containers.list(all=True, filters=label):
-        container.remove(force=True, v=True)
+    remove_labelled(docker_client, name, containers_only=True)
     force_remove_managed(docker_client, name)
 
 

@@ -6,14 +6,16 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import docker
 import pytest
+import redis
 
 from orchestrator import OrchestratorClient
 from tests.integration.conftest import USED_HOSTS, make_client
-from tests.integration.harness import TEST_IMAGE, WorkerProcess, force_remove_managed
+from tests.integration.harness import REDIS_URL, TEST_IMAGE, WorkerProcess, force_remove_managed
 
 POOL_SIZE = 2
 LIMITS = {"memory_mb": 96, "cpu_limit": 0.5}
@@ -132,3 +134,79 @@ def test_pool_containers_are_sandboxed(
         assert config["Memory"] == LIMITS["memory_mb"] * 1024 * 1024
         assert container.labels["orchestrator.managed"] == "true"
         assert float(container.labels["orchestrator.deadline"]) > time.time()
+
+
+def pool_worker(
+    tmp_path: Any, docker_client: docker.DockerClient, env: dict[str, str]
+) -> tuple[WorkerProcess, OrchestratorClient, str]:
+    host = f"it-pool-{uuid.uuid4().hex[:6]}"
+    USED_HOSTS.add(host)
+    process = WorkerProcess(host, tmp_path, env=env).start()
+    return process, make_client(host), host
+
+
+def stop_pool_worker(
+    process: WorkerProcess, client: OrchestratorClient, host: str, engine: docker.DockerClient
+) -> None:
+    client.close()
+    process.stop()
+    undrained = [c.name for c in pool_containers(engine, host)]
+    force_remove_managed(engine, host)
+    assert undrained == []  # the worker drained its pools
+
+
+def test_a_burst_larger_than_the_pool_runs_cold_past_it_and_never_times_out(
+    services: None, tmp_path: Any, docker_client: docker.DockerClient
+) -> None:
+    env = {
+        "ORCHESTRATOR_POOL": json.dumps([{"image": TEST_IMAGE, "size": 5, **LIMITS}]),
+        "ORCHESTRATOR_WORKER_CONCURRENCY": "24",
+    }
+    process, client, host = pool_worker(tmp_path, docker_client, env)
+    try:
+        wait_for_pool(docker_client, host, 5)
+        idle = {c.id for c in pool_containers(docker_client, host)}
+
+        def call(n: int) -> Any:
+            return send(client, host, pooled_tool(f'echo "{{\\"n\\": {n}}}"'))
+
+        with ThreadPoolExecutor(max_workers=20) as threads:
+            results = list(threads.map(call, range(20)))  # each waits 60 s at most
+
+        assert [r["status"] for r in results] == ["succeeded"] * 20
+        assert [r["result"] for r in results] == [{"n": n} for n in range(20)]
+        used = [r["container_id"] for r in results]
+        assert len(set(used)) == 20  # one container per run, warm or cold
+        assert 1 <= len(idle & set(used)) <= 5  # the pool served what it held
+        wait_for_pool(docker_client, host, 5)  # and refilled behind the burst
+    finally:
+        stop_pool_worker(process, client, host, docker_client)
+
+
+def test_a_pool_grows_from_demand_alone_and_serves_the_next_calls(
+    services: None, tmp_path: Any, docker_client: docker.DockerClient
+) -> None:
+    registry = redis.Redis.from_url(REDIS_URL)
+    env = {"ORCHESTRATOR_POOL_MEMORY_MB": "1024"}  # no ORCHESTRATOR_POOL at all
+    process, client, host = pool_worker(tmp_path, docker_client, env)
+    try:
+        assert pool_containers(docker_client, host) == []
+        with ThreadPoolExecutor(max_workers=3) as threads:  # a burst of three calls
+            first = list(threads.map(lambda _: send(client, host, pooled_tool("echo a")), range(3)))
+        assert [r["status"] for r in first] == ["succeeded"] * 3
+        wait_for_pool(docker_client, host, 3)  # sized by the burst it saw
+        for container in pool_containers(docker_client, host):
+            attrs = docker_client.containers.get(container.id).attrs
+            assert attrs["HostConfig"]["Memory"] == LIMITS["memory_mb"] * 1024 * 1024
+            assert attrs["HostConfig"]["NetworkMode"] == "none"
+        idle = {c.id for c in pool_containers(docker_client, host)}
+
+        second = send(client, host, pooled_tool('echo "{\\"warm\\": true}"'))
+
+        assert second["result"] == {"warm": True}
+        assert second["container_id"] in idle
+        assert registry.hget(f"orch:exec:{second['execution_id']}", "pooled") == b"1"
+        other = send(client, host, pooled_tool("echo b", resource_limits={"memory_mb": 64}))
+        assert other["container_id"] not in idle  # other limits: another pool, cold first
+    finally:
+        stop_pool_worker(process, client, host, docker_client)

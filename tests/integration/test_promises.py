@@ -1,4 +1,4 @@
-"""Promises of the README's Guarantees table that had no test of their own.
+"""Promises of the Guarantees table (docs/guarantees.md) that had no test of their own.
 
 Two workers with different host names share the one Docker engine of this machine: that is
 enough for routing (each consumes its own ``host.<name>`` queue) without a second engine.
@@ -23,13 +23,15 @@ from orchestrator.state import keys
 from tests.integration.conftest import USED_HOSTS, make_client
 from tests.integration.harness import (
     REDIS_URL,
+    ContainerEvents,
+    CountedRun,
     WorkerProcess,
     force_remove_managed,
     managed_leftovers,
     tool,
+    wait_running,
 )
 from tests.integration.proxy import EngineProxy
-from tests.integration.test_crash import counting_tool, creations, wait_running
 from tests.integration.test_relics import relic, session_objects
 
 EXECUTE = "orchestrator.tools.execute"
@@ -101,9 +103,10 @@ def test_a_run_cancelled_before_any_worker_took_it_never_starts(
     tmp_path: Path,
 ) -> None:
     idle = new_host("pidle")  # no worker consumes host.<idle> yet
-    since = time.time() - 1
+    task_id = str(uuid.uuid4())
+    events = ContainerEvents(docker_client, f"orchestrator.execution={task_id}")
     handle_sent = pclient.app.send_task(
-        EXECUTE, args=[tool("rv", "echo ran")], queue=f"host.{idle}"
+        EXECUTE, args=[tool("rv", "echo ran")], queue=f"host.{idle}", task_id=task_id
     )
     answer = pclient.cancel_tool(handle_sent.id)
     assert answer["cancelled"] is True and answer["status"] == "cancelled", answer
@@ -118,7 +121,8 @@ def test_a_run_cancelled_before_any_worker_took_it_never_starts(
     finally:
         late.stop()
         force_remove_managed(docker_client, idle)
-    assert creations(docker_client, handle_sent.id, since) == 0  # never made, never started
+    events.close()
+    assert events.seen == []  # never made, never started
 
 
 @pytest.mark.slow
@@ -138,23 +142,15 @@ def test_engine_lost_mid_run_the_run_completes_once_it_is_back(
     proxy = EngineProxy().start()
     process = WorkerProcess(name, tmp_path, env=worker_env, docker_host=proxy.url)
     client = make_client(name)
-    runs = shared_dir / f"eng-{uuid.uuid4().hex[:6]}"
-    since = time.time() - 1
     try:
         process.start()
-        sent = client.app.send_task(
-            EXECUTE, args=[counting_tool("eng", runs, 8)], queue=f"host.{name}"
-        )
-        wait_running(client, sent.id)
+        run = CountedRun.send(client, docker_client, name, shared_dir, 8)
+        wait_running(client, run.sent.id)
         proxy.cut()
         time.sleep(5)
         proxy.restore()
-        result = sent.get(timeout=150)
-        assert result["status"] == "succeeded", result
-        assert result["result"] == {"ok": 1}
-        assert (runs / "count").read_text() == "start\n"  # the tool started once
-        assert creations(docker_client, sent.id, since) == 1
-        assert f"[{sent.id}] retry:".encode() in process.log_bytes(), process.log()
+        run.assert_ran_once(run.sent.get(timeout=150))
+        assert f"[{run.sent.id}] retry:".encode() in process.log_bytes(), process.log()
         assert process.proc is not None and process.proc.poll() is None
     finally:
         client.close()
@@ -241,31 +237,25 @@ def test_a_run_whose_host_died_resumes_on_another_host(
     docker_client: docker.DockerClient,
     tmp_path: Path,
 ) -> None:
-    """README: the reaper re-enqueues a run whose lease expired on its host's queue while that
+    """Promise: the reaper re-enqueues a run whose lease expired on its host's queue while that
     host is alive, else on the shared ``tools`` queue, where any host takes it. Here host A's
     worker is killed for good; host B (same engine) resumes the run and attaches to the one
-    container. (On a separate engine B could not see A's container: see the README row.)"""
+    container. (On a separate engine B could not see A's container: see docs/guarantees.md.)"""
     a_name, b_name = new_host("pdead"), new_host("pheir")
-    runs = shared_dir / f"heir-{uuid.uuid4().hex[:6]}"
-    since = time.time() - 1
     first = WorkerProcess(a_name, tmp_path, env=worker_env)
     heir = WorkerProcess(b_name, tmp_path, env=worker_env)
     client = make_client(a_name)
     try:
         first.start()
         heir.start()
-        sent = client.app.send_task(
-            EXECUTE, args=[counting_tool("heir", runs, 8)], queue=f"host.{a_name}"
-        )
-        wait_running(client, sent.id)
+        run = CountedRun.send(client, docker_client, a_name, shared_dir, 8)
+        wait_running(client, run.sent.id)
         first.kill()
         killed_at = time.monotonic()
-        result = sent.get(timeout=90)
+        result = run.sent.get(timeout=90)
         assert time.monotonic() - killed_at < 60
-        assert result["status"] == "succeeded", result
         assert result["host"] != a_name  # the heir, or any other live host
-        assert (runs / "count").read_text() == "start\n"
-        assert creations(docker_client, sent.id, since) == 1
+        run.assert_ran_once(result)
     finally:
         client.close()
         first.kill()

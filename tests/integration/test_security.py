@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,16 @@ import docker
 import pytest
 import redis
 
-from orchestrator import OrchestratorClient
-from orchestrator.errors import InvalidRequest, OrchestratorError
-from tests.integration.harness import REDIS_URL, TEST_IMAGE
+from orchestrator import OrchestratorClient, Settings
+from orchestrator.core.secrets import KEY_SETTING, keyring, seal_payload
+from orchestrator.errors import Forbidden, InvalidRequest, OrchestratorError, QuotaExceeded
+from tests.integration.harness import (
+    REDIS_URL,
+    TEST_IMAGE,
+    WorkerProcess,
+    force_remove_managed,
+    remove_built_images,
+)
 from tests.integration.test_relics import relic
 
 GOOD_TOOL: dict[str, Any] = {
@@ -103,8 +112,12 @@ def changed(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def managed_count(engine: docker.DockerClient) -> int:
-    return len(engine.containers.list(all=True, filters={"label": "orchestrator.managed=true"}))
+def managed_count(engine: docker.DockerClient, host_name: str) -> int:
+    """Managed containers of one worker's host, its warm pool's idle ones left out (the
+    engine is shared with other tests, and a pool refills on its own)."""
+    labels = ["orchestrator.managed=true", f"orchestrator.host={host_name}"]
+    found = engine.containers.list(all=True, filters={"label": labels})
+    return sum(c.labels.get("orchestrator.kind") != "pool" for c in found)
 
 
 def test_at_least_forty_bad_requests_are_covered(request: pytest.FixtureRequest) -> None:
@@ -137,7 +150,8 @@ def test_bad_tool_request_is_refused_by_the_client_naming_the_field(
 def test_bad_raw_messages_fail_naming_the_field_start_nothing_and_the_worker_keeps_serving(
     client: OrchestratorClient, docker_client: docker.DockerClient
 ) -> None:
-    before = managed_count(docker_client)
+    host = client.settings.host_name
+    before = managed_count(docker_client, host)
     sent = []
     for case, changes, field in BAD_TOOLS:
         # hand-built JSON, as any Celery client in any language could send
@@ -163,7 +177,7 @@ def test_bad_raw_messages_fail_naming_the_field_start_nothing_and_the_worker_kee
             outcome.get(timeout=60)
         assert isinstance(caught.value, InvalidRequest), (case, caught.value)
         assert field in str(caught.value), (case, str(caught.value))
-    assert managed_count(docker_client) == before  # nothing started
+    assert managed_count(docker_client, host) == before  # nothing started
     ok = client.run_tool(changed(GOOD_TOOL, {"command": ["echo", "still serving"]}), timeout=60)
     assert ok.stdout == "still serving\n"
 
@@ -318,3 +332,200 @@ def test_read_only_root_with_a_writable_tmp_when_the_operator_asks(
     finally:
         client.close()
         worker.stop()
+
+
+# -- builds: refused before anything exists, and counted in the host's memory ---------------------
+
+
+@pytest.fixture
+def own_worker(
+    services: None, tmp_path: Path, docker_client: docker.DockerClient
+) -> Iterator[Callable[[dict[str, str]], tuple[WorkerProcess, OrchestratorClient]]]:
+    """Start a worker (and its client) of a host of its own, with extra settings."""
+    from tests.integration.conftest import USED_HOSTS, make_client
+
+    started: list[tuple[WorkerProcess, OrchestratorClient]] = []
+
+    def start(env: dict[str, str]) -> tuple[WorkerProcess, OrchestratorClient]:
+        host = f"it-build-{uuid.uuid4().hex[:6]}"
+        USED_HOSTS.add(host)
+        worker = WorkerProcess(host, tmp_path, env=env).start()
+        started.append((worker, make_client(host)))
+        return started[-1]
+
+    yield start
+    for worker, client in started:
+        client.close()
+        worker.stop()
+        force_remove_managed(docker_client, worker.host_name)
+
+
+def on_host(client: OrchestratorClient, task: str, body: dict[str, Any]) -> Any:
+    """Send a request to the client's own host's queue (not the shared ones)."""
+    return client.app.send_task(task, args=[body], queue=client.settings.host_queue)
+
+
+def test_a_build_where_builds_are_off_creates_and_charges_nothing(
+    own_worker: Any, docker_client: docker.DockerClient, session_id: str
+) -> None:
+    """A relic asking for a build would have had its session network made and its quota
+    counted before the build was refused; now nothing happens before the refusal."""
+    worker, client = own_worker({"ORCHESTRATOR_ALLOW_BUILDS": "false"})
+    store = redis.Redis.from_url(REDIS_URL)
+    build = {"dockerfile_inline": f"FROM {TEST_IMAGE}\nRUN touch /x\n", "tag": session_id}
+    tool_body = changed(GOOD_TOOL, {"session_id": session_id, "image": None, "build": build})
+    relic_body = {**relic(session_id, "r"), "image": None, "build": build}
+    keys_before = set(store.keys(f"*{session_id}*"))
+    for task, body in (
+        ("orchestrator.tools.execute", tool_body),
+        ("orchestrator.relics.start", relic_body),
+    ):
+        with pytest.raises(
+            Forbidden, match="^build: building images is off.*ORCHESTRATOR_ALLOW_BUILDS"
+        ):
+            on_host(client, task, body).get(timeout=60)
+    assert set(store.keys(f"*{session_id}*")) == keys_before  # no quota, record or session
+    assert store.hlen(f"orch:quota:host:{worker.host_name}") == 0
+    label = {"label": f"orchestrator.session={session_id}"}
+    assert docker_client.networks.list(filters=label) == []
+    assert docker_client.containers.list(all=True, filters=label) == []
+    assert (
+        docker_client.images.list(filters={"label": f"orchestrator.requested-tag={session_id}"})
+        == []
+    )
+
+
+def test_a_build_holds_its_memory_on_the_host_while_it_runs(
+    own_worker: Any, docker_client: docker.DockerClient, session_id: str
+) -> None:
+    """With 600 MB for the host and 400 MB per build: while a build runs, a 256 MB run of
+    another session is refused naming the host's quota; a build that would not fit beside
+    its own run is refused naming both settings; once the build is over, the run fits."""
+    worker, client = own_worker(
+        {
+            "ORCHESTRATOR_ALLOW_BUILDS": "true",
+            "ORCHESTRATOR_HOST_MAX_MEMORY_MB": "600",
+            "ORCHESTRATOR_BUILD_MEMORY_MB": "400",
+        }
+    )
+    store = redis.Redis.from_url(REDIS_URL)
+    host_key = f"orch:quota:host:{worker.host_name}"
+    slow = {"dockerfile_inline": f"FROM {TEST_IMAGE}\nRUN sleep 6\n", "tag": session_id}
+    small = {"memory_mb": 64, "timeout_seconds": 60}
+    try:
+        building = on_host(
+            client,
+            "orchestrator.tools.execute",
+            changed(GOOD_TOOL, {"session_id": session_id, "image": None, "build": slow,
+                                "command": ["echo", "built"], "resource_limits": small}),
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not any(v.startswith(b"build|400|") for v in store.hvals(host_key)):
+            assert time.monotonic() < deadline, "the build never showed in the host's quota"
+            time.sleep(0.1)
+        other = changed(GOOD_TOOL, {"session_id": f"{session_id}-b", "command": ["echo", "ok"],
+                                    "resource_limits": {"memory_mb": 256}})  # fmt: skip
+        with pytest.raises(QuotaExceeded, match="ORCHESTRATOR_HOST_MAX_MEMORY_MB"):
+            on_host(client, "orchestrator.tools.execute", other).get(timeout=60)
+        assert building.get(timeout=120)["stdout"] == "built\n"
+        assert not any(v.startswith(b"build|") for v in store.hvals(host_key))  # given back
+        assert (
+            on_host(client, "orchestrator.tools.execute", other).get(timeout=60)["stdout"] == "ok\n"
+        )
+        too_big = {"dockerfile_inline": f"FROM {TEST_IMAGE}\nRUN true\n", "tag": session_id}
+        with pytest.raises(QuotaExceeded) as refused:
+            on_host(
+                client,
+                "orchestrator.tools.execute",
+                changed(GOOD_TOOL, {"session_id": session_id, "image": None, "build": too_big,
+                                    "resource_limits": {"memory_mb": 256}}),
+            ).get(timeout=60)  # fmt: skip
+        message = str(refused.value)
+        assert message.startswith("build: ") and "would commit 656 MB" in message
+        assert "ORCHESTRATOR_BUILD_MEMORY_MB" in message
+        assert "ORCHESTRATOR_HOST_MAX_MEMORY_MB" in message
+    finally:
+        client.cleanup_session(session_id)
+        client.cleanup_session(f"{session_id}-b")
+        remove_built_images(docker_client, session_id)
+
+
+def test_orchestrator_up_gives_its_stack_a_key_that_clients_can_use_for_secrets(
+    services: None, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """With no ORCHESTRATOR_SECRET_KEY, `orchestrator up` keeps one in its state directory
+    (0600), gives it to the worker, and says how clients use it: a tool with
+    secret_parameters then runs on that stack, the value reaching the container only."""
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import USED_HOSTS
+    from tests.integration.harness import ROOT, settings_env
+
+    host = f"it-up-{uuid.uuid4().hex[:6]}"
+    USED_HOSTS.add(host)
+    state = tmp_path / "state"
+    env = {**os.environ, **settings_env(host), "ORCHESTRATOR_STATE_DIR": str(state)}
+    env.pop(KEY_SETTING)
+    cli = [sys.executable, "-m", "orchestrator.cli"]
+    up = subprocess.run([*cli, "up", "--no-beat", "--no-flower"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stderr + up.stdout
+        key_file = state / "secret-key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert f"export ORCHESTRATOR_SECRET_KEY=$(cat {key_file})" in up.stdout
+        key = key_file.read_text().strip()
+        assert key not in up.stdout
+        keyed = OrchestratorClient(Settings.from_env({**settings_env(host), KEY_SETTING: key}))
+        secret = f"up-{uuid.uuid4().hex}"
+        request = changed(GOOD_TOOL, {
+            "session_id": f"up-{uuid.uuid4().hex[:8]}",
+            "secret_parameters": {"TOKEN": secret},
+            "command": ["sh", "-c", 'printf %s "$TOKEN" | md5sum'],
+        })  # fmt: skip
+        # Encrypted as the client does, sent to this stack's own queue (other workers of the
+        # suite consume the shared ones, with the suite's key).
+        sealed = seal_payload(request, keyring(key), allow_plaintext=False)
+        assert secret not in json.dumps(sealed)
+        result = on_host(keyed, "orchestrator.tools.execute", sealed).get(timeout=60)
+        assert (result["status"], result["host"]) == ("succeeded", host), result["stderr"]
+        assert result["stdout"].split()[0] == hashlib.md5(secret.encode()).hexdigest()
+        keyed.close()
+    finally:
+        down = subprocess.run([*cli, "down"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        force_remove_managed(docker_client, host)
+    assert down.returncode == 0, down.stderr
+
+
+def test_copy_from_an_image_is_pulled_through_the_orchestrator_or_refused(
+    own_worker: Any, docker_client: docker.DockerClient, session_id: str
+) -> None:
+    """`COPY --from=<image>` makes the engine fetch that image itself: the worker ensures it
+    first, as a base image (tracked, so the janitor knows it); one it cannot work out before
+    the build (a variable) is refused while builds have no network."""
+    from orchestrator.state import images as tracking
+
+    worker, client = own_worker({"ORCHESTRATOR_ALLOW_BUILDS": "true"})
+    copying = f"FROM scratch\nCOPY --from={TEST_IMAGE} /bin /bin\n"
+    request = changed(GOOD_TOOL, {"session_id": session_id, "image": None,
+                                  "build": {"dockerfile_inline": copying, "tag": session_id},
+                                  "command": ["echo", "copied"]})  # fmt: skip
+    try:
+        done = on_host(client, "orchestrator.tools.execute", request).get(timeout=120)
+        assert done["stdout"] == "copied\n"
+        store = redis.Redis.from_url(REDIS_URL)
+        assert TEST_IMAGE in tracking.last_used(store, worker.host_name)
+        variable = f"FROM scratch\nARG SRC={TEST_IMAGE}\nCOPY --from=${{SRC}} /bin /bin\n"
+        request["build"] = {"dockerfile_inline": variable, "tag": session_id}
+        with pytest.raises(Forbidden) as refused:
+            on_host(client, "orchestrator.tools.execute", request).get(timeout=60)
+        message = str(refused.value)
+        assert message.startswith("build.dockerfile_inline: line 3: COPY --from=${SRC}")
+        assert "ORCHESTRATOR_ALLOW_BUILD_NETWORK" in message
+        assert len(docker_client.images.list(
+            filters={"label": f"orchestrator.requested-tag={session_id}"})) == 1  # fmt: skip
+    finally:
+        client.cleanup_session(session_id)
+        remove_built_images(docker_client, session_id)

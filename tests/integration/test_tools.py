@@ -18,11 +18,13 @@ from tests.integration.harness import (
     BROKER_URL,
     REDIS_URL,
     TEST_IMAGE,
+    ContainerEvents,
     WorkerProcess,
+    deliveries,
     remove_built_images,
     tool,
+    wait_log,
 )
-from tests.integration.test_crash import creations, deliveries, wait_log
 
 
 def wait_state(handle: Any, states: set[str], timeout: float = 30) -> str:
@@ -193,7 +195,7 @@ def test_redelivery_of_the_same_execution_runs_the_tool_once(
         volumes=[{"source": str(runs), "target": "/runs"}],
     )
     execution_id = str(uuid.uuid4())
-    since = time.time() - 1
+    events = ContainerEvents(docker_client, f"orchestrator.execution={execution_id}")
     first = client.app.send_task(
         "orchestrator.tools.execute", args=[request], task_id=execution_id, queue="tools"
     )
@@ -218,7 +220,8 @@ def test_redelivery_of_the_same_execution_runs_the_tool_once(
     assert deliveries(worker, execution_id) == 3, worker.log()
     time.sleep(8)  # past the 6 s lease and the 1 s reaper: a late rerun would show by now
     assert (runs / "count").read_text() == "run\n"  # the tool ran once
-    assert creations(docker_client, execution_id, since) == 1  # one container ever
+    events.close()
+    assert events.count("create", "orchestrator.execution", execution_id) == 1  # one ever
     assert deliveries(worker, execution_id, "succeeded in") == 2, worker.log()
 
 

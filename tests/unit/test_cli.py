@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import http.server
 import io
 import json
 import os
+import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,7 @@ import pytest
 import redis.exceptions
 from kombu.exceptions import OperationalError
 
+import orchestrator
 from orchestrator import cli
 from orchestrator.cli import stack
 from orchestrator.client.sync import OrchestratorClient
@@ -215,6 +221,10 @@ class FakeClient:
     def stats(self, timeout: float | None = 60) -> AggregateStats:
         self._record("stats", timeout)
         return self.aggregate
+
+    def container_stats(self, container: str, timeout: float | None = 60) -> ContainerStats:
+        self._record("container_stats", (container, timeout))
+        return make_stats(container)
 
     def cleanup_session(
         self, session_id: str, force: bool = True, timeout: float | None = 300
@@ -431,8 +441,10 @@ def test_progress_on_a_tty_is_one_spinner_line_with_state_path_and_elapsed_time(
 # -- errors -----------------------------------------------------------------------------------
 
 
-def assert_clean_error(code: int, out: str, err: str, *needles: str) -> None:
-    assert code == 2
+def assert_clean_error(
+    code: int, out: str, err: str, *needles: str, exit_code: int = cli.errors.EXIT_USAGE
+) -> None:
+    assert code == exit_code
     assert err.splitlines()[-1].startswith("error: ")
     assert "Traceback" not in err and "Traceback" not in out
     for needle in needles:
@@ -477,7 +489,9 @@ def test_unreadable_request_file(
 def test_timeout_tells_how_to_start_a_worker(fake: FakeClient, capsys: pytest.CaptureFixture[str]):
     fake.raise_on["cancel_tool"] = OrchestratorTimeout("no result for task x after 7 s")
     code, out, err = run(capsys, "--timeout", "7", "tool", "cancel", "exec-1")
-    assert_clean_error(code, out, err, "no worker answered within 7 s", "celery -A worker worker")
+    assert_clean_error(
+        code, out, err, "no worker answered within 7 s", "celery -A worker worker", exit_code=75
+    )
     assert "orchestrator doctor" in err
     assert fake.called("cancel_tool") == [("exec-1", 7.0)]
 
@@ -487,15 +501,18 @@ def test_run_still_pending_after_wait_timeout_means_no_worker(
 ):
     fake.states = ["PENDING"]
     code, out, err = run(capsys, *RUN, "--wait-timeout", "0")
-    assert_clean_error(code, out, err, "no worker answered within 0 s", "celery -A worker worker")
+    assert_clean_error(
+        code, out, err, "no worker answered within 0 s", "celery -A worker worker", exit_code=75
+    )
 
 
 def test_run_still_running_after_wait_timeout_says_how_to_follow_it(
     fake: FakeClient, capsys: pytest.CaptureFixture[str]
 ):
     fake.states = ["RUNNING"]
-    code, out, err = run(capsys, *RUN, "--wait-timeout", "0")
-    assert_clean_error(code, out, err, "still RUNNING", "tool logs --follow exec-1")
+    code, out, err = run(capsys, *RUN, "--wait", "0")
+    assert_clean_error(code, out, err, "still RUNNING", "tool logs --follow exec-1", exit_code=75)
+    assert "raise --wait" in err
 
 
 def test_broker_down_is_explained_with_the_url(
@@ -503,7 +520,9 @@ def test_broker_down_is_explained_with_the_url(
 ):
     fake.raise_on["execute_tool"] = OperationalError("Error 111 connecting to 127.0.0.1:1.")
     code, out, err = run(capsys, "--broker", "redis://:secret@127.0.0.1:1/0", *RUN)
-    assert_clean_error(code, out, err, "cannot reach the broker at redis://", "127.0.0.1:1/0")
+    assert_clean_error(
+        code, out, err, "cannot reach the broker at redis://", "127.0.0.1:1/0", exit_code=69
+    )
     assert "is Redis running?" in err and "--broker" in err
     assert "secret" not in err
     assert fake.settings_seen[0].broker_url == "redis://:secret@127.0.0.1:1/0"
@@ -519,14 +538,18 @@ def test_result_backend_down_is_explained(fake: FakeClient, capsys: pytest.Captu
     except RuntimeError as exc:
         fake.raise_on["stats"] = exc
     code, out, err = run(capsys, "--backend", "redis://127.0.0.1:2/0", "stats")
-    assert_clean_error(code, out, err, "result backend at redis://127.0.0.1:2/0", "Redis running")
+    assert_clean_error(
+        code, out, err, "result backend at redis://127.0.0.1:2/0", "Redis running", exit_code=69
+    )
     assert "--backend" in err
 
 
 def test_registry_redis_down_is_explained(fake: FakeClient, capsys: pytest.CaptureFixture[str]):
     fake.raise_on["get_execution"] = redis.exceptions.ConnectionError("Connection refused")
     code, out, err = run(capsys, "tool", "logs", "-f", "exec-1")
-    assert_clean_error(code, out, err, "cannot reach the result backend at redis://localhost")
+    assert_clean_error(
+        code, out, err, "cannot reach the result backend at redis://localhost", exit_code=69
+    )
 
 
 def test_unrelated_runtime_error_is_not_hidden(fake: FakeClient):
@@ -727,6 +750,53 @@ def test_stats_watch_refreshes_until_ctrl_c(
     assert out.count("TOTAL") == 2
 
 
+def test_stats_of_one_container_by_id(fake: FakeClient, capsys: pytest.CaptureFixture[str]):
+    code, out, _ = run(capsys, "stats", "relic-1")
+    assert code == 0
+    assert fake.called("container_stats") == [("relic-1", 60.0)] and not fake.called("stats")
+    header, row = out.splitlines()
+    assert header.split()[:3] == ["NAME", "KIND", "SESSION"] and row.startswith("relic-1 ")
+    assert "TOTAL" not in out
+
+    _, out, _ = run(capsys, "stats", "relic-1", "--json", "--wait", "5")
+    assert ContainerStats.model_validate_json(out) == make_stats("relic-1")
+    assert fake.called("container_stats")[-1] == ("relic-1", 5.0)
+
+
+def test_wait_goes_before_or_after_the_command_and_the_old_timeout_still_works_before(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str]
+):
+    for argv in (["stats", "--wait", "5"], ["--wait", "6", "stats"], ["--timeout", "7", "stats"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 0, err
+    assert fake.called("stats") == [5.0, 6.0, 7.0]
+    run(capsys, "stats")
+    assert fake.called("stats")[-1] == cli.parser.DEFAULT_WAIT_SECONDS
+
+
+def test_timeout_after_a_command_is_refused_with_a_pointer_to_wait(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str]
+):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["stats", "--timeout", "5"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert (
+        "unrecognized arguments: --timeout" in err and "the wait for an answer is --wait S" in err
+    )
+    assert not fake.called("stats")
+
+
+def test_wait_is_the_wait_of_a_tool_run_too(fake: FakeClient, capsys: pytest.CaptureFixture[str]):
+    fake.states = ["RUNNING"]
+    for argv in ([*RUN, "--wait", "0"], ["--wait", "0", *RUN]):
+        code, _, err = run(capsys, *argv)
+        assert code == 75 and "after 0 s" in err
+    fake.states = ["SUCCESS"]
+    code, _, _ = run(capsys, *RUN, "--memory-mb", "64")  # its own default: limit + slack
+    assert code == 0
+
+
 def test_cleanup_session_forces_by_default(fake: FakeClient, capsys: pytest.CaptureFixture[str]):
     code, out, _ = run(capsys, "cleanup", "session", "s1")
     assert code == 0
@@ -757,6 +827,123 @@ def test_table_aligns_columns_and_right_aligns_numbers():
         "a          1.5  -",
         "long-name   10  x",
     ]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"orchestrator {orchestrator.__version__}\n"
+
+
+def test_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    codes = out.split("exit codes:\n", 1)[1]
+    for code, meaning in cli.errors.EXIT_CODES.items():
+        assert f"  {code:<4} {meaning}" in codes
+
+
+def walk(parser: argparse.ArgumentParser, path: str = "orchestrator") -> Iterator[tuple[str, Any]]:
+    """``(command path, action)`` for every action of every (sub)command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from walk(sub, f"{path} {name}")
+        else:
+            yield path, action
+
+
+def test_every_option_of_every_command_has_help():
+    missing = [
+        f"{path} {'/'.join(action.option_strings)}"
+        for path, action in walk(cli.build_parser())
+        if action.option_strings and (not action.help or action.help == argparse.SUPPRESS)
+    ]
+    assert missing == []
+    assert len({path for path, _ in walk(cli.build_parser())}) > 20
+
+
+def shell(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed")
+        pytest.skip(f"{name} is not installed")
+    return found
+
+
+def completion(capsys: pytest.CaptureFixture[str], name: str, tmp_path: Path) -> Path:
+    code, out, _ = run(capsys, "completion", name)
+    assert code == 0
+    script = tmp_path / f"completion.{name}"
+    script.write_text(out)
+    return script
+
+
+BASH_COMPLETE = """source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1))
+_orchestrator; printf '%s\n' "${COMPREPLY[@]}" """
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (["relic", "st"], {"start", "stop"}),
+        (["tool", "run", "--network", ""], {"none", "bridge", "session"}),
+        (["completion", ""], {"bash", "zsh", "fish"}),
+        (["stats", "--w"], {"--watch", "--wait"}),
+    ],
+)
+def test_bash_completes_commands_options_and_choices(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, line: list[str], expected: set[str]
+):
+    script = completion(capsys, "bash", tmp_path)
+    argv = [shell("bash"), "-c", BASH_COMPLETE, "-", str(script), "orchestrator", *line]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    assert expected <= set(done.stdout.split()) <= expected | {"-h", "--help"}
+
+
+ZSH_COMPLETE = """compdef() { : }
+_describe() { print -l -- "${(@P)${@[-1]}}" }
+compadd() { [[ $1 == -- ]] && shift; print -l -- "$@" }
+_files() { print FILES }
+source "$1"; shift; words=("$@"); CURRENT=$#; _orchestrator"""
+
+
+def test_zsh_completes_with_descriptions(capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    script = completion(capsys, "zsh", tmp_path)
+
+    def complete(*line: str) -> list[str]:
+        argv = [shell("zsh"), "-f", "-c", ZSH_COMPLETE, "-", str(script), "orchestrator", *line]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split("\n")
+
+    assert "start:start a relic and wait until healthy" in complete("relic", "st")
+    assert "--image:image to run" in complete("relic", "start", "--")
+    assert complete("tool", "run", "--network", "")[:3] == ["none", "bridge", "session"]
+    assert complete("tool", "run", "--request", "")[0] == "FILES"
+
+
+def test_fish_completes_with_descriptions(capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    script = completion(capsys, "fish", tmp_path)
+
+    def complete(line: str) -> set[str]:
+        command = f"source {script}; complete -C {shlex.quote(line)}"
+        done = subprocess.run(
+            [shell("fish"), "--no-config", "-c", command],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return set(done.stdout.splitlines())
+
+    assert "start\tstart a relic and wait until healthy" in complete("orchestrator relic st")
+    assert {c.split("\t")[0] for c in complete("orchestrator tool run --network ")} == {
+        "none",
+        "bridge",
+        "session",
+    }
+    assert "--session\tsession id" in complete("orchestrator relic start --sess")
 
 
 def test_completion_script_lists_subcommands_and_options(capsys: pytest.CaptureFixture[str]):

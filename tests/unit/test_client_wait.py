@@ -1,13 +1,16 @@
-"""The client's wait for a result: cut into slices, each starting with a read of the store."""
+"""The client's wait for a result: cut into slices, each starting with a read of the store,
+and finite by default."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import fakeredis
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeout
 
+from orchestrator import OrchestratorClient, ResourceLimits, Settings
 from orchestrator.client import sync as client_module
 from orchestrator.client.sync import _unwrap
 from orchestrator.errors import OrchestratorTimeout
@@ -49,8 +52,9 @@ def test_no_timeout_waits_slice_after_slice() -> None:
 
 def test_the_timeout_still_ends_the_wait() -> None:
     result = SlicedResult(ready_after=10**9)
-    with pytest.raises(OrchestratorTimeout, match="no result for task task-1 after 0.05 s"):
+    with pytest.raises(OrchestratorTimeout, match="no result for task task-1 after 0.05 s") as e:
         _unwrap(result, timeout=0.05)  # type: ignore[arg-type]
+    assert "the task was not cancelled and may still run" in str(e.value)
     assert all(0 <= wait <= 0.01 for wait in result.waits)
 
 
@@ -59,3 +63,20 @@ def test_a_short_timeout_is_one_short_slice() -> None:
     with pytest.raises(OrchestratorTimeout):
         _unwrap(result, timeout=0.001)  # type: ignore[arg-type]
     assert len(result.waits) <= 2 and result.waits[0] <= 0.001
+
+
+def test_run_tool_and_start_relic_wait_their_own_limit_plus_the_slack_by_default() -> None:
+    settings = Settings(
+        broker_url="memory://", result_backend="cache+memory://", client_wait_slack_seconds=0
+    )
+    with OrchestratorClient(settings) as client:
+        client._redis = fakeredis.FakeRedis()  # the registry (routing of the relic)
+        base = {"session_id": "s1", "image": "busybox"}
+        started = time.monotonic()
+        with pytest.raises(OrchestratorTimeout, match=r"after 1 s; the task was not cancelled"):
+            client.run_tool({**base, "tool_name": "t", "resource_limits": {"timeout_seconds": 1}})
+        with pytest.raises(OrchestratorTimeout, match=r"after 0.5 s; the task was not cancelled"):
+            client.start_relic({**base, "relic_name": "db", "health_timeout_seconds": 0.5})
+        assert time.monotonic() - started < 30
+        handle = client.execute_tool({**base, "tool_name": "t"})
+        assert handle.wait_seconds == ResourceLimits().timeout_seconds

@@ -1,4 +1,5 @@
-"""The settings reference: generated from Settings, and README's copy of it kept in sync."""
+"""The settings reference: generated from Settings, and docs/configuration.md's copy of it
+kept in sync."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from orchestrator import config_reference as ref
 from orchestrator.models import PoolSpec
 from orchestrator.settings import Settings
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+PAGE = ROOT / ref.REFERENCE_PAGE
 
 
 def rows(table: str) -> dict[str, tuple[str, str]]:
@@ -25,12 +27,18 @@ def rows(table: str) -> dict[str, tuple[str, str]]:
     return found
 
 
-def test_readme_configuration_block_is_the_generated_table():
-    text = README.read_text(encoding="utf-8")
-    assert ref.START_MARKER in text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    assert ref.readme_block(text) == ref.markdown_table(), (
-        "README.md's settings table is out of date: run `make config-reference`"
+def test_the_configuration_page_holds_the_generated_table():
+    text = PAGE.read_text(encoding="utf-8")
+    assert ref.START_MARKER in text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    assert ref.reference_block(text) == ref.markdown_table(), (
+        f"{ref.REFERENCE_PAGE}'s settings table is out of date: run `make config-reference`"
     )
+
+
+def test_the_readme_links_to_the_reference_and_holds_no_copy():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"]({ref.REFERENCE_PAGE})" in readme
+    assert ref.START_MARKER not in readme
 
 
 def test_every_field_has_a_row_with_a_meaning():
@@ -39,6 +47,15 @@ def test_every_field_has_a_row_with_a_meaning():
     for variable, (default, meaning) in table.items():
         assert default, variable
         assert meaning and meaning != "-", variable
+
+
+def test_every_setting_says_what_it_does():
+    """The fallback below is for subclasses: every field of Settings itself has a description
+    of its own, so no row of the reference only repeats the variable's name."""
+    undocumented = [
+        n for n, f in Settings.model_fields.items() if not (f.description or "").strip()
+    ]
+    assert undocumented == [], "add a description= to these Settings fields"
 
 
 def test_a_field_without_description_falls_back_to_its_name_in_words():
@@ -63,7 +80,27 @@ def test_defaults_are_written_as_the_environment_takes_them():
     assert table["ORCHESTRATOR_POOL"][0] == "(none)"
     assert table["ORCHESTRATOR_SESSION_EGRESS"][0] == "`false`"
     assert table["ORCHESTRATOR_MAX_CPU_LIMIT"][0] == "`4.0`"
+    assert table["ORCHESTRATOR_ALLOWED_NETWORK_MODES"][0] == "`none,session`"
+    assert table["ORCHESTRATOR_FLOWER_ALLOWED_HOSTS"][0] == "`localhost,127.0.0.1,::1`"
     assert socket.gethostname() not in ref.markdown_table()
+
+
+def test_a_computed_default_is_named_not_run():
+    calls = []
+
+    def cpu_count_guess() -> int:
+        calls.append(1)
+        return 7
+
+    class Computed(Settings):
+        guessed: int = Field(default_factory=cpu_count_guess, description="guess")
+
+    calls.clear()  # pydantic may not call it when the class is made, but be sure
+    assert rows(ref.markdown_table(Computed))["ORCHESTRATOR_GUESSED"] == (
+        "(cpu_count_guess)",
+        "guess",
+    )
+    assert calls == []
 
 
 def test_every_written_default_reads_back_as_the_default():
@@ -101,13 +138,29 @@ def test_cells_are_markdown_safe():
 
 
 def test_replace_block_rewrites_only_between_the_markers(tmp_path: Path):
-    path = tmp_path / "README.md"
+    path = tmp_path / "configuration.md"
     path.write_text(f"# t\n\nbefore\n\n{ref.START_MARKER}\nold\n{ref.END_MARKER}\n\nafter\n")
     assert ref.main([str(path)]) == 0
     text = path.read_text()
     assert text.startswith("# t\n\nbefore\n\n" + ref.START_MARKER + "\n| variable |")
     assert text.endswith(ref.END_MARKER + "\n\nafter\n")
-    assert ref.readme_block(text) == ref.markdown_table()
-    assert ref.replace_readme_block(text, ref.markdown_table()) == text  # idempotent
+    assert ref.reference_block(text) == ref.markdown_table()
+    assert ref.replace_reference_block(text, ref.markdown_table()) == text  # idempotent
     with pytest.raises(ValueError, match="settings:start"):
-        ref.readme_block("no markers here")
+        ref.reference_block("no markers here")
+
+
+def test_main_rewrites_the_reference_page_by_default_and_prints_for_a_dash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    page = tmp_path / ref.REFERENCE_PAGE
+    page.parent.mkdir()
+    page.write_text(f"# c\n\n{ref.START_MARKER}\n{ref.END_MARKER}\n")
+    monkeypatch.chdir(tmp_path)
+    assert ref.main([]) == 0
+    assert ref.reference_block(page.read_text()) == ref.markdown_table()
+    assert "updated" in capsys.readouterr().out
+    assert ref.main([]) == 0
+    assert "already up to date" in capsys.readouterr().out
+    assert ref.main(["-"]) == 0
+    assert capsys.readouterr().out == ref.markdown_table()

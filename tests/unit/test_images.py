@@ -30,13 +30,16 @@ from orchestrator.errors import (
     ImageNotFound,
     InvalidRequest,
     LimitExceeded,
+    QuotaExceeded,
 )
 from orchestrator.models import BuildSpec, ToolExecutionRequest, parse_request
 from orchestrator.settings import Settings
 from orchestrator.state import images as tracking
+from orchestrator.state.quotas import Quotas
 from orchestrator.worker import janitor
 from orchestrator.worker.images import (
     build_tag,
+    check_build_request,
     context_tar,
     ensure_image,
     reap_images,
@@ -552,6 +555,125 @@ def test_a_base_image_that_cannot_be_worked_out_is_refused_without_network(engin
 
     with pytest.raises(Forbidden, match="cannot be worked out before the build"):
         resolve(engine, redis, BUILDS, build=BuildSpec(dockerfile_inline=text))
+
+
+# -- COPY --from: an image the engine would pull itself is a base image ------------------------
+
+
+def test_copy_from_an_image_counts_as_a_base_and_a_stage_or_its_number_does_not():
+    text = (
+        "FROM busybox AS build\nRUN x\nFROM scratch\nCOPY --from=build /x /x\n"
+        "COPY --from=0 /y /y\nCOPY --chown=1 --from=alpine:3 /z /z\nCOPY --from=BUILD /a /a\n"
+        "ADD --chown=1 a /a\nCOPY --from=busybox /b /b\n"
+    )
+
+    assert dockerfile.base_images(text, {}) == ["busybox", "alpine:3"]
+
+
+def test_copy_from_a_stage_named_later_is_an_image():
+    text = "FROM scratch\nCOPY --from=tools /t /t\nFROM busybox AS tools\n"
+
+    assert dockerfile.base_images(text, {}) == ["tools", "busybox"]
+
+
+def test_an_image_copied_from_is_pulled_first_remembered_and_its_triggers_checked(engine, redis):
+    engine.registry["alpine:3.20"] = FakeProgram()
+    text = "FROM busybox\nCOPY --from=alpine:3.20 /etc/os-release /r\n"
+
+    resolve(engine, redis, BUILDS, build=BuildSpec(dockerfile_inline=text))
+
+    assert engine.called("pull_image") == [("alpine:3.20",)]
+    assert tracking.pulled(redis, "h1") == {"alpine:3.20"}
+    engine.add_image("trap:1", onbuild=("ADD http://10.0.0.1/x /x",))
+    trapped = "FROM busybox\nCOPY --from=trap:1 /x /x\n"
+    with pytest.raises(Forbidden, match="base image 'trap:1' has an ONBUILD ADD"):
+        resolve(engine, redis, BUILDS, build=BuildSpec(dockerfile_inline=trapped))
+
+
+def test_copy_from_a_variable_is_refused_without_network_naming_the_line(engine, redis):
+    text = "FROM busybox\nARG SRC=alpine\nCOPY --from=${SRC} /x /x\n"
+
+    with pytest.raises(Forbidden) as info:
+        resolve(engine, redis, BUILDS, build=BuildSpec(dockerfile_inline=text))
+
+    assert "build.dockerfile_inline: line 3: COPY --from=${SRC}" in str(info.value)
+    assert "cannot be worked out before the build" in str(info.value)
+    assert engine.called("build_image") == engine.called("pull_image") == []
+
+
+def test_an_image_copied_from_that_cannot_be_pulled_fails_the_build(engine, redis):
+    text = "FROM busybox\nCOPY --from=nope:1 /x /x\n"
+
+    with pytest.raises(ImageBuildFailed, match="^build: base image 'nope:1': "):
+        resolve(engine, redis, BUILDS, build=BuildSpec(dockerfile_inline=text))
+
+    assert engine.called("build_image") == []
+
+
+# -- builds: refused before anything, and counted in the host's memory ------------------------
+
+
+def test_a_build_request_is_refused_up_front_when_builds_are_off():
+    with pytest.raises(Forbidden, match="ORCHESTRATOR_ALLOW_BUILDS=true"):
+        check_build_request(INLINE, SETTINGS)
+    check_build_request(None, SETTINGS)  # no build: nothing to refuse
+    check_build_request(INLINE, BUILDS)
+
+
+def test_an_inline_add_of_a_url_is_refused_up_front_without_build_network():
+    build = BuildSpec(dockerfile_inline="FROM busybox\nADD http://169.254.169.254/x /x\n")
+
+    with pytest.raises(Forbidden, match="^build.dockerfile_inline: line 2: "):
+        check_build_request(build, BUILDS)
+
+
+def test_a_build_holds_its_memory_on_the_host_while_it_runs_and_gives_it_back(
+    engine, redis, monkeypatch
+):
+    settings = BUILDS.model_copy(update={"host_max_memory_mb": 3000, "build_memory_mb": 1024})
+    quotas = Quotas(redis, settings)
+    build = engine.build_image
+    during: list[dict[str, int]] = []
+
+    def observed(spec: EngineBuild) -> Image:
+        during.append(quotas.host_usage())
+        return build(spec)
+
+    monkeypatch.setattr(engine, "build_image", observed)
+
+    resolve(engine, redis, settings, build=INLINE)
+
+    assert during == [{"containers": 0, "relics": 0, "memory_mb": 1024}]
+    assert quotas.host_usage() == {"containers": 0, "relics": 0, "memory_mb": 0}
+
+
+def test_a_build_with_no_room_in_the_hosts_memory_is_refused_naming_both_settings(engine, redis):
+    settings = BUILDS.model_copy(update={"host_max_memory_mb": 1500, "build_memory_mb": 1024})
+    quotas = Quotas(redis, settings)
+    quotas.acquire(
+        "run-1", session_id="s1", kind="tool", memory_mb=512, expires_at=time.time() + 60
+    )
+
+    with pytest.raises(QuotaExceeded) as info:
+        resolve(engine, redis, settings, build=INLINE)
+
+    message = str(info.value)
+    assert message.startswith("build: ")
+    assert "would commit 1536 MB on host 'h1', above its quota 1500 MB" in message
+    assert "ORCHESTRATOR_BUILD_MEMORY_MB" in message
+    assert "ORCHESTRATOR_HOST_MAX_MEMORY_MB" in message
+    assert engine.called("build_image") == []
+    assert quotas.host_usage()["memory_mb"] == 512  # the refused build holds nothing
+
+
+def test_a_failed_build_gives_its_memory_back(engine, redis):
+    settings = BUILDS.model_copy(update={"host_max_memory_mb": 3000})
+    engine.fail_next("build_image", ImageBuildFailed("build image x: RUN false: exit 1"))
+
+    with pytest.raises(ImageBuildFailed):
+        resolve(engine, redis, settings, build=INLINE)
+
+    assert Quotas(redis, settings).host_usage()["memory_mb"] == 0
 
 
 def replace_build(spec: BuildSpec, **changes: Any) -> BuildSpec:

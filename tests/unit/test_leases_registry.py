@@ -100,15 +100,42 @@ def test_renew_all_flags_a_lease_taken_over_and_does_not_touch_it(redis):
     assert redis.pttl(keys.lease("e1")) == -1  # the intruder's key was not given our TTL
 
 
-def test_renew_all_flags_a_lease_that_expired(redis):
+def test_renew_all_takes_back_a_lease_that_lapsed_while_nobody_took_it(redis):
     keeper = LeaseKeeper(redis, 20, owner="w1")
     keeper.acquire("e1")
-    redis.delete(keys.lease("e1"))
+    redis.delete(keys.lease("e1"))  # Redis was down longer than the lease: it expired
 
     keeper.renew_all()
 
-    assert keeper.lost("e1") is True
-    assert keeper.holder("e1") is None  # renewal does not resurrect it
+    assert keeper.lost("e1") is False
+    assert keeper.holder("e1") == "w1"
+    assert 19_000 < redis.pttl(keys.lease("e1")) <= 20_000
+    assert LeaseKeeper(redis, 20, owner="w2").acquire("e1") is False
+
+
+def test_a_lapsed_lease_of_a_live_worker_is_not_abandoned_until_that_worker_is_silent(redis):
+    holder = LeaseKeeper(redis, 20, owner="w1")
+    reaper = LeaseKeeper(redis, 20, owner="w2")
+    holder.renew_all()  # a housekeeping round: w1 is alive
+    holder.acquire("e1")
+    redis.delete(keys.lease("e1"))  # lapsed (a Redis restart), w1 still runs it
+
+    assert reaper.abandoned("e1") is False
+
+    redis.delete(keys.worker_alive("w1"))  # w1 died: its liveness mark expired too
+
+    assert reaper.abandoned("e1") is True
+
+
+def test_a_released_lease_leaves_no_holder_note(redis):
+    keeper = LeaseKeeper(redis, 20, owner="w1")
+    keeper.renew_all()
+    keeper.acquire("e1")
+
+    keeper.release("e1")
+
+    assert redis.exists(keys.last_holder("e1")) == 0
+    assert keeper.abandoned("e1") is True
 
 
 def test_releasing_a_lost_lease_does_not_delete_the_new_holders_key(redis):

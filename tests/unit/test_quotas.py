@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from orchestrator.engine.fake import FakeEngine, FakeProgram
-from orchestrator.errors import QuotaExceeded, RelicExited
+from orchestrator.errors import Forbidden, QuotaExceeded, RelicExited
 from orchestrator.models import RelicStartRequest, ToolExecutionRequest
 from orchestrator.settings import Settings
 from orchestrator.state import keys, sessions
@@ -275,6 +275,67 @@ def test_a_tool_run_over_the_hosts_memory_starts_nothing(rt, redis, engine):
         run_execution(rt, tool_request(resource_limits={"memory_mb": 700}), "e1")
 
     assert engine.called("create_container") == []
+
+
+# -- image builds --------------------------------------------------------------------------
+
+BUILD = {"dockerfile_inline": "FROM busybox:latest\nRUN true\n"}
+
+
+def test_a_build_counts_its_memory_on_the_host_but_no_container_of_a_session(quotas):
+    with quotas.building("orchestrator-build/x:1", 1000, time.time() + HOUR):
+        assert quotas.host_usage() == {"containers": 0, "relics": 0, "memory_mb": 1000}
+        hold(quotas, "small", mb=400)  # 1400 of 1500
+        with pytest.raises(QuotaExceeded, match="ORCHESTRATOR_HOST_MAX_MEMORY_MB"):
+            hold(quotas, "large", session_id="s2", mb=200)
+        with pytest.raises(QuotaExceeded, match="ORCHESTRATOR_BUILD_MEMORY_MB"):
+            with quotas.building("orchestrator-build/y:1", 200, time.time() + HOUR):
+                pass
+        assert quotas.session_usage("s1") == {"containers": 1, "relics": 0, "memory_mb": 400}
+    assert quotas.host_usage() == {"containers": 1, "relics": 0, "memory_mb": 400}
+
+
+def test_a_dead_workers_build_stops_counting_when_it_expires(quotas, monkeypatch):
+    now = time.time()
+    dead = quotas.building("orchestrator-build/x:1", 1400, now + 30)
+    dead.__enter__()  # its worker dies in the build: the block is never left
+
+    with pytest.raises(QuotaExceeded):
+        hold(quotas, "t1", mb=200)
+    monkeypatch.setattr(quotas_module.time, "time", lambda: now + 31)
+    hold(quotas, "t1", mb=200)
+    assert quotas.host_usage()["memory_mb"] == 200
+
+
+def test_a_tool_run_whose_build_has_no_room_in_the_hosts_memory_starts_nothing(redis, engine):
+    settings = make_settings(allow_builds=True, build_memory_mb=1024)
+    rt = Runtime(settings, redis, engine=engine)
+
+    with pytest.raises(QuotaExceeded) as info:
+        run_execution(
+            rt, tool_request(image=None, build=BUILD, resource_limits={"memory_mb": 600}), "e1"
+        )
+
+    assert str(info.value).startswith("build: ")
+    assert "would commit 1624 MB on host 'h1', above its quota 1500 MB" in str(info.value)
+    assert engine.called("build_image") == engine.called("create_container") == []
+    assert Quotas(redis, settings).host_usage()["memory_mb"] == 0  # the run's share given back
+    fits = tool_request(image=None, build=BUILD, resource_limits={"memory_mb": 400})
+    assert run_execution(rt, fits, "e2").status == "succeeded"
+
+
+def test_a_build_refused_by_policy_creates_and_charges_nothing(rt, redis, engine):
+    """Builds off (the default): refused before any lease, record, quota, network or
+    engine call, for a tool run and a relic start alike."""
+    keys_before = set(redis.keys("*"))
+
+    with pytest.raises(Forbidden, match="ORCHESTRATOR_ALLOW_BUILDS=true"):
+        run_execution(rt, tool_request(image=None, build=BUILD), "e1")
+    with pytest.raises(Forbidden, match="ORCHESTRATOR_ALLOW_BUILDS=true"):
+        relics.start_relic(rt, relic_request(image=None, build=BUILD), "r1")
+
+    assert set(redis.keys("*")) == keys_before
+    assert engine.calls == []
 
 
 # -- relics ------------------------------------------------------------------------------

@@ -274,8 +274,16 @@ def test_redis_broker_gets_the_visibility_timeout_from_settings(broker):
     conf = worker_config(Settings(host_name="h", broker_url=broker, visibility_timeout_seconds=900))
 
     assert conf["broker_url"] == broker
-    assert conf["broker_transport_options"] == {"visibility_timeout": 900}
-    assert conf["result_backend_transport_options"] == {"visibility_timeout": 900}
+    sweep = {"unacked_restore_interval": 10, "unacked_restore_throttle": 1}
+    assert conf["broker_transport_options"] == {"visibility_timeout": 900, **sweep}
+    assert conf["result_backend_transport_options"] == {"visibility_timeout": 900, **sweep}
+
+
+def test_a_short_visibility_timeout_is_swept_for_every_tenth_of_it():
+    conf = worker_config(Settings(host_name="h", visibility_timeout_seconds=10))
+
+    assert conf["broker_transport_options"]["unacked_restore_interval"] == 1
+    assert conf["broker_transport_options"]["unacked_restore_throttle"] == 1
 
 
 def test_amqp_broker_gets_no_visibility_options():

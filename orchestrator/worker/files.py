@@ -1,0 +1,362 @@
+"""Files in and out of containers: relics (``put_files`` / ``get_files``) and tool runs
+(``files`` written before start, ``collect`` read back after exit).
+
+Everything goes through the engine's archive API, which works inside the container's own
+root: a symbolic link on the way is resolved there (it cannot lead to the host), a link
+named as the path itself is reported and never followed, and only regular files are
+returned (:mod:`orchestrator.core.archive`). Sizes are capped by
+``ORCHESTRATOR_FILES_MAX_FILE_BYTES``, ``_FILES_MAX_REQUEST_BYTES`` and ``_FILES_MAX_COUNT``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from orchestrator.core import archive
+from orchestrator.engine.base import Engine
+from orchestrator.errors import (
+    DockerError,
+    DockerUnavailable,
+    InvalidRequest,
+    LimitExceeded,
+    PathNotFound,
+)
+from orchestrator.models import (
+    FileContent,
+    FilesRead,
+    FilesWritten,
+    SkippedPath,
+    ToolExecutionRequest,
+)
+from orchestrator.settings import Settings
+from orchestrator.state import blobs, collected
+from orchestrator.state import relics as relic_registry
+from orchestrator.worker.runtime import Runtime
+
+__all__ = [
+    "check_files",
+    "check_paths",
+    "write_files",
+    "read_files",
+    "put_relic_files",
+    "get_relic_files",
+    "collect_run_files",
+    "check_run_request",
+    "prepare_run",
+    "collect_run",
+    "keeper",
+]
+
+log = logging.getLogger(__name__)
+
+#: keeps one file's bytes apart from a reply and returns their ref: (index, data) -> ref
+Keep = Callable[[int, bytes], str]
+
+
+@dataclass(frozen=True)
+class Apart:
+    """Files read above ``limit`` bytes leave the reply: ``keep`` stores them, they carry a
+    ``ref`` (collected files beside a result, large files beside a ``get_files`` reply)."""
+
+    limit: int
+    keep: Keep
+
+
+def check_files(
+    files: Sequence[FileContent],
+    settings: Settings,
+    *,
+    extra_bytes: int = 0,
+    field: str = "files",
+    load: Callable[[str], bytes] | None = None,
+) -> list[tuple[str, bytes, int]]:
+    """The files to write, checked: paths, count and sizes.
+
+    Args:
+        files: the request's files.
+        settings: the server's caps.
+        extra_bytes: bytes the same request sends otherwise (a tool's stdin).
+        field: the request field, first in every message.
+        load: reads the bytes of a file sent beside the message (its ``ref``); None: refs
+            are refused.
+
+    Raises:
+        InvalidRequest: a bad or repeated path.
+        LimitExceeded: too many files, a file or all of them too large (naming the setting).
+    """
+    if len(files) > settings.files_max_count:
+        raise LimitExceeded(
+            f"{field}: {len(files)} files, above the server maximum {settings.files_max_count} "
+            "(ORCHESTRATOR_FILES_MAX_COUNT)"
+        )
+    checked: list[tuple[str, bytes, int]] = []
+    total = extra_bytes
+    for index, item in enumerate(files):
+        path = archive.check_path(f"{field}[{index}].path", item.path)
+        data = _content(item, load, f"{field}[{index}]")
+        if len(data) > settings.files_max_file_bytes:
+            raise LimitExceeded(
+                f"{field}[{index}]: {path} has {len(data)} bytes, above the server maximum "
+                f"{settings.files_max_file_bytes} (ORCHESTRATOR_FILES_MAX_FILE_BYTES)"
+            )
+        total += len(data)
+        checked.append((path, data, item.mode))
+    if total > settings.files_max_request_bytes:
+        raise LimitExceeded(
+            f"{field}: {total} bytes in all, above the server maximum "
+            f"{settings.files_max_request_bytes} (ORCHESTRATOR_FILES_MAX_REQUEST_BYTES)"
+        )
+    paths = [path for path, _, _ in checked]
+    repeated = sorted({p for p in paths if paths.count(p) > 1})
+    if repeated:
+        raise InvalidRequest(f"{field}: paths given twice: {', '.join(repeated)}")
+    return checked
+
+
+def _content(item: FileContent, load: Callable[[str], bytes] | None, field: str) -> bytes:
+    if item.ref is None:
+        return item.data()
+    if load is None:
+        raise InvalidRequest(f"{field}.ref: give content_base64 or text here, not a reference")
+    return load(item.ref)
+
+
+def check_paths(paths: object, settings: Settings, field: str = "paths") -> list[str]:
+    """Paths to read, checked and normalized.
+
+    Raises:
+        InvalidRequest: not a list, or a bad path (naming its index).
+        LimitExceeded: more than ``ORCHESTRATOR_FILES_MAX_COUNT`` paths.
+    """
+    if not isinstance(paths, list | tuple):
+        raise InvalidRequest(f"{field}: expected a list of absolute paths")
+    if len(paths) > settings.files_max_count:
+        raise LimitExceeded(
+            f"{field}: {len(paths)} paths, above the server maximum {settings.files_max_count} "
+            "(ORCHESTRATOR_FILES_MAX_COUNT)"
+        )
+    return [archive.check_path(f"{field}[{i}]", path) for i, path in enumerate(paths)]
+
+
+def _refuse_directories(engine: Engine, ref: str, paths: Sequence[str]) -> None:
+    """Refuse to write a file where a directory is: the engine would replace the whole tree."""
+    for path in paths:
+        try:
+            stream, stat = engine.get_archive(ref, path)
+        except PathNotFound:
+            continue
+        except DockerError as exc:  # a parent is a file: the write below says so
+            if isinstance(exc, DockerUnavailable):
+                raise
+            continue
+        stream.close()  # only the stat was wanted
+        if archive.is_directory(stat.mode):
+            raise _directory_in_the_way(path)
+
+
+def _directory_in_the_way(path: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"files: {path} is a directory in the container; a file cannot replace it "
+        "(name a path inside it)"
+    )
+
+
+_REPLACED_DIRECTORY = re.compile(r'cannot overwrite directory "([^"]*)"')
+
+
+def write_files(engine: Engine, ref: str, files: Sequence[tuple[str, bytes, int]]) -> None:
+    """Write checked files into container ``ref`` (created, running or stopped).
+
+    Missing parent directories are made (0755); an existing symbolic link named as a path
+    is replaced by the file, never written through. A file never replaces a directory: the
+    engine refuses it (``noOverwriteDirNonDir``), and with several files they are all
+    checked first, so a refused request writes nothing.
+
+    Raises:
+        InvalidRequest: a path is a directory, or a parent of one is not a directory.
+        ContainerNotFound: no such container.
+    """
+    if not files:
+        return
+    if len(files) > 1:  # one file is refused before anything is written, by the engine
+        _refuse_directories(engine, ref, [path for path, _, _ in files])
+    try:
+        engine.put_archive(ref, "/", archive.build_archive(files))
+    except DockerError as exc:
+        if isinstance(exc, DockerUnavailable):
+            raise
+        replaced = _REPLACED_DIRECTORY.search(str(exc))
+        if replaced:
+            raise _directory_in_the_way("/" + replaced.group(1).lstrip("/")) from exc
+        raise InvalidRequest(f"files: the container refused them: {exc}") from exc
+
+
+def read_files(
+    engine: Engine, ref: str, paths: Sequence[str], settings: Settings, apart: Apart | None = None
+) -> FilesRead:
+    """Read checked paths from container ``ref``: a directory gives its files; with
+    ``apart``, large ones are stored apart (never base64-encoded on the way).
+
+    Raises:
+        ContainerNotFound: no such container.
+    """
+    budget = archive.Budget.for_request(
+        settings.files_max_file_bytes, settings.files_max_request_bytes, settings.files_max_count
+    )
+    result = FilesRead()
+    for path in paths:
+        try:
+            stream, stat = engine.get_archive(ref, path)
+        except PathNotFound:
+            result.missing.append(path)
+            continue
+        except DockerError as exc:  # e.g. a parent that is a file
+            if isinstance(exc, DockerUnavailable):
+                raise
+            result.skipped.append(SkippedPath(path=path, reason=str(exc)))
+            continue
+        try:
+            _read_one(stream, stat, path, budget, result, apart)
+        finally:
+            stream.close()
+    return result
+
+
+def _read_one(
+    stream: object,
+    stat: object,
+    path: str,
+    budget: archive.Budget,
+    result: FilesRead,
+    apart: Apart | None,
+) -> None:
+    mode = getattr(stat, "mode", 0)
+    if archive.is_symlink(mode):
+        target = getattr(stat, "link_target", "")
+        result.skipped.append(
+            SkippedPath(path=path, reason=f"symbolic link to {target!r}, not followed")
+        )
+        return
+    try:
+        found = archive.read_archive(
+            stream,  # type: ignore[arg-type]
+            path,
+            budget,
+            single=not archive.is_directory(mode),
+        )
+    except archive.ArchiveTooLarge as exc:
+        result.skipped.append(SkippedPath(path=path, reason=str(exc)))
+        return
+    for item in found.files:
+        fields = {"size": item.size, "truncated": item.truncated}
+        if apart is not None and len(item.data) > apart.limit:
+            stored = apart.keep(len(result.files), item.data)
+            result.files.append(FileContent(path=item.path, mode=item.mode, ref=stored, **fields))
+        else:
+            result.files.append(FileContent.of(item.path, item.data, item.mode, **fields))
+    result.skipped.extend(SkippedPath(path=s.path, reason=s.reason) for s in found.skipped)
+    if found.unlisted:
+        result.skipped.append(
+            SkippedPath(path=path, reason=f"and {found.unlisted} more entries skipped, not listed")
+        )
+
+
+# -- relics -------------------------------------------------------------------------------
+
+
+def _relic_container(rt: Runtime, relic_id: str) -> str:
+    """The container of a relic on this host.
+
+    Raises:
+        RelicNotFound / WrongHost / HostUnavailable.
+    """
+    entry = relic_registry.lookup(rt.redis, relic_id)
+    rt.require_local(entry.host, f"relic {relic_id}")
+    return entry.container_name
+
+
+def put_relic_files(rt: Runtime, relic_id: str, files: Sequence[FileContent]) -> FilesWritten:
+    """Write files into a relic's container (``orchestrator.relics.put_files``); a file may
+    come beside the message (``ref`` from :mod:`orchestrator.state.blobs`)."""
+    container = _relic_container(rt, relic_id)
+    checked = check_files(files, rt.settings, load=lambda ref: blobs.take(rt.redis, ref))
+    write_files(rt.engine, container, checked)
+    return FilesWritten(
+        relic_id=relic_id,
+        written=[path for path, _, _ in checked],
+        bytes=sum(len(data) for _, data, _ in checked),
+    )
+
+
+def get_relic_files(
+    rt: Runtime, relic_id: str, paths: object, inline_max_bytes: int | None = None
+) -> FilesRead:
+    """Read files from a relic's container (``orchestrator.relics.get_files``).
+
+    Args:
+        rt: the worker's runtime.
+        relic_id: the relic.
+        paths: absolute paths of files or directories.
+        inline_max_bytes: files larger than this go beside the reply (a ``ref`` to take
+            with :func:`orchestrator.state.blobs.take`); None: every file in the reply.
+    """
+    checked = check_paths(paths, rt.settings)
+    apart = None
+    if inline_max_bytes is not None:
+        apart = Apart(inline_max_bytes, lambda index, data: blobs.put(rt.redis, data))
+    result = read_files(rt.engine, _relic_container(rt, relic_id), checked, rt.settings, apart)
+    result.relic_id = relic_id
+    return result
+
+
+# -- tool runs ------------------------------------------------------------------------------
+
+
+def keeper(rt: Runtime, execution_id: str) -> Keep:
+    """Where a run's large collected files go: beside its result, with the result's TTL."""
+
+    def keep(index: int, data: bytes) -> str:
+        return collected.store(rt.redis, execution_id, index, data, rt.settings.result_ttl_seconds)
+
+    return keep
+
+
+def check_run_request(request: ToolExecutionRequest, settings: Settings) -> None:
+    """Check a tool run's ``files``, ``stdin`` and ``collect`` against the server's caps.
+
+    Raises:
+        InvalidRequest / LimitExceeded: naming the field and the setting.
+    """
+    stdin_bytes = len(request.stdin.encode()) if request.stdin is not None else 0
+    check_files(request.files, settings, extra_bytes=stdin_bytes)
+    check_paths(request.collect, settings, field="collect")
+
+
+def prepare_run(
+    engine: Engine, ref: str, request: ToolExecutionRequest, settings: Settings
+) -> None:
+    """Before a tool's container starts: write its ``files``, attach its ``stdin``."""
+    write_files(engine, ref, check_files(request.files, settings))
+    if request.stdin is not None:
+        engine.attach_stdin(ref, request.stdin.encode())
+
+
+def collect_run(
+    rt: Runtime, ref: str, request: ToolExecutionRequest, execution_id: str
+) -> FilesRead:
+    """After a tool exited, before its container goes: read its ``collect`` paths."""
+    if not request.collect:
+        return FilesRead()
+    paths = check_paths(request.collect, rt.settings, field="collect")
+    return collect_run_files(rt.engine, ref, paths, rt.settings, keeper(rt, execution_id))
+
+
+def collect_run_files(
+    engine: Engine, ref: str, paths: Sequence[str], settings: Settings, keep: Keep
+) -> FilesRead:
+    """Read a finished run's ``collect`` paths; files above
+    ``ORCHESTRATOR_COLLECT_INLINE_MAX_BYTES`` are kept apart and carry a ``ref``."""
+    return read_files(engine, ref, paths, settings, Apart(settings.collect_inline_max_bytes, keep))
