@@ -35,6 +35,9 @@ bench:          ## every benchmark, each against raw docker-py in the same run, 
 	$(VENV_RUN) python3 bench/bench_stats.py
 	$(VENV_RUN) python3 bench/bench_relics.py
 	$(VENV_RUN) python3 bench/bench_two_hosts.py
+	$(VENV_RUN) python3 bench/bench_exec.py
+	$(VENV_RUN) python3 bench/bench_files.py
+	$(VENV_RUN) python3 bench/bench_pool.py
 
 stop:           ## stop the demo's worker, beat and Flower
 	bash scripts/stop.sh

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from orchestrator.settings import ENV_PREFIX, Settings
+from orchestrator.settings import Settings, env_name
 
 __all__ = [
     "END_MARKER",
@@ -41,11 +41,6 @@ END_MARKER = "<!-- settings:end -->"
 NONE_TEXT = "(none)"
 HOSTNAME_TEXT = "(hostname)"
 HEADERS = ("variable", "default", "meaning")
-
-
-def env_name(field_name: str) -> str:
-    """The environment variable of a Settings field: ``ORCHESTRATOR_<FIELD IN CAPITALS>``."""
-    return ENV_PREFIX + field_name.upper()
 
 
 def env_value(value: Any) -> str:

@@ -13,8 +13,9 @@ import base64
 import binascii
 import hashlib
 import re
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -198,6 +199,33 @@ def _check_env(mapping: dict[str, Any]) -> dict[str, Any]:
     return mapping
 
 
+def _given_once(**fields: Iterable[str]) -> None:
+    """Refuse a variable named in more than one field (``field name -> variable names``)."""
+    first: dict[str, str] = {}
+    clashes: list[str] = []
+    for field, names in fields.items():
+        for name in names:
+            if name in first:
+                clashes.append(f"{name} (in {first[name]} and {field})")
+            else:
+                first[name] = field
+    if clashes:
+        raise ValueError(f"variables given twice: {', '.join(sorted(clashes))}")
+
+
+class _HasSecrets(BaseModel):
+    """A request carrying ``secret_parameters``, shown with their values masked."""
+
+    if TYPE_CHECKING:  # declared by each request, where it belongs in the field order
+        secret_parameters: dict[str, Any]
+
+    def redacted(self) -> dict[str, Any]:
+        """The request as JSON with secret values replaced (safe to store or show)."""
+        data = self.model_dump(mode="json")
+        data["secret_parameters"] = {name: "***" for name in self.secret_parameters}
+        return data
+
+
 class FileContent(_Strict):
     """One file inside a container: its absolute path, bytes and mode.
 
@@ -307,7 +335,7 @@ class _ContainerRequest(_Strict):
         return self
 
 
-class ToolExecutionRequest(_ContainerRequest):
+class ToolExecutionRequest(_ContainerRequest, _HasSecrets):
     """Run one tool in an ephemeral container (argument of ``orchestrator.tools.execute``)."""
 
     tool_name: Identifier
@@ -333,17 +361,12 @@ class ToolExecutionRequest(_ContainerRequest):
 
     @model_validator(mode="after")
     def _no_overlap(self) -> ToolExecutionRequest:
-        names = [*self.parameters, *self.secret_parameters, *self.environment]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"variables given twice: {', '.join(dupes)}")
+        _given_once(
+            parameters=self.parameters,
+            secret_parameters=self.secret_parameters,
+            environment=self.environment,
+        )
         return self
-
-    def redacted(self) -> dict[str, Any]:
-        """The request as JSON with secret values replaced (safe to store or show)."""
-        data = self.model_dump(mode="json")
-        data["secret_parameters"] = {name: "***" for name in self.secret_parameters}
-        return data
 
 
 class PoolSpec(BaseModel):
@@ -429,7 +452,7 @@ class ToolExecutionResult(BaseModel):
         return next((item for item in self.files if item.path == path), None)
 
 
-class RelicStartRequest(_ContainerRequest):
+class RelicStartRequest(_ContainerRequest, _HasSecrets):
     """Start a session-scoped service container (argument of ``orchestrator.relics.start``)."""
 
     relic_name: Identifier
@@ -464,16 +487,8 @@ class RelicStartRequest(_ContainerRequest):
 
     @model_validator(mode="after")
     def _secrets_apart(self) -> RelicStartRequest:
-        both = sorted(set(self.secret_parameters) & set(self.environment))
-        if both:
-            raise ValueError(f"variables given twice: {', '.join(both)}")
+        _given_once(environment=self.environment, secret_parameters=self.secret_parameters)
         return self
-
-    def redacted(self) -> dict[str, Any]:
-        """The request as JSON with secret values replaced (safe to store or show)."""
-        data = self.model_dump(mode="json")
-        data["secret_parameters"] = {name: "***" for name in self.secret_parameters}
-        return data
 
     @field_validator("health_check_endpoint")
     @classmethod
@@ -511,7 +526,7 @@ class RelicInfo(BaseModel):
     ports: dict[str, int] = Field(default_factory=dict)
 
 
-class RelicExecRequest(_Strict):
+class RelicExecRequest(_Strict, _HasSecrets):
     """Run a command in a running relic (argument of ``orchestrator.relics.exec``).
 
     A list command is run as it is; a string is run by ``sh -c``. ``timeout_seconds``
@@ -549,16 +564,8 @@ class RelicExecRequest(_Strict):
             raise ValueError("command must not contain NUL")
         if isinstance(self.command, str) and not self.command.strip():
             raise ValueError("command must not be blank")
-        both = sorted(set(self.secret_parameters) & set(self.environment))
-        if both:
-            raise ValueError(f"variables given twice: {', '.join(both)}")
+        _given_once(environment=self.environment, secret_parameters=self.secret_parameters)
         return self
-
-    def redacted(self) -> dict[str, Any]:
-        """The request as JSON with secret values replaced (safe to store or show)."""
-        data = self.model_dump(mode="json")
-        data["secret_parameters"] = {name: "***" for name in self.secret_parameters}
-        return data
 
 
 class ExecResult(BaseModel):

@@ -33,6 +33,13 @@ from orchestrator.models import PoolSpec
 __all__ = ["Settings", "ENV_PREFIX"]
 
 ENV_PREFIX = "ORCHESTRATOR_"
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable of a Settings field: ``ORCHESTRATOR_<FIELD IN CAPITALS>``."""
+    return ENV_PREFIX + field_name.upper()
+
+
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 

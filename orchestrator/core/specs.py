@@ -28,7 +28,7 @@ from orchestrator.models import (
     VolumeMount,
 )
 from orchestrator.protocol import LABEL_PREFIX, Kind, tool_container_name
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, env_name
 
 __all__ = [
     "LABEL_PREFIX",
@@ -69,16 +69,17 @@ def check_limits(limits: ResourceLimits, settings: Settings) -> ResourceLimits:
         LimitExceeded: the message names the field and the maximum.
     """
     caps = {
-        "memory_mb": settings.max_memory_mb,
-        "cpu_limit": settings.max_cpu_limit,
-        "timeout_seconds": settings.max_timeout_seconds,
-        "pids_limit": settings.max_pids_limit,
+        "memory_mb": "max_memory_mb",
+        "cpu_limit": "max_cpu_limit",
+        "timeout_seconds": "max_timeout_seconds",
+        "pids_limit": "max_pids_limit",
     }
-    for field, maximum in caps.items():
-        value = getattr(limits, field)
+    for field, setting in caps.items():
+        value, maximum = getattr(limits, field), getattr(settings, setting)
         if value is not None and value > maximum:
             raise LimitExceeded(
-                f"resource_limits.{field}: {value} is above the server maximum {maximum}"
+                f"resource_limits.{field}: {value} is above the server maximum {maximum} "
+                f"({env_name(setting)})"
             )
     if limits.pids_limit is None:
         return limits.model_copy(update={"pids_limit": settings.default_pids_limit})

@@ -31,13 +31,14 @@ from orchestrator.core.specs import (
 from orchestrator.core.types import Container, ContainerSpec
 from orchestrator.errors import (
     ContainerConflict,
+    LimitExceeded,
     OrchestratorError,
     RelicConflict,
     RelicError,
-    RelicUnhealthy,
 )
 from orchestrator.models import RelicInfo, RelicStartRequest
 from orchestrator.protocol import Kind, Task, label, label_filter
+from orchestrator.settings import env_name
 from orchestrator.state import keys, sessions
 from orchestrator.state import relics as relic_registry
 from orchestrator.state.quotas import Quotas
@@ -139,10 +140,11 @@ def _check(rt: Runtime, request: RelicStartRequest) -> None:
     check_network(request, rt.settings)
     check_request_size(request, rt.settings)
     check_build_request(request.build, rt.settings)
-    if request.health_timeout_seconds > rt.settings.relic_max_health_timeout_seconds:
-        raise RelicUnhealthy(
-            f"health_timeout_seconds: above the server maximum "
-            f"{rt.settings.relic_max_health_timeout_seconds}"
+    maximum = rt.settings.relic_max_health_timeout_seconds
+    if request.health_timeout_seconds > maximum:
+        raise LimitExceeded(
+            f"health_timeout_seconds: {request.health_timeout_seconds:g} is above the server "
+            f"maximum {maximum} ({env_name('relic_max_health_timeout_seconds')})"
         )
 
 

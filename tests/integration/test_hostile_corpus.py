@@ -30,7 +30,6 @@ from orchestrator.errors import (
     InvalidRequest,
     LimitExceeded,
     OrchestratorError,
-    RelicUnhealthy,
 )
 from orchestrator.protocol import Task
 from tests.integration.harness import TEST_IMAGE, TEST_SECRET_KEY, WorkerProcess, tool
@@ -452,7 +451,7 @@ CORPUS: list[Hostile] = [
         "relic_health_timeout_over_cap",
         "sizes",
         "health_timeout_seconds",
-        RelicUnhealthy,  # raised before anything starts, though bad input, not a relic's fault
+        LimitExceeded,
         health_timeout_seconds=10**6,
     ),
     bad_relic(

@@ -428,8 +428,10 @@ def test_limit_above_server_maximum_is_rejected_naming_the_field(field, value, m
     with pytest.raises(LimitExceeded) as info:
         check_limits(limits, make_settings(**CAPS))
 
+    setting = {"cpu_limit": "CPU_LIMIT"}.get(field, field.upper())
     assert str(info.value) == (
-        f"resource_limits.{field}: {value} is above the server maximum {maximum}"
+        f"resource_limits.{field}: {value} is above the server maximum {maximum} "
+        f"(ORCHESTRATOR_MAX_{setting})"
     )
     assert isinstance(info.value, InvalidRequest)
 

@@ -15,7 +15,13 @@ import pytest
 
 from orchestrator.core.types import Container, ContainerSpec
 from orchestrator.engine.fake import FakeEngine, FakeProgram
-from orchestrator.errors import RelicConflict, RelicExited, RelicNotFound, RelicUnhealthy
+from orchestrator.errors import (
+    LimitExceeded,
+    RelicConflict,
+    RelicExited,
+    RelicNotFound,
+    RelicUnhealthy,
+)
 from orchestrator.models import RelicStartRequest
 from orchestrator.settings import Settings
 from orchestrator.state import keys, routing
@@ -316,7 +322,11 @@ def test_a_relic_that_never_gets_healthy_is_removed(rt, engine, probes):
 def test_a_health_timeout_above_the_server_maximum_is_refused_before_anything_starts(
     rt, engine, probes
 ):
-    with pytest.raises(RelicUnhealthy, match="health_timeout_seconds: above the server maximum"):
+    with pytest.raises(
+        LimitExceeded,
+        match="health_timeout_seconds: 601 is above the server maximum 600 "
+        r"\(ORCHESTRATOR_RELIC_MAX_HEALTH_TIMEOUT_SECONDS\)",
+    ):
         relics.start_relic(rt, start_request(health_timeout_seconds=601), "r1")
 
     assert engine.called("create_container") == []
