@@ -8,6 +8,7 @@ The same calls as :meth:`~orchestrator.client.sync.OrchestratorClient.exec_in_re
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from celery.exceptions import TaskRevokedError
@@ -18,7 +19,7 @@ from orchestrator.client.aio_core import AsyncCore
 from orchestrator.client.relic_exec import cancelled_exec, exec_call, exec_request
 from orchestrator.client.resend import Sent
 from orchestrator.models import ExecResult, FilesRead, FilesWritten, RelicExecRequest
-from orchestrator.state import collected
+from orchestrator.state import blobs, collected
 
 __all__ = ["AsyncWorkspace", "AsyncExecHandle"]
 
@@ -119,7 +120,8 @@ class AsyncWorkspace(AsyncCore):
             LimitExceeded: over ``ORCHESTRATOR_FILES_MAX_*`` (the message names which).
             RelicNotFound: no such relic.
         """
-        items = file_calls.file_list(files, mode)
+        stash = functools.partial(blobs.put, self.sync.redis)  # large files go beside
+        items = await asyncio.to_thread(file_calls.file_list, files, mode, stash)
         call, sent = await self._send_built(
             relic_id, lambda q: file_calls.put_files(relic_id, items, q)
         )
@@ -129,11 +131,19 @@ class AsyncWorkspace(AsyncCore):
         self, relic_id: str, paths: list[str], timeout: float | None = None
     ) -> FilesRead:
         """Read files or directories from a relic, with what was missing, skipped or cut."""
-        checked = file_calls.checked_paths(paths)
+        read, _ = await self._read_files(relic_id, file_calls.checked_paths(paths), timeout, True)
+        return read
+
+    async def _read_files(
+        self, relic_id: str, checked: list[str], timeout: float | None, complete: bool
+    ) -> tuple[FilesRead, dict[str, bytes]]:
         call, sent = await self._send_built(
-            relic_id, lambda q: file_calls.get_files(relic_id, checked, q)
+            relic_id,
+            lambda q: file_calls.get_files(relic_id, checked, q, file_calls.INLINE_MAX_BYTES),
         )
-        return call.decode(await self._wait(sent, call.wait(timeout)))
+        read = call.decode(await self._wait(sent, call.wait(timeout)))
+        take = functools.partial(blobs.take, self.sync.redis)  # files sent beside the reply
+        return read, await asyncio.to_thread(file_calls.file_bytes, read, take, complete)
 
     async def get_files(
         self, relic_id: str, paths: list[str], timeout: float | None = None
@@ -146,8 +156,9 @@ class AsyncWorkspace(AsyncCore):
             LimitExceeded: a file is larger than the server lets one call read.
         """
         checked = file_calls.checked_paths(paths)
-        read = await self.get_files_detailed(relic_id, checked, timeout)
-        return file_calls.exact_bytes(read, checked)
+        read, data = await self._read_files(relic_id, checked, timeout, False)
+        file_calls.check_complete(read, checked)
+        return data
 
     async def get_collected_file(self, execution_id: str, path: str) -> bytes:
         """The bytes of a finished run's collected file, also one kept beside its result.

@@ -30,7 +30,6 @@ __all__ = [
     "collected_file",
     "find_collected",
     "check_complete",
-    "exact_bytes",
     "file_bytes",
     "INLINE_MAX_BYTES",
 ]
@@ -182,10 +181,3 @@ def check_complete(read: FilesRead, asked: Sequence[str]) -> None:
             "(ORCHESTRATOR_FILES_MAX_FILE_BYTES / _FILES_MAX_REQUEST_BYTES); use "
             "get_files_detailed for the part that came"
         )
-
-
-def exact_bytes(read: FilesRead, asked: Sequence[str]) -> dict[str, bytes]:
-    """``{path: bytes}`` of a complete read whose files all came in the reply, or the error
-    of :func:`check_complete`."""
-    check_complete(read, asked)
-    return {item.path: item.data() for item in read.files}

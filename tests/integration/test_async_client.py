@@ -163,7 +163,7 @@ def test_a_workspace_relic_through_the_async_client(
                         "resource_limits": {"memory_mb": 32},
                     }
                 )
-                data = bytes(range(256)) * 4
+                data = bytes(range(256)) * 1024  # 256 KiB: travels beside the messages
                 await client.put_files(relic.relic_id, {"/tmp/w/blob": data, "/tmp/w/t": "hé"})
                 out = await client.exec_in_relic(relic.relic_id, "wc -c < /tmp/w/blob")
                 files = await client.get_files(relic.relic_id, ["/tmp/w/blob", "/tmp/w/t"])
@@ -178,4 +178,4 @@ def test_a_workspace_relic_through_the_async_client(
 
     size, files, status, sent = asyncio.run(scenario())
     assert size == str(sent) and status == "running"
-    assert files == {"/tmp/w/blob": bytes(range(256)) * 4, "/tmp/w/t": "hé".encode()}
+    assert files == {"/tmp/w/blob": bytes(range(256)) * 1024, "/tmp/w/t": "hé".encode()}
