@@ -32,6 +32,15 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+#: kombu's retry policy for sending a task: 0, 0.5, 1, 1, ... seconds between 20 tries.
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 20,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 1,
+}
+
+
 def client_config(settings: Settings) -> dict[str, Any]:
     """What a client needs: connections, JSON only, routes, result settings."""
     transport = transport_options(settings)
@@ -50,6 +59,10 @@ def client_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "broker_channel_error_retry": True,
+        # A send waits out a broker restart (Redis answers "loading" while it reads its
+        # append-only file back) for about 20 s before it fails; Celery's default gives up
+        # after about a second.
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         # Every result-backend call (update_state's read-modify-write included, which Celery
         # does not retry by default) waits out a Redis restart: ~20 s on average, 40 s at most.
         "result_backend_always_retry": True,

@@ -24,6 +24,8 @@ import docker
 import pytest
 import redis
 
+from orchestrator.protocol import Kind, label
+
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("ORCHESTRATOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 # The broker of the workers and clients under test: Redis unless a pass sets another
@@ -175,10 +177,18 @@ class WorkerProcess:
 NOTHING_LEFT: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
 
 
-def managed_leftovers(client: Any, host_label: str | None = None) -> dict[str, list[str]]:
-    """Managed containers, networks and volumes still on an engine (optionally one host's)."""
+def managed_leftovers(
+    client: Any, host_label: str | None = None, *, idle_pool: bool = True
+) -> dict[str, list[str]]:
+    """Managed containers, networks and volumes still on an engine (optionally one host's).
+
+    ``idle_pool=False`` leaves out warm-pool containers: a running worker keeps them as its
+    host's state (sized from demand), and removes them when it stops.
+    """
     filters = [MANAGED] + ([f"orchestrator.host={host_label}"] if host_label else [])
     containers = client.containers.list(all=True, filters={"label": filters})
+    if not idle_pool:
+        containers = [c for c in containers if c.labels.get(label("kind")) != Kind.POOL]
     networks = client.networks.list(filters={"label": filters})
     volumes = client.volumes.list(filters={"label": filters})
     return {

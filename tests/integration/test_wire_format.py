@@ -37,6 +37,9 @@ RESULT_KEYS = {
     "stdout_truncated",
     "tool_name",
 }
+#: Keys added since, each with a default: a deployed client's model ignores keys it does not
+#: know (pydantic's default), so adding is compatible; removing or renaming is not.
+ADDED_RESULT_KEYS = {"files", "missing_files", "skipped_files"}
 STATS_KEYS = {
     "cpu_seconds",
     "disk_read_mb",
@@ -114,7 +117,8 @@ def test_a_hand_written_message_of_todays_format_gets_todays_result_shape(
 
     assert meta["status"] == "SUCCESS", meta
     result = meta["result"]
-    assert set(result) == RESULT_KEYS
+    assert set(result) == RESULT_KEYS | ADDED_RESULT_KEYS
+    assert result["files"] == result["missing_files"] == result["skipped_files"] == []
     assert set(result["stats"]) == STATS_KEYS
     assert result["execution_id"] == task_id
     assert result["status"] == "succeeded"
