@@ -380,6 +380,30 @@ def test_flower_requires_auth_and_shows_runs_and_metrics(
     assert status == 200 and b"flower_events_total" in body
 
 
+def test_the_readmes_command_runs_a_tool_with_the_cli_inside_the_worker(stack: Stack) -> None:
+    """README, "Quickstart with docker compose": `docker compose exec worker orchestrator tool
+    run ...` works as written (the image is the local test image: no registry here)."""
+    done = stack.compose(
+        "exec",
+        "-T",
+        "worker",
+        "orchestrator",
+        "tool",
+        "run",
+        "--image",
+        TEST_IMAGE,
+        "--session",
+        "compose-readme",
+        "--",
+        "sh",
+        "-c",
+        'echo "{\\"hello\\": \\"compose\\"}"',
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"hello": "compose"' in done.stdout, done.stdout
+
+
 def test_compose_refuses_to_start_without_a_secret_key(tmp_path: Path) -> None:
     """Like the passwords, the key has no default: compose names the variable and stops."""
     require(have("docker-compose"), "docker-compose")
