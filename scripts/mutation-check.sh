@@ -22,7 +22,9 @@ wanted=" $* "
 status=0
 
 echo "mutation check $(date -u +%Y-%m-%dT%H:%MZ) ($(git -C "$root" rev-parse --short HEAD 2>/dev/null) + working tree)" | tee "$report"
-while IFS= read -r line; do
+# read the whole list first: editing it during a run must not shift the rows still to come
+mapfile -t lines <"$list"
+for line in "${lines[@]}"; do
     [[ -z "${line// }" || "$line" == \#* ]] && continue
     row=$(awk -F' ;; ' '{print $1}' <<<"$line")
     file=$(awk -F' ;; ' '{print $2}' <<<"$line")
@@ -59,5 +61,5 @@ while IFS= read -r line; do
     echo "$row: $verdict ($file: $expr) ${failed:-}" | tee -a "$report"
     failed=""
     rm -rf "$copy"
-done <"$list"
+done
 exit $status
