@@ -61,8 +61,8 @@ def running(client: OrchestratorClient) -> Iterator[Callable[..., ExecutionHandl
         handle = client.execute_tool(request)
         handles.append(handle)
         deadline = time.monotonic() + timeout
-        while handle.state != "RUNNING":
-            assert handle.state in ("PENDING", "STARTED", "PULLING"), handle.state
+        while (state := handle.state) != "RUNNING":  # read once: it may change between reads
+            assert state in ("PENDING", "STARTED", "PULLING"), state
             assert time.monotonic() < deadline, "the tool never reached RUNNING"
             time.sleep(0.1)
         return handle
