@@ -423,12 +423,13 @@ class ToolRunStats(BaseModel):
     samples: int = 0
 
 
-class ToolExecutionResult(BaseModel):
-    """Outcome of a tool run (result of ``orchestrator.tools.execute``)."""
+class _RunOutcome(BaseModel):
+    """What a command run gives back, in a tool container or in a relic.
 
-    execution_id: str
-    tool_name: str
-    session_id: str
+    Results list their own ids first: a result class names this base *first* and its ids'
+    base after it (pydantic orders fields from the last base to the first).
+    """
+
     status: ExecutionStatus
     exit_code: int | None = None
     result: Any = None
@@ -440,6 +441,17 @@ class ToolExecutionResult(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     duration_seconds: float | None = None
+
+
+class _ToolRunIds(BaseModel):
+    execution_id: str
+    tool_name: str
+    session_id: str
+
+
+class ToolExecutionResult(_RunOutcome, _ToolRunIds):
+    """Outcome of a tool run (result of ``orchestrator.tools.execute``)."""
+
     stats: ToolRunStats = Field(default_factory=ToolRunStats)
     container_id: str | None = None
     host: str | None = None
@@ -568,23 +580,15 @@ class RelicExecRequest(_Strict, _HasSecrets):
         return self
 
 
-class ExecResult(BaseModel):
-    """Outcome of a command run in a relic (result of ``orchestrator.relics.exec``)."""
-
+class _ExecIds(BaseModel):
     exec_id: str
     relic_id: str
     session_id: str = ""
-    status: ExecutionStatus
-    exit_code: int | None = None
-    result: Any = None
-    stdout: str = ""
-    stderr: str = ""
-    stdout_truncated: bool = False
-    stderr_truncated: bool = False
-    error: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    duration_seconds: float | None = None
+
+
+class ExecResult(_RunOutcome, _ExecIds):
+    """Outcome of a command run in a relic (result of ``orchestrator.relics.exec``)."""
+
     host: str | None = None
 
 

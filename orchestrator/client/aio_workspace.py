@@ -16,7 +16,12 @@ from celery.exceptions import TaskRevokedError
 from orchestrator.client import calls
 from orchestrator.client import files as file_calls
 from orchestrator.client.aio_core import AsyncCore
-from orchestrator.client.relic_exec import cancelled_exec, exec_call, exec_request
+from orchestrator.client.relic_exec import (
+    cancelled_exec,
+    exec_call,
+    exec_request,
+    exec_wait_seconds,
+)
 from orchestrator.client.resend import Sent
 from orchestrator.models import ExecResult, FilesRead, FilesWritten, RelicExecRequest
 from orchestrator.state import blobs, collected
@@ -33,7 +38,7 @@ class AsyncExecHandle:
         self.sent = sent
         self.id: str = sent.async_result.id
         self.request = request
-        self.wait_seconds = exec_call(request, {}, "").wait_seconds
+        self.wait_seconds = exec_wait_seconds(request)
 
     async def state(self) -> str:
         """The Celery state: PENDING, RUNNING, SUCCESS, FAILURE, REVOKED."""

@@ -24,6 +24,7 @@ __all__ = [
     "ExecHandle",
     "exec_request",
     "exec_call",
+    "exec_wait_seconds",
     "relic_queue",
     "cancelled_exec",
     "EXEC_WAIT_SLACK_SECONDS",
@@ -72,10 +73,16 @@ def exec_request(
 def exec_call(request: RelicExecRequest, payload: dict[str, Any], queue: str) -> Call[ExecResult]:
     """The exec as a call (``payload``: the sealed request), waited for up to its timeout
     plus :data:`EXEC_WAIT_SLACK_SECONDS`."""
-    wait = DEFAULT_EXEC_WAIT_SECONDS
-    if request.timeout_seconds is not None:
-        wait = request.timeout_seconds + EXEC_WAIT_SLACK_SECONDS
+    wait = exec_wait_seconds(request)
     return _sealed_call(Task.RELICS_EXEC, payload, ExecResult.model_validate, wait, queue, None)
+
+
+def exec_wait_seconds(request: RelicExecRequest) -> float:
+    """How long a client waits for an exec by default: its timeout plus
+    :data:`EXEC_WAIT_SLACK_SECONDS`, or :data:`DEFAULT_EXEC_WAIT_SECONDS` without one."""
+    if request.timeout_seconds is None:
+        return DEFAULT_EXEC_WAIT_SECONDS
+    return request.timeout_seconds + EXEC_WAIT_SLACK_SECONDS
 
 
 def relic_queue(redis: Any, relic_id: str) -> str:
@@ -107,7 +114,7 @@ class ExecHandle:
         self.sent = sent
         self.id: str = sent.async_result.id
         self.request = request
-        self.wait_seconds = exec_call(request, {}, "").wait_seconds
+        self.wait_seconds = exec_wait_seconds(request)
 
     @property
     def state(self) -> str:

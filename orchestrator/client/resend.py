@@ -26,6 +26,7 @@ from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError, ResponseError
 
+from orchestrator.client import publish
 from orchestrator.state import redis_broker
 
 __all__ = ["LostMessages", "Sent", "CHECK_EVERY_SECONDS"]
@@ -120,8 +121,8 @@ class LostMessages:
                 sent.name,
             )
             try:
-                self.app.send_task(
-                    sent.name, args=sent.args, task_id=sent.async_result.id, **sent.options
+                publish.send_task(
+                    self.app, sent.name, sent.args, task_id=sent.async_result.id, **sent.options
                 )
             except (OperationalError, RedisError, OSError) as exc:
                 log.warning("could not send task %s again yet: %s", sent.async_result.id, exc)

@@ -19,7 +19,7 @@ from celery.exceptions import TaskRevokedError
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
-from orchestrator.client import calls
+from orchestrator.client import calls, publish
 from orchestrator.client import files as file_calls
 from orchestrator.client.backend import close_app
 from orchestrator.client.calls import Call, ExecutionProgress, RunHandle, no_result
@@ -165,7 +165,7 @@ class OrchestratorClient:
 
     def _send(self, name: str, args: list[Any], queue: str | None = None, **options: Any) -> Sent:
         epoch = self._lost.epoch() if self._lost is not None else ""
-        async_result = self.app.send_task(str(name), args=args, queue=queue, **options)
+        async_result = publish.send_task(self.app, str(name), args, queue=queue, **options)
         return Sent(
             name=name,
             args=args,

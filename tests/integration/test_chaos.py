@@ -124,14 +124,6 @@ class Workers:
         return sum(p.log_bytes().count(text) for p in self.every)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (docs/guarantees.md, row 'chaos'): it passes alone, but in two full CI runs "
-    "the test's own client failed to *send* a task while Redis restarted: once Redis answered "
-    "'loading the dataset' past Celery's publish retries (now ~20 s), once kombu's Redis "
-    "channel had lost its connection (AttributeError in Channel._connparams); the scenario "
-    "stopped there, before its checks.",
-)
 @pytest.mark.timeout(300)
 def test_chaos_loses_nothing_and_runs_nothing_twice(  # noqa: C901 - one scenario, told in order
     chaos_redis: RedisServer,
