@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.core.agent import AGENT_PROTOCOL
 from orchestrator.core.archive import check_path
 from orchestrator.errors import InvalidRequest
 from orchestrator.protocol import ID_MAX_LENGTH, ID_PATTERN, validate_id
@@ -383,8 +384,9 @@ class PoolSpec(BaseModel):
 
     @property
     def key(self) -> str:
-        """A short stable id of the spec (image and limits)."""
-        raw = f"{self.image}|{self.memory_mb}|{self.cpu_limit}|{self.pids_limit}"
+        """A short stable id of the spec (image and limits, and the agent's protocol: a
+        worker never takes a container made for another protocol)."""
+        raw = f"{self.image}|{self.memory_mb}|{self.cpu_limit}|{self.pids_limit}|{AGENT_PROTOCOL}"
         return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
     def limits(self, default_pids: int) -> ResourceLimits:

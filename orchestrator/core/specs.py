@@ -17,6 +17,7 @@ import stat
 from collections.abc import Mapping
 from typing import Any
 
+from orchestrator.core.agent import AGENT_ENTRYPOINT
 from orchestrator.core.secrets import is_encrypted
 from orchestrator.core.types import ContainerSpec, Mount
 from orchestrator.errors import Forbidden, InvalidRequest, LimitExceeded
@@ -32,7 +33,6 @@ from orchestrator.settings import Settings, env_name
 
 __all__ = [
     "LABEL_PREFIX",
-    "IDLE_SCRIPT",
     "check_limits",
     "check_volumes",
     "check_network",
@@ -58,8 +58,6 @@ __all__ = [
 ]
 
 FORBIDDEN_BIND_SOURCES = ("/var/run/docker.sock", "/run/docker.sock")
-#: What an idle warm-pool container runs: nothing, until it is told to stop.
-IDLE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"
 
 
 def check_limits(limits: ResourceLimits, settings: Settings) -> ResourceLimits:
@@ -548,12 +546,14 @@ def relic_spec(
 
 
 def pool_spec(pool: PoolSpec, *, settings: Settings, now: float, suffix: str) -> ContainerSpec:
-    """An idle warm-pool container: no network, waiting to be given a tool run by exec."""
+    """An idle warm-pool container: no network, its agent waiting on its open standard
+    input for the one tool run it is given (:mod:`orchestrator.core.agent`)."""
     return ContainerSpec(
         name=pool_container_name(pool.key, suffix),
         image=pool.image,
-        entrypoint=("sh", "-c", IDLE_SCRIPT),
+        entrypoint=AGENT_ENTRYPOINT,
         command=(),
+        stdin_open=True,
         labels=labels(Kind.POOL, "", now + pool.max_age_seconds, settings.host_name, pool=pool.key),
         network="none",
         **sandbox(settings, pool.limits(settings.default_pids_limit)),

@@ -201,6 +201,22 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
+    def run_attached(self, ref: str, spec: ExecSpec) -> ExecStream:
+        """Give a waiting pool agent its command and stream its output.
+
+        The container must run :data:`orchestrator.core.agent.AGENT_ENTRYPOINT` with its
+        standard input open (a warm-pool container), and serves one command: the agent
+        execs it, so the command becomes the container's main process and the
+        stream's ``exit_code()`` is the container's. ``spec.stdin`` is the command's
+        standard input (None: none, EOF at once); ``spec.user`` is not supported.
+
+        Raises:
+            ContainerNotFound: no such container.
+            DockerError: it is not running, not a pool agent, or was given a command
+                already; or the command cannot be given (nothing was run).
+        """
+
+    @abc.abstractmethod
     def attach_stdin(self, ref: str, data: bytes) -> None:
         """Give ``data`` to the main process's standard input, then close it (EOF).
 

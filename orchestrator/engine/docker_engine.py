@@ -7,13 +7,14 @@ docker. Every method translates engine errors itself (through
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shlex
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import docker
@@ -21,6 +22,7 @@ import docker.errors
 import docker.types
 import docker.utils.socket
 
+from orchestrator.core.agent import AGENT_TOOK, agent_line
 from orchestrator.core.types import (
     ArchiveStat,
     BuildSpec,
@@ -57,6 +59,8 @@ STOPPED_SAMPLE_TIME = "0001-01-01T00:00:00Z"
 
 #: How long a drained exec may take to have its exit code recorded.
 _EXIT_RECORD_SECONDS = 2.0
+#: How long a pool agent may take to acknowledge its command (it reads one line).
+_AGENT_TAKES_SECONDS = 10.0
 
 
 def _host_config(spec: ContainerSpec) -> dict[str, Any]:
@@ -197,6 +201,26 @@ class _DockerExec:
             if code is not None or time.monotonic() >= deadline:
                 return None if code is None else int(code)
             time.sleep(0.01)
+
+
+class _DockerAttached(_DockerExec):
+    """A pool agent's command: its output, then the exit code of its container (the agent
+    execed the command, so the container ends with it)."""
+
+    def __init__(
+        self,
+        wait: Callable[[str, float], int | None],
+        ref: str,
+        frames: Iterable[tuple[int, bytes]],
+        sock: Any,
+    ):
+        super().__init__(None, ref, frames, sock)
+        self._wait = wait
+
+    def exit_code(self) -> int | None:
+        # Output ends when the command does, and the engine records the container's exit
+        # a moment later. Before the output ended: None, unless it has just stopped.
+        return self._wait(self._id, _EXIT_RECORD_SECONDS if self._drained else 0.05)
 
 
 def _label_filter(label_filters: Iterable[str]) -> dict[str, Any]:
@@ -362,6 +386,40 @@ class DockerEngine(Engine):
             ).start()
         frames = docker.utils.socket.frames_iter(sock, tty=False)
         return _DockerExec(self.api, exec_id, frames, sock)
+
+    def run_attached(self, ref: str, spec: ExecSpec) -> _DockerAttached:
+        if spec.user:
+            raise DockerError("a pool agent runs its command as its container's user")
+        try:
+            line = agent_line(spec.argv, spec.environment, spec.working_dir)
+        except ValueError as exc:
+            raise DockerError(f"cannot give {ref} its command: {exc}") from exc
+        with docker_errors(f"attach to {ref}", conflict=DockerError):
+            sock = self.api.attach_socket(
+                ref, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+        raw = getattr(sock, "_sock", sock)
+        raw.settimeout(None)  # our own wait loop enforces the deadline
+        if spec.stdin:
+            threading.Thread(
+                target=_feed_stdin, args=(raw, line + spec.stdin), name="agent-stdin", daemon=True
+            ).start()
+        else:
+            _feed_stdin(raw, line)  # one short line: no thread
+        frames = docker.utils.socket.frames_iter(sock, tty=False)
+        # docker-py's reads poll without a timeout: a timer shuts the socket instead, which
+        # ends the stream, if the agent has not answered in time.
+        watchdog = threading.Timer(_AGENT_TAKES_SECONDS, _shut, args=(raw,))
+        watchdog.start()
+        try:
+            with docker_errors(f"give {ref} its command"):
+                first = _agent_took(frames, ref)
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            watchdog.cancel()
+        return _DockerAttached(self.wait_container, ref, itertools.chain(first, frames), sock)
 
     def attach_stdin(self, ref: str, data: bytes) -> None:
         with docker_errors(f"attach to the standard input of {ref}"):
@@ -770,6 +828,43 @@ def _pull_failed(ref: str, detail: str) -> str:
         f"pull image {ref}: cannot be pulled (its registry has no such image, or no "
         f"registry is reachable): {detail}"
     )
+
+
+def _agent_took(frames: Iterator[tuple[int, bytes]], ref: str) -> list[tuple[int, bytes]]:
+    """Read a pool agent's acknowledgement off the front of its standard error.
+
+    The engine copies stdout and stderr apart, so the command's first output may come
+    before it: what came before it, or after it in the same frame, is given back, to be
+    read first.
+
+    Raises:
+        DockerError: the stream ended first, or stderr began with something else: the
+            agent did not take the command (the container is not running, or is no agent
+            waiting for one).
+    """
+    held: list[tuple[int, bytes]] = []
+    seen = b""
+    for stream, data in frames:
+        if stream != 2:
+            held.append((stream, data))
+            continue
+        seen += data
+        if not (seen.startswith(AGENT_TOOK) or AGENT_TOOK.startswith(seen)):
+            break
+        if len(seen) >= len(AGENT_TOOK):
+            rest = seen[len(AGENT_TOOK) :]
+            return held + ([(2, rest)] if rest else [])
+    raise DockerError(
+        f"{ref} did not take its command: it is not running, or it is not a pool agent "
+        f"waiting for one (nothing within {_AGENT_TAKES_SECONDS:.0f} s)"
+    )
+
+
+def _shut(raw: Any) -> None:
+    try:
+        raw.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _feed_and_close(raw: Any, sock: Any, data: bytes) -> None:

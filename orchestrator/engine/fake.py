@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from orchestrator.core import dockerfile as dockerfile_rules
+from orchestrator.core.agent import AGENT_ENTRYPOINT, agent_line
 from orchestrator.core.types import (
     ArchiveStat,
     BuildSpec,
@@ -235,6 +236,8 @@ class _FakeContainer:
     files: dict[str, _Entry] = field(default_factory=_default_files)
     #: what was given to its standard input (``attach_stdin``)
     stdin: bytes = b""
+    #: a pool agent that was given its command (``run_attached``)
+    agent_used: bool = False
     exited: threading.Event = field(default_factory=threading.Event)
 
 
@@ -738,6 +741,29 @@ class FakeEngine(Engine):
         if box.status != "running":
             raise DockerError(f"Container {box.id} is not running")
         return _FakeExecStream(f"exec-{next(self._execs)}", box.program.on_exec(spec), box)
+
+    def run_attached(self, ref: str, spec: ExecSpec) -> _FakeExecStream:
+        self._call("run_attached", ref, spec)
+        try:
+            agent_line(spec.argv, spec.environment, spec.working_dir)
+        except ValueError as exc:
+            raise DockerError(f"cannot give {ref} its command: {exc}") from exc
+        with self._lock:
+            box = self._box(ref)
+            if box.status != "running":
+                raise DockerError(f"You cannot attach to a stopped container {box.id}")
+            agent = box.spec.stdin_open and box.spec.entrypoint == AGENT_ENTRYPOINT
+            if not agent or box.agent_used or spec.user:
+                raise DockerError(f"{box.id} is not a pool agent waiting for a command")
+            box.agent_used = True
+            result = box.program.on_exec(spec)
+            ends = time.monotonic() + result.run_seconds
+            # The agent execs the command: the container now ends as the command does,
+            # unless its program ends it sooner (an OOM kill of its cgroup, say).
+            if box.ends_at is None or box.ends_at > ends:
+                box.program = replace(box.program, exit_code=result.exit_code, oom_killed=False)
+                box.ends_at = ends
+        return _FakeExecStream(f"attach-{box.id}", result, box)
 
     # -- files --------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""Running a command inside an already-running container with ``exec``: a tool in a
-warm-pool container, or a command in a relic.
+"""Running a command inside an already-running container: a tool in a warm-pool
+container (given to its agent, :mod:`orchestrator.core.agent`), or a command in a relic
+(with ``exec``).
 
 Output is demultiplexed live into the same capped buffers and live log as a cold
 run; the deadline and cancellation are enforced by the wait loop, which calls the
@@ -92,6 +93,7 @@ def run_exec(
     stdin: bytes | None = None,
     working_dir: str | None = None,
     stop: Callable[[], None] | None = None,
+    attached: bool = False,
 ) -> ExecOutcome:
     """Exec ``argv`` in a running container and wait until it ends, the deadline or cancellation.
 
@@ -113,6 +115,8 @@ def run_exec(
         working_dir: where the command runs (None: the image's working directory).
         stop: ends the command at the deadline or on cancellation (default: kill the
             container).
+        attached: the container is a warm-pool agent: give it the command on its standard
+            input (:meth:`Engine.run_attached`) instead of ``exec``.
 
     Returns:
         Its output, exit code and whether it was stopped.
@@ -124,7 +128,8 @@ def run_exec(
     """
     outcome = ExecOutcome(None, CappedBuffer(cap_bytes), CappedBuffer(cap_bytes))
     spec = ExecSpec(argv=tuple(argv), environment=environment, working_dir=working_dir, stdin=stdin)
-    stream = engine.exec_start(container_id, spec)
+    start = engine.run_attached if attached else engine.exec_start
+    stream = start(container_id, spec)
     try:
         on_started()
         reader = threading.Thread(target=_pump, args=(stream, outcome, live), daemon=True)

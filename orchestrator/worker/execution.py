@@ -300,7 +300,8 @@ class _Run:
         return self._supervise(container)
 
     def _run_pooled(self, container_id: str) -> ToolExecutionResult:
-        """Run the tool with ``exec`` in a warm-pool container, then discard the container."""
+        """Run the tool in a warm-pool container (its agent execs it), then discard the
+        container."""
         rt, request = self.rt, self.request
         self.container_id, self.pooled = container_id, True
         self.progress(
@@ -321,6 +322,7 @@ class _Run:
             slice_seconds=rt.settings.wait_slice_seconds,
             should_cancel=lambda: rt.executions.cancel_requested(self.execution_id),
             on_started=lambda: self._exec_started(container_id),
+            attached=True,
         )
         finished = datetime.now(UTC)
         usage = sampler.stop()

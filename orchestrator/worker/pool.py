@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from orchestrator.core.pool_policy import PolicyConfig, PoolDemand, allocate, wanted_size
-from orchestrator.core.specs import IDLE_SCRIPT, pool_spec
+from orchestrator.core.specs import pool_spec
 from orchestrator.errors import OrchestratorError
 from orchestrator.models import PoolSpec, ToolExecutionRequest
+from orchestrator.protocol import Kind, label_filter
 from orchestrator.state import keys
 from orchestrator.state.registry import text
 from orchestrator.worker.pool_refill import HitGate, Maintainer
@@ -39,7 +40,7 @@ from orchestrator.worker.pool_refill import HitGate, Maintainer
 if TYPE_CHECKING:
     from orchestrator.worker.runtime import Runtime
 
-__all__ = ["PoolSpec", "WarmPool", "IDLE_SCRIPT", "SizingRound", "demand_spec"]
+__all__ = ["PoolSpec", "WarmPool", "SizingRound", "demand_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ REFILL_SMOOTHING = 0.3
 FAILURE_BACKOFF_SECONDS = 30.0
 #: How long one worker process may size a host's pools before another may.
 LOCK_SECONDS = 120
+#: How often a sizing round looks for idle containers that died (one engine list call).
+DEAD_SWEEP_SECONDS = 10.0
 
 
 def demand_spec(request: ToolExecutionRequest, default_pids: int) -> PoolSpec | None:
@@ -99,6 +102,8 @@ class WarmPool:
         self.gate = HitGate()
         #: pool key -> when making its containers may be tried again (after a failure)
         self._backoff: dict[str, float] = {}
+        #: when the next sizing round looks for dead idle containers (monotonic)
+        self._next_sweep = 0.0
         self.maintainer = Maintainer(
             self._remove, self.size_pools, self.gate, rt.settings.pool_refill_concurrency
         )
@@ -204,6 +209,7 @@ class WarmPool:
     def _size_pools(self) -> SizingRound:
         now = self.clock()
         pools = self.pools()
+        self._drop_dead([spec for spec, _ in pools])
         demands, specs = [], {}
         for spec, pinned in pools:
             times = self.arrivals(spec, now) if self.adaptive else []
@@ -224,6 +230,29 @@ class WarmPool:
             elif size == 0 and not live:  # no demand within the horizon: forget the pool
                 self.rt.redis.hdel(keys.pool_specs(self.rt.host_name), key)
         return SizingRound(sizes, made, removed)
+
+    def _drop_dead(self, specs: list[PoolSpec]) -> int:
+        """Take idle containers that stopped (killed, OOM, their agent gone) out of their
+        pools, at most every :data:`DEAD_SWEEP_SECONDS`, so that the pool refills; a run
+        that meets one before that goes cold. Returns how many were dropped."""
+        if time.monotonic() < self._next_sweep:
+            return 0
+        self._next_sweep = time.monotonic() + DEAD_SWEEP_SECONDS
+        # The idle ids first: one pooled after the list below would look dead.
+        idle = {spec.key: self.rt.redis.smembers(self._key(spec)) for spec in specs}
+        if not any(idle.values()):
+            return 0
+        found = self.rt.engine.list_containers(label_filter(kind=Kind.POOL, host=self.rt.host_name))
+        running = {c.id for c in found if c.running}
+        dropped = 0
+        for spec in specs:
+            for raw in idle[spec.key]:
+                container_id = text(raw) or ""
+                if container_id not in running and self.rt.redis.srem(self._key(spec), raw):
+                    log.info("pool container %s stopped while idle; dropped", container_id[:12])
+                    self.maintainer.remove_later(container_id)
+                    dropped += 1
+        return dropped
 
     def _shrink(self, spec: PoolSpec, count: int) -> int:
         taken = [text(raw) or "" for raw in self.rt.redis.spop(self._key(spec), count) or []]

@@ -14,8 +14,15 @@ import pytest
 import redis
 
 from orchestrator import OrchestratorClient
+from orchestrator.models import ToolExecutionRequest
 from tests.integration.conftest import USED_HOSTS, make_client
-from tests.integration.harness import REDIS_URL, TEST_IMAGE, WorkerProcess, force_remove_managed
+from tests.integration.harness import (
+    REDIS_URL,
+    TEST_IMAGE,
+    WorkerProcess,
+    force_remove_managed,
+    wait_running,
+)
 
 POOL_SIZE = 2
 LIMITS = {"memory_mb": 96, "cpu_limit": 0.5}
@@ -110,6 +117,58 @@ def test_pooled_runs_report_failures_and_timeouts_like_cold_runs(
     slow = send(client, host, pooled_tool("echo begun; sleep 60", resource_limits=limits))
     assert slow["status"] == "timed_out"
     assert slow["stdout"] == "begun\n"
+
+
+def test_pooled_runs_get_parameters_and_secrets_as_they_are(
+    pooled: tuple[OrchestratorClient, str], docker_client: docker.DockerClient
+) -> None:
+    # Values pass through the pool agent's shell line: none may be read as shell syntax.
+    client, host = pooled
+    wait_for_pool(docker_client, host, POOL_SIZE)
+    idle = {c.id for c in pool_containers(docker_client, host)}
+    hostile = 'it\'s "$(touch /tmp/owned)" `touch /tmp/owned` ${HOME} ;exit 3\nline two\n'
+    script = 'printf "%s|" "$A" "$TOKEN"; test -e /tmp/owned && echo owned || echo clean'
+    request = ToolExecutionRequest.model_validate(
+        pooled_tool(script, parameters={"A": hostile}, secret_parameters={"TOKEN": "tok-9f8e7d6c"})
+    )
+    result = send(client, host, client._sealed(request))
+    assert result["container_id"] in idle
+    assert (result["status"], result["stdout"]) == ("succeeded", hostile + "|***|clean\n")
+    assert result["stderr"] == ""  # the agent's acknowledgement is not the tool's output
+
+
+def test_a_pooled_run_is_cancelled(
+    pooled: tuple[OrchestratorClient, str], docker_client: docker.DockerClient
+) -> None:
+    client, host = pooled
+    wait_for_pool(docker_client, host, POOL_SIZE)
+    idle = {c.id for c in pool_containers(docker_client, host)}
+    outcome = client.app.send_task(
+        "orchestrator.tools.execute",
+        args=[pooled_tool("echo begun; sleep 60")],
+        queue=f"host.{host}",
+    )
+    wait_running(client, outcome.id)
+    time.sleep(0.5)
+    client.cancel_tool(outcome.id)
+    result = outcome.get(timeout=30)
+    assert (result["status"], result["stdout"]) == ("cancelled", "begun\n")
+    assert result["container_id"] in idle
+
+
+def test_a_pool_container_that_died_while_idle_sends_its_run_cold(
+    pooled: tuple[OrchestratorClient, str], docker_client: docker.DockerClient
+) -> None:
+    client, host = pooled
+    wait_for_pool(docker_client, host, POOL_SIZE)
+    dead = set()
+    for container in pool_containers(docker_client, host):
+        docker_client.api.kill(container.id)  # the agent dies before it was given a run
+        dead.add(container.id)
+    result = send(client, host, pooled_tool('echo "ran $N"', parameters={"N": 1}))
+    assert (result["status"], result["stdout"]) == ("succeeded", "ran 1\n")
+    assert result["container_id"] not in dead
+    wait_for_pool(docker_client, host, POOL_SIZE)
 
 
 def test_requests_that_do_not_match_the_pool_run_cold(

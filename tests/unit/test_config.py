@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from orchestrator.core.agent import AGENT_ENTRYPOINT
 from orchestrator.core.specs import (
-    IDLE_SCRIPT,
     check_bind,
     check_limits,
     check_volumes,
@@ -387,7 +387,7 @@ def test_a_pool_container_idles_without_a_network_in_the_sandbox_with_the_pools_
 
     assert spec.name == f"orch-pool-{pool.key}-abc"
     assert spec.image == "tool:1"
-    assert spec.entrypoint == ("sh", "-c", IDLE_SCRIPT)
+    assert spec.entrypoint == AGENT_ENTRYPOINT and spec.stdin_open
     assert spec.command == ()  # the image's cmd would be arguments of the idle script
     assert spec.network == "none"
     assert (spec.memory_mb, spec.cpu_limit, spec.pids_limit) == (96, 0.5, 50)

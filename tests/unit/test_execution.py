@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.core.specs import IDLE_SCRIPT, tool_spec
+from orchestrator.core.agent import AGENT_ENTRYPOINT
+from orchestrator.core.specs import tool_spec
 from orchestrator.core.types import ContainerSpec, ExecSpec, Stream
 from orchestrator.engine.fake import FakeEngine, FakeExec, FakeProgram
 from orchestrator.errors import ContainerNotFound, DockerError, DockerUnavailable, LimitExceeded
@@ -676,7 +677,8 @@ def idle_pool(rt: Runtime) -> set[str]:
 
 
 def exec_refs(engine: FakeEngine) -> list[str]:
-    return [ref for ref, _ in engine.called("exec_start")]
+    """The containers pool agents were given a tool run in."""
+    return [ref for ref, _ in engine.called("run_attached")]
 
 
 def settle(rt: Runtime) -> None:
@@ -691,7 +693,7 @@ def test_refill_starts_sandboxed_idle_pool_containers(pool_rt, engine):
     for spec in specs:
         assert spec.name.startswith("orch-pool-")
         assert spec.image == POOL_IMAGE
-        assert spec.entrypoint == ("sh", "-c", IDLE_SCRIPT)
+        assert spec.entrypoint == AGENT_ENTRYPOINT and spec.stdin_open
         assert spec.network == "none"
         assert (spec.memory_mb, spec.cpu_limit) == (96, 0.5)
         assert spec.cap_drop == ("ALL",)
@@ -845,6 +847,25 @@ def test_a_pool_container_that_died_while_idle_is_discarded_and_the_run_goes_col
     assert not pool_rt.executions.get("e1").pooled
     settle(pool_rt)
     assert engine.find_container(taken) is None
+
+
+def test_a_sizing_round_drops_idle_containers_that_died_and_refills(pool_rt, engine):
+    idle = idle_pool(pool_rt)
+    dead = next(iter(idle))
+    engine.kill_container(dead)
+    pool_rt.pool._next_sweep = 0.0  # the fixture's refill swept a moment ago
+
+    made = pool_rt.pool.size_pools().made
+
+    assert made == 1
+    after = idle_pool(pool_rt)
+    assert dead not in after and len(after) == 2 and idle - {dead} <= after
+    settle(pool_rt)
+    assert engine.find_container(dead) is None  # removed behind the runs
+    # the sweep runs at most every DEAD_SWEEP_SECONDS: the next round lists nothing
+    listed = len(engine.called("list_containers"))
+    pool_rt.pool.size_pools()
+    assert len(engine.called("list_containers")) == listed
 
 
 def test_an_engine_error_after_the_exec_started_is_an_error_never_a_cold_rerun(
