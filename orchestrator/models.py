@@ -405,8 +405,9 @@ class PoolSpec(BaseModel):
             and request.build is None
             and request.network_mode == "none"
             and not request.volumes
-            # files, stdin and collect run cold: written before the tool's process exists
-            and not (request.files or request.collect or request.stdin is not None)
+            # files and collect run cold (written before the tool's process exists, read
+            # after it ended); stdin follows the pool agent's line
+            and not (request.files or request.collect)
             and wanted.memory_mb == self.memory_mb
             and wanted.cpu_limit == self.cpu_limit
             and (wanted.pids_limit or default_pids) == (self.pids_limit or default_pids)

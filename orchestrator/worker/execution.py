@@ -322,6 +322,7 @@ class _Run:
             slice_seconds=rt.settings.wait_slice_seconds,
             should_cancel=lambda: rt.executions.cancel_requested(self.execution_id),
             on_started=lambda: self._exec_started(container_id),
+            stdin=None if request.stdin is None else request.stdin.encode(),
             attached=True,
         )
         finished = datetime.now(UTC)

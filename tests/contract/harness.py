@@ -11,6 +11,8 @@ from __future__ import annotations
 import abc
 import io
 import tarfile
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -346,6 +348,18 @@ def drain(stream: ExecStream) -> tuple[bytes, bytes]:
     finally:
         stream.close()
     return out[1], out[2]
+
+
+def assert_ends_when_killed(engine: Engine, ref: str, stream: ExecStream) -> None:
+    """Kill container ``ref`` under a running command: its stream ends soon, exit 137."""
+    time.sleep(0.2)
+    killer = threading.Timer(0.2, engine.kill_container, args=(ref,))
+    killer.start()
+    started = time.monotonic()
+    assert drain(stream) == (b"", b"")
+    killer.join()
+    assert time.monotonic() - started < 5
+    assert stream.exit_code() == 137
 
 
 def read_all(stream: Stream[bytes]) -> bytes:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 
 from orchestrator.errors import ContainerConflict, ContainerNotFound, DockerError
-from tests.contract.harness import Harness, drain
+from tests.contract.harness import Harness, assert_ends_when_killed, drain
 from tests.contract.scenarios import (
     CAT,
     ECHO_GREETING,
@@ -94,16 +91,7 @@ def test_a_command_ends_with_its_container(harness: Harness) -> None:
     engine = harness.engine
     ref = harness.run(SLEEPS)
     stream = engine.exec_start(ref, harness.exec_spec(SLEEPS_LONG))
-    time.sleep(0.2)
-
-    killer = threading.Timer(0.2, engine.kill_container, args=(ref,))
-    killer.start()
-    started = time.monotonic()
-    assert drain(stream) == (b"", b"")
-    killer.join()
-
-    assert time.monotonic() - started < 5
-    assert stream.exit_code() == 137
+    assert_ends_when_killed(engine, ref, stream)
 
 
 def test_exec_in_a_container_that_is_not_running_is_refused(harness: Harness) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -135,6 +136,18 @@ def test_pooled_runs_get_parameters_and_secrets_as_they_are(
     assert result["container_id"] in idle
     assert (result["status"], result["stdout"]) == ("succeeded", hostile + "|***|clean\n")
     assert result["stderr"] == ""  # the agent's acknowledgement is not the tool's output
+
+
+def test_a_pooled_run_reads_its_stdin_to_the_end(
+    pooled: tuple[OrchestratorClient, str], docker_client: docker.DockerClient
+) -> None:
+    client, host = pooled
+    wait_for_pool(docker_client, host, POOL_SIZE)
+    idle = {c.id for c in pool_containers(docker_client, host)}
+    text = "".join(f"line {n} ü '$(id)'\n" for n in range(40000))  # about 800 KB
+    result = send(client, host, pooled_tool("md5sum", stdin=text))
+    assert result["container_id"] in idle
+    assert result["stdout"] == f"{hashlib.md5(text.encode()).hexdigest()}  -\n"  # noqa: S324
 
 
 def test_a_pooled_run_is_cancelled(

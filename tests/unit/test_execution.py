@@ -904,6 +904,16 @@ def test_a_redelivered_pooled_run_is_never_run_again(pool_rt, engine):
     assert engine.find_container(taken) is None
 
 
+def test_a_pooled_run_gets_its_stdin_after_the_agents_line(pool_rt, engine, execs):
+    execs.result = FakeExec(stdout=b"read\n")
+    idle = idle_pool(pool_rt)
+
+    result = run_execution(pool_rt, pooled_request(stdin="line one\nüñï\n"), "e1")
+
+    assert result.container_id in idle and result.stdout == "read\n"
+    assert execs.specs[0].stdin == "line one\nüñï\n".encode()
+
+
 def test_requests_that_do_not_match_the_pool_run_cold(pool_rt, engine):
     idle = idle_pool(pool_rt)
     engine.add_image(POOL_IMAGE, FakeProgram(stdout=b"cold\n"))

@@ -247,10 +247,10 @@ def test_the_client_stashes_large_files_and_checks_a_read_is_complete() -> None:
 
 @pytest.mark.parametrize(
     "extra",
-    [{"files": [FileContent.of("/in/x", "x")]}, {"stdin": ""}, {"collect": ["/out"]}],
-    ids=["files", "stdin", "collect"],
+    [{"files": [FileContent.of("/in/x", "x")]}, {"collect": ["/out"]}],
+    ids=["files", "collect"],
 )
-def test_runs_with_files_stdin_or_collect_never_take_a_pool_container(extra) -> None:
+def test_runs_with_files_or_collect_never_take_a_pool_container(extra) -> None:
     spec = PoolSpec(image="cat:1", size=1)
     limits = {"resource_limits": {"memory_mb": 512, "cpu_limit": 1.0}}
 
