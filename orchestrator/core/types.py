@@ -107,6 +107,8 @@ class Container:
     memory_limit_bytes: int = 0
     #: the id of the image it runs (``sha256:...``), whatever its tags became since
     image_id: str = ""
+    #: its environment (the image's, then its own), as the engine reports it
+    environment: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def running(self) -> bool:

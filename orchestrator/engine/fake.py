@@ -499,6 +499,7 @@ class FakeEngine(Engine):
             ports=ports,
             memory_limit_bytes=(spec.memory_mb or 0) * 1024 * 1024,
             image_id=box.image_id,
+            environment=dict(spec.environment),  # its own (the image's are left out)
         )
 
     def create_container(self, spec: ContainerSpec) -> Container:

@@ -57,6 +57,9 @@ def container(raw: Mapping[str, Any]) -> Container:
         ports=ports,
         memory_limit_bytes=int(host.get("Memory") or 0),
         image_id=str(raw.get("Image", "")),
+        environment=dict(
+            str(item).split("=", 1) for item in config.get("Env") or [] if "=" in str(item)
+        ),
     )
 
 

@@ -23,10 +23,13 @@ class RelicEntry:
     container_name: str
     port: int = 8000
     health: str = "/health"
+    #: the names (never the values) of the variables its secret parameters became
+    secret_names: tuple[str, ...] = ()
 
     def to_hash(self) -> dict[str, str | int]:
-        """The Redis hash fields, as stored since the first release."""
+        """The Redis hash fields, as stored since the first release (and the secret names)."""
         return {
+            "secret_names": ",".join(self.secret_names),
             "relic_name": self.relic_name,
             "session_id": self.session_id,
             "host": self.host,
@@ -65,6 +68,7 @@ def lookup(redis: Any, relic_id: str) -> RelicEntry:
         container_name=raw.get("container_name", ""),
         port=port,
         health=raw.get("health") or "/health",
+        secret_names=tuple(name for name in raw.get("secret_names", "").split(",") if name),
     )
 
 

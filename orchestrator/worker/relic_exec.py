@@ -94,6 +94,8 @@ class _Target:
     session_id: str
     container: str
     timeout_seconds: int
+    #: the variables the relic's own secret parameters became (names only)
+    secret_names: tuple[str, ...] = ()
 
 
 def stored_result(redis: Any, exec_id: str) -> ExecResult | None:
@@ -170,7 +172,19 @@ def _target(rt: Runtime, request: RelicExecRequest, raw_timeout: str | None) -> 
     timeout = DEFAULT_RELIC_TIMEOUT  # a relic registered before relics recorded theirs
     if raw_timeout is not None and raw_timeout.isdigit():
         timeout = int(raw_timeout)
-    return _Target(request.relic_id, entry.session_id, entry.container_name, timeout)
+    return _Target(
+        request.relic_id, entry.session_id, entry.container_name, timeout, entry.secret_names
+    )
+
+
+def _relic_secrets(rt: Runtime, target: _Target) -> list[str]:
+    """The values of the relic's own secret parameters: a command in it sees them too (it
+    shares the relic's environment), so its output masks them as well. One inspect, only
+    for a relic started with secrets."""
+    if not target.secret_names:
+        return []
+    environment = rt.engine.inspect_container(target.container).environment
+    return [environment[name] for name in target.secret_names if environment.get(name)]
 
 
 def _check(rt: Runtime, request: RelicExecRequest, target: _Target) -> int:
@@ -260,7 +274,7 @@ class _Exec:
         self.target = target
         self.timeout = timeout
         self.progress = progress
-        self.secrets = redaction.secret_values(request)
+        self.secrets = redaction.secret_values(request) + _relic_secrets(rt, target)
         self.killed_cleanly = True
 
     def _result(self, status: str, **fields: Any) -> ExecResult:

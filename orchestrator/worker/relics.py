@@ -83,6 +83,7 @@ def _register(rt: Runtime, relic_id: str, request: RelicStartRequest, name: str)
         container_name=name,
         port=request.port,
         health=request.health_check_endpoint or NO_HEALTH_CHECK,
+        secret_names=tuple(request.secret_parameters),
     )
     relic_registry.register(rt.redis, entry)
     # The longest an exec in the relic may run (orchestrator.worker.relic_exec).

@@ -203,6 +203,21 @@ def test_secrets_are_masked_in_the_result_the_live_output_and_redis(
     assert leaking_keys(redis.Redis.from_url(REDIS_URL), secret) == []
 
 
+def test_the_relics_own_secrets_are_masked_in_its_execs(client: OrchestratorClient) -> None:
+    session_id = f"it-ws-{uuid.uuid4().hex[:8]}"
+    secret = "relic-" + uuid.uuid4().hex
+    info = client.start_relic(
+        workspace(session_id, secret_parameters={"API_KEY": secret}), timeout=60
+    )
+    try:
+        out = client.exec_in_relic(info.relic_id, "env; cat /proc/1/environ | tr '\\0' '\\n'")
+        assert out.status == "succeeded", out
+        assert "API_KEY=***" in out.stdout and secret not in out.stdout
+        assert leaking_keys(redis.Redis.from_url(REDIS_URL), secret) == []
+    finally:
+        client.cleanup_session(session_id)
+
+
 def test_exec_by_task_name_from_a_plain_celery_client(ws: RelicInfo) -> None:
     app = Celery(broker=BROKER_URL, backend=REDIS_URL)
     try:

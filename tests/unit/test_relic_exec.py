@@ -174,6 +174,24 @@ def test_secrets_reach_the_command_and_are_masked_in_result_and_live_output(
     assert b"hunter22" not in (rt.redis.hget(keys.execution("x1"), "request") or b"")
 
 
+def test_the_relics_own_secrets_are_masked_in_an_execs_output_too(
+    rt: Runtime, commands: Commands, engine: FakeEngine
+) -> None:
+    # A command in the relic shares its environment: `env` would print the relic's secret.
+    start_workspace(rt, secret_parameters={"API_KEY": "relic-s3cret"})
+    commands.answer = FakeExec(stdout=b"API_KEY=relic-s3cret\nPATH=/bin\n")
+    result = relic_exec.exec_in_relic(rt, exec_request(command=["env"]), "x1")
+    assert result.stdout == "API_KEY=***\nPATH=/bin\n"
+    assert "relic-s3cret" not in read_live(rt.redis, "x1")["stdout"]
+    assert b"relic-s3cret" not in b"".join(rt.redis.hvals(keys.relic("r1")))  # names only
+
+    # a relic without secrets costs its execs no inspect
+    start_workspace(rt, "r2", relic_name="ws2")
+    inspected = len(engine.called("inspect_container"))
+    relic_exec.exec_in_relic(rt, exec_request(relic_id="r2"), "x2")
+    assert len(engine.called("inspect_container")) == inspected
+
+
 def test_at_the_deadline_the_command_is_killed_in_the_relic_which_goes_on(
     rt: Runtime, engine: FakeEngine, commands: Commands
 ) -> None:
