@@ -61,6 +61,9 @@ STOPPED_SAMPLE_TIME = "0001-01-01T00:00:00Z"
 _EXIT_RECORD_SECONDS = 2.0
 #: How long a pool agent may take to acknowledge its command (it reads one line).
 _AGENT_TAKES_SECONDS = 10.0
+#: Output held while waiting for that acknowledgement (the command's first output can
+#: overtake it); a container writing more first is no agent.
+_AGENT_HELD_MAX_BYTES = 1 << 20
 
 
 def _host_config(spec: ContainerSpec) -> dict[str, Any]:
@@ -843,10 +846,14 @@ def _agent_took(frames: Iterator[tuple[int, bytes]], ref: str) -> list[tuple[int
             waiting for one).
     """
     held: list[tuple[int, bytes]] = []
+    held_bytes = 0
     seen = b""
     for stream, data in frames:
         if stream != 2:
             held.append((stream, data))
+            held_bytes += len(data)
+            if held_bytes > _AGENT_HELD_MAX_BYTES:  # no agent answers so late: not one
+                break
             continue
         seen += data
         if not (seen.startswith(AGENT_TOOK) or AGENT_TOOK.startswith(seen)):

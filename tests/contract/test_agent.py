@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from orchestrator.core.agent import AGENT_ENTRYPOINT
+from orchestrator.engine.fake import FakeProgram
 from orchestrator.errors import ContainerNotFound, DockerError
 from tests.contract.harness import Harness, assert_ends_when_killed, drain
 from tests.contract.scenarios import (
@@ -15,6 +18,7 @@ from tests.contract.scenarios import (
     SLEEPS,
     SLEEPS_LONG,
     SLOW_EXIT_4,
+    Behaviour,
 )
 
 
@@ -107,3 +111,19 @@ def test_what_the_agent_cannot_carry_is_refused_before_anything_runs(harness: Ha
             engine.run_attached(ref, bad)
     # still waiting: the refusals gave it nothing
     assert drain(engine.run_attached(ref, harness.exec_spec(OUT_AND_ERR))) == (b"out\n", b"err\n")
+
+
+#: Not an agent: after reading its line it floods stdout and never acknowledges.
+FLOODS = Behaviour(
+    "floods",
+    "read line; head -c 3000000 /dev/zero; sleep 30",
+    FakeProgram(run_seconds=None, signal_exit_codes={}),
+)
+
+
+def test_a_container_that_floods_output_unacknowledged_is_refused_soon(harness: Harness) -> None:
+    ref = harness.run(FLOODS, "floods", stdin_open=True)
+    started = time.monotonic()
+    with pytest.raises(DockerError, match="not a pool agent|did not take its command"):
+        harness.engine.run_attached(ref, harness.exec_spec(OUT_AND_ERR))
+    assert time.monotonic() - started < 8  # at the held-output cap, not the 10 s watchdog
