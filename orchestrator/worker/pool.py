@@ -54,6 +54,9 @@ FAILURE_BACKOFF_SECONDS = 30.0
 LOCK_SECONDS = 120
 #: How often a sizing round looks for idle containers that died (one engine list call).
 DEAD_SWEEP_SECONDS = 10.0
+#: Exit codes of a pool container whose agent could not run (no ``sh`` in the image, say):
+#: its pool then waits :data:`FAILURE_BACKOFF_SECONDS` before it makes more.
+NO_AGENT_EXIT_CODES = (126, 127)
 
 
 def demand_spec(request: ToolExecutionRequest, default_pids: int) -> PoolSpec | None:
@@ -244,13 +247,22 @@ class WarmPool:
             return 0
         found = self.rt.engine.list_containers(label_filter(kind=Kind.POOL, host=self.rt.host_name))
         running = {c.id for c in found if c.running}
+        exit_codes = {c.id: c.exit_code for c in found if not c.running}
         dropped = 0
         for spec in specs:
             for raw in idle[spec.key]:
                 container_id = text(raw) or ""
                 if container_id not in running and self.rt.redis.srem(self._key(spec), raw):
-                    log.info("pool container %s stopped while idle; dropped", container_id[:12])
+                    code = exit_codes.get(container_id)
+                    log.warning(
+                        "pool container %s of %s stopped while idle (exit code %s); dropped",
+                        container_id[:12],
+                        spec.image,
+                        code,
+                    )
                     self.maintainer.remove_later(container_id)
+                    if code in NO_AGENT_EXIT_CODES:  # e.g. no sh: remaking it at once fails too
+                        self._backoff[spec.key] = time.monotonic() + FAILURE_BACKOFF_SECONDS
                     dropped += 1
         return dropped
 

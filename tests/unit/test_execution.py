@@ -868,6 +868,24 @@ def test_a_sizing_round_drops_idle_containers_that_died_and_refills(pool_rt, eng
     assert len(engine.called("list_containers")) == listed
 
 
+def test_a_pool_whose_containers_cannot_idle_backs_off_instead_of_remaking_them(
+    redis, engine, execs
+):
+    # an image without sh: the agent never starts, each container exits 127 at once
+    engine.add_image(POOL_IMAGE, FakeProgram(run_seconds=0.0, exit_code=127, on_exec=execs))
+    rt = Runtime(POOL_SETTINGS, redis, engine=engine, enqueue=Recorder())
+    assert rt.pool.refill() == 2
+    rt.pool._next_sweep = 0.0
+
+    again = rt.pool.size_pools()
+
+    assert again.made == 0  # dropped, and no new ones for a while
+    assert idle_pool(rt) == set()
+    result = run_execution(rt, pooled_request(), "e1")  # runs cold meanwhile
+    assert result.status == "failed" and result.exit_code == 127
+    settle(rt)
+
+
 def test_an_engine_error_after_the_exec_started_is_an_error_never_a_cold_rerun(
     pool_rt, engine, execs
 ):
