@@ -100,24 +100,24 @@ def report(label: str, ours: list[float], raw: list[float], target: float) -> No
 
 def relic_files(client: OrchestratorClient, api: Any, rounds: int) -> None:
     session = f"bench-files-{uuid.uuid4().hex[:6]}"
-    info = client.start_relic(
-        {
-            "relic_name": "ws",
-            "session_id": session,
-            "image": TEST_IMAGE,
-            "command": ["sh", "-c", SERVE],
-        },
-        timeout=60,
-    )
     data = os.urandom(10 * MB)
     ours: list[float] = []
     raw: list[float] = []
+    try:  # a start that fails still leaves its session network: cleaned up below
+        info = client.start_relic(
+            {
+                "relic_name": "ws",
+                "session_id": session,
+                "image": TEST_IMAGE,
+                "command": ["sh", "-c", SERVE],
+            },
+            timeout=60,
+        )
 
-    def through_client() -> None:
-        client.put_files(info.relic_id, {"/work/big.bin": data})
-        assert client.get_files(info.relic_id, ["/work/big.bin"])["/work/big.bin"] == data
+        def through_client() -> None:
+            client.put_files(info.relic_id, {"/work/big.bin": data})
+            assert client.get_files(info.relic_id, ["/work/big.bin"])["/work/big.bin"] == data
 
-    try:
         raw_put_get(api, info.container_name, "/tmp/big.bin", data)  # warm both paths
         through_client()
         for _ in range(rounds):

@@ -11,7 +11,7 @@ from celery.exceptions import Ignore
 from orchestrator.errors import InvalidRequest, WrongHost
 from orchestrator.models import FileContent, RelicExecRequest, RelicStartRequest, parse_request
 from orchestrator.protocol import Task, validate_id
-from orchestrator.state import routing
+from orchestrator.state import blobs, routing
 from orchestrator.worker import files as worker_files
 from orchestrator.worker import relic_exec, relics
 from tasks.base import SecretTask
@@ -100,23 +100,27 @@ def put_files(self: Any, relic_id: str, files: Any = None) -> dict[str, Any]:
 
 @shared_task(bind=True, name=Task.RELICS_GET_FILES.value, **RETRY)
 def get_files(
-    self: Any, relic_id: str, paths: Any = None, inline_max_bytes: Any = None
+    self: Any, relic_id: str, paths: Any = None, inline_max_bytes: Any = None, stream: Any = None
 ) -> dict[str, Any]:
     """Read files from a relic's container (a directory gives its files).
 
     Returns ``{"relic_id", "files": [FileContent], "missing": [path], "skipped": [...]}``;
-    with ``inline_max_bytes``, larger files come beside the reply (see ``state.blobs``).
+    with ``inline_max_bytes``, larger files come beside the reply (see ``state.blobs``),
+    with ``stream`` (a blob ref) all on that list, as they are read.
     """
     _relic_id(relic_id)
     if inline_max_bytes is not None and (
         not isinstance(inline_max_bytes, int) or inline_max_bytes < 0
     ):
         raise InvalidRequest("inline_max_bytes: must be a non-negative integer or null")
+    if stream is not None and not blobs.is_blob_ref(stream):
+        raise InvalidRequest("stream: must be a blob reference (blob:<32 hex digits>) or null")
     try:
-        read = worker_files.get_relic_files(get_runtime(), relic_id, paths, inline_max_bytes)
+        rt = get_runtime()
+        read = worker_files.get_relic_files(rt, relic_id, paths, inline_max_bytes, stream)
         return read.model_dump(mode="json")
     except WrongHost as exc:
-        forward(self, exc, [relic_id, paths, inline_max_bytes])
+        forward(self, exc, [relic_id, paths, inline_max_bytes, stream])
 
 
 @shared_task(bind=True, base=SecretTask, name=Task.RELICS_EXEC.value, **RETRY)

@@ -19,6 +19,7 @@ from typing import Any
 from celery.exceptions import TaskRevokedError
 
 from orchestrator.client import calls
+from orchestrator.client import files as file_calls
 from orchestrator.client.aio_core import AsyncCore
 from orchestrator.client.aio_workspace import AsyncExecHandle, AsyncWorkspace
 from orchestrator.client.calls import ExecutionProgress, RunHandle
@@ -101,6 +102,8 @@ class AsyncOrchestratorClient(AsyncWorkspace):
             Forbidden: it has secret parameters and no ``ORCHESTRATOR_SECRET_KEY`` is set.
         """
         req = parse_request(ToolExecutionRequest, request)
+        if req.files:  # large files go beside the message
+            req = await asyncio.to_thread(file_calls.stash_run_files, req, self.sync._run_stash)
         slack = self.settings.client_wait_slack_seconds
         call = calls.execute_tool(req, self.sync._sealed(req), slack)
         sent = await self._send(call)

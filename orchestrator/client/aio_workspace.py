@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from typing import Any
 
 from celery.exceptions import TaskRevokedError
@@ -23,8 +24,9 @@ from orchestrator.client.relic_exec import (
     exec_wait_seconds,
 )
 from orchestrator.client.resend import Sent
+from orchestrator.errors import OrchestratorTimeout
 from orchestrator.models import ExecResult, FilesRead, FilesWritten, RelicExecRequest
-from orchestrator.state import blobs, collected
+from orchestrator.state import blob_stream, blobs, collected
 
 __all__ = ["AsyncWorkspace", "AsyncExecHandle"]
 
@@ -125,12 +127,19 @@ class AsyncWorkspace(AsyncCore):
             LimitExceeded: over ``ORCHESTRATOR_FILES_MAX_*`` (the message names which).
             RelicNotFound: no such relic.
         """
-        stash = functools.partial(blobs.put, self.sync.redis)  # large files go beside
-        items = await asyncio.to_thread(file_calls.file_list, files, mode, stash)
+        later = blobs.Deferred(self.sync.redis)  # large files: written once the message is sent
+        items = await asyncio.to_thread(file_calls.file_list, files, mode, later.stash)
         call, sent = await self._send_built(
             relic_id, lambda q: file_calls.put_files(relic_id, items, q)
         )
-        return call.decode(await self._wait(sent, call.wait(timeout)))
+        try:
+            await asyncio.to_thread(later.push)  # the worker reads each chunk as it lands
+            return call.decode(await self._wait(sent, call.wait(timeout)))
+        except OrchestratorTimeout:
+            raise  # the call goes on: it still needs them
+        except Exception:
+            await asyncio.to_thread(later.discard)  # a refused call may have deleted some
+            raise
 
     async def get_files_detailed(
         self, relic_id: str, paths: list[str], timeout: float | None = None
@@ -142,12 +151,24 @@ class AsyncWorkspace(AsyncCore):
     async def _read_files(
         self, relic_id: str, checked: list[str], timeout: float | None, complete: bool
     ) -> tuple[FilesRead, dict[str, bytes]]:
+        stream = blob_stream.StreamReader(self.sync.redis, blobs.new_ref())  # read as written
         call, sent = await self._send_built(
             relic_id,
-            lambda q: file_calls.get_files(relic_id, checked, q, file_calls.INLINE_MAX_BYTES),
+            lambda q: file_calls.get_files(
+                relic_id, checked, q, file_calls.INLINE_MAX_BYTES, stream.ref
+            ),
         )
-        read = call.decode(await self._wait(sent, call.wait(timeout)))
-        take = functools.partial(blobs.take, self.sync.redis)  # files sent beside the reply
+        deadline = time.monotonic() + call.wait(timeout)
+        try:
+            answered = functools.partial(self.sync._answered, sent)
+            await asyncio.to_thread(stream.follow, answered, deadline)
+            left = max(0.0, deadline - time.monotonic())
+            read = call.decode(await self._wait(sent, left))
+            await asyncio.to_thread(stream.drain)
+        finally:
+            await asyncio.to_thread(stream.close)
+        other = functools.partial(blobs.take, self.sync.redis)  # files sent beside the reply
+        take = file_calls.stream_take(stream.ref, stream.files(), other)
         return read, await asyncio.to_thread(file_calls.file_bytes, read, take, complete)
 
     async def get_files(

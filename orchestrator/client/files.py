@@ -4,17 +4,25 @@ their answers are read. Nothing here does I/O; the queue comes from
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from pydantic import ValidationError
 
 from orchestrator.client.calls import Call
 from orchestrator.core.archive import check_path
-from orchestrator.errors import ExecutionNotFound, InvalidRequest, LimitExceeded, PathNotFound
+from orchestrator.errors import (
+    ExecutionNotFound,
+    InvalidRequest,
+    LimitExceeded,
+    NotFound,
+    OrchestratorError,
+    PathNotFound,
+)
 from orchestrator.models import (
     FileContent,
     FilesRead,
     FilesWritten,
+    ToolExecutionRequest,
     ToolExecutionResult,
     describe_validation_error,
     parse_request,
@@ -31,6 +39,9 @@ __all__ = [
     "find_collected",
     "check_complete",
     "file_bytes",
+    "stashed",
+    "stash_run_files",
+    "stream_take",
     "INLINE_MAX_BYTES",
 ]
 
@@ -55,7 +66,7 @@ def file_list(
             :data:`INLINE_MAX_BYTES` (None: every file in the message).
 
     Raises:
-        InvalidRequest: a path or mode does not validate.
+        InvalidRequest: a path, mode or content does not validate.
     """
     if isinstance(files, Mapping):
         chosen = 0o644 if mode is None else mode
@@ -63,7 +74,7 @@ def file_list(
             return [_file(path, data, chosen, stash) for path, data in files.items()]
         except ValidationError as exc:
             raise InvalidRequest(f"files: {describe_validation_error(exc)}") from exc
-    return [parse_request(FileContent, item) for item in files]
+    return stashed([parse_request(FileContent, item) for item in files], stash)
 
 
 def _file(
@@ -73,7 +84,39 @@ def _file(
         return FileContent.of(path, data, mode)
     raw = data.encode() if isinstance(data, str) else data
     item = FileContent(path=path, mode=mode)  # the path checked before anything is stored
-    return item.model_copy(update={"ref": stash(raw)})
+    return item.model_copy(update={"ref": stash(raw), "size": len(raw)})
+
+
+def stashed(
+    files: Sequence[FileContent], stash: Callable[[bytes], str] | None
+) -> list[FileContent]:
+    """``files`` with each content above :data:`INLINE_MAX_BYTES` stored by ``stash``: the
+    item carries its ``ref`` and ``size`` instead (the worker checks the size against its
+    caps before it reads a byte). Items with a ``ref`` already are left as they are.
+
+    Raises:
+        InvalidRequest: ``content_base64`` is not valid base64.
+    """
+    if stash is None:
+        return list(files)
+    out = []
+    for item in files:
+        inline = item.content_base64 or item.text or ""
+        if item.ref is None and len(inline) > INLINE_MAX_BYTES:
+            raw = item.data()
+            update = {"content_base64": None, "text": None, "ref": stash(raw), "size": len(raw)}
+            item = item.model_copy(update=update)
+        out.append(item)
+    return out
+
+
+def stash_run_files(
+    request: ToolExecutionRequest, stash: Callable[[bytes], str]
+) -> ToolExecutionRequest:
+    """A tool run whose large ``files`` travel beside its message (see :func:`stashed`)."""
+    if not any(len(f.content_base64 or f.text or "") > INLINE_MAX_BYTES for f in request.files):
+        return request
+    return request.model_copy(update={"files": stashed(request.files, stash)})
 
 
 def put_files(relic_id: str, files: list[FileContent], queue: str) -> Call[FilesWritten]:
@@ -104,18 +147,42 @@ def checked_paths(paths: Sequence[str]) -> list[str]:
 
 
 def get_files(
-    relic_id: str, paths: Sequence[str], queue: str, inline_max_bytes: int | None = None
+    relic_id: str,
+    paths: Sequence[str],
+    queue: str,
+    inline_max_bytes: int | None = None,
+    stream: str | None = None,
 ) -> Call[FilesRead]:
     """Read ``paths`` (files or directories, checked already) from a relic; files above
     ``inline_max_bytes`` come beside the reply (see :func:`file_bytes`), all in it by
-    default."""
-    return Call(
-        Task.RELICS_GET_FILES,
-        [relic_id, list(paths), inline_max_bytes],
-        FilesRead.model_validate,
-        FILES_WAIT_SECONDS,
-        queue,
-    )
+    default; with ``stream``, on that list as the worker reads them (see
+    :class:`~orchestrator.state.blob_stream.StreamReader`)."""
+    args: list[object] = [relic_id, list(paths), inline_max_bytes]
+    if stream is not None:
+        args.append(stream)
+    return Call(Task.RELICS_GET_FILES, args, FilesRead.model_validate, FILES_WAIT_SECONDS, queue)
+
+
+def stream_take(
+    stream: str, files: Iterable[bytes], other: Callable[[str], bytes]
+) -> Callable[[str], bytes]:
+    """A ``take`` for :func:`file_bytes`: the files of ``stream``, in order, for its ref;
+    ``other`` for any other ref.
+
+    Raises (when called):
+        NotFound: the stream held fewer files than the reply names.
+    """
+    pending = iter(files)
+
+    def take(ref: str) -> bytes:
+        if ref != stream:
+            return other(ref)
+        data = next(pending, None)
+        if data is None:
+            raise NotFound(f"ref: {ref}: the stream beside the reply ended early")
+        return data
+
+    return take
 
 
 def find_collected(result: object, execution_id: str, path: str) -> FileContent:
@@ -150,11 +217,26 @@ def file_bytes(
         if item.ref is None:
             data[item.path] = item.data()
             continue
-        data[item.path] = take(item.ref)
+        data[item.path] = _sized(item, take(item.ref))
         if not complete:
             continue
         read.files[index] = FileContent.of(
             item.path, data[item.path], item.mode, size=item.size, truncated=item.truncated
+        )
+    return data
+
+
+def _sized(item: FileContent, data: bytes) -> bytes:
+    """``data``, once its length is the one the reply says (all of the file unless cut).
+
+    Raises:
+        OrchestratorError: it is not (the call was retried midway, or a ref was reused).
+    """
+    size = item.size
+    if size is not None and (len(data) > size or (not item.truncated and len(data) != size)):
+        raise OrchestratorError(
+            f"{item.path}: {len(data)} bytes came beside the reply, which says {size}; "
+            "read it again"
         )
     return data
 

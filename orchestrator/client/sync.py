@@ -27,6 +27,7 @@ from orchestrator.client.config import client_config
 from orchestrator.client.relic_exec import ExecHandle, exec_call, exec_request, relic_queue
 from orchestrator.client.resend import LostMessages, Sent
 from orchestrator.core import secrets
+from orchestrator.errors import OrchestratorTimeout
 from orchestrator.models import (
     AggregateStats,
     CleanupReport,
@@ -43,7 +44,7 @@ from orchestrator.models import (
 )
 from orchestrator.protocol import ROUTED_QUEUES
 from orchestrator.settings import Settings
-from orchestrator.state import blobs, collected, keys
+from orchestrator.state import blob_stream, blobs, collected, keys
 from orchestrator.state.logs import follow_live, read_live
 from orchestrator.state.redis_conn import broker_probe, redis_client
 from orchestrator.state.registry import HostRegistry
@@ -188,6 +189,10 @@ class OrchestratorClient:
             req.model_dump(mode="json"), self._keyring, self.settings.dev_allow_plaintext_secrets
         )
 
+    def _run_stash(self, data: bytes) -> str:
+        """Store a tool run's file beside its message, for as long as its result lives."""
+        return blobs.put(self.redis, data, self.settings.result_ttl_seconds)
+
     def _send_call(self, call: Call[Any]) -> Sent:
         """Send ``call``, to its session's host when it names a session."""
         queue = call.queue
@@ -233,6 +238,7 @@ class OrchestratorClient:
             Forbidden: it has secret parameters and no key is set (see :meth:`_sealed`).
         """
         req = parse_request(ToolExecutionRequest, request)
+        req = file_calls.stash_run_files(req, self._run_stash)  # large files go beside
         call = calls.execute_tool(req, self._sealed(req), self.settings.client_wait_slack_seconds)
         sent = self._send_call(call)
         return ExecutionHandle(self, sent, req.tool_name, req.session_id, call.wait_seconds)
@@ -429,9 +435,18 @@ class OrchestratorClient:
             LimitExceeded: over ``ORCHESTRATOR_FILES_MAX_*`` (the message names which).
             RelicNotFound: no such relic.
         """
-        items = file_calls.file_list(files, mode, lambda data: blobs.put(self.redis, data))
+        later = blobs.Deferred(self.redis)  # large files: written once the message is sent
+        items = file_calls.file_list(files, mode, later.stash)
         call = file_calls.put_files(relic_id, items, relic_queue(self.redis, relic_id))
-        return self._run(call, timeout)
+        sent = self._send_call(call)
+        try:
+            later.push()  # the worker reads each chunk as it lands
+            return call.decode(self._wait(sent, call.wait(timeout)))
+        except OrchestratorTimeout:
+            raise  # the call goes on: it still needs them
+        except Exception:
+            later.discard()  # a refused call may have deleted them before all were written
+            raise
 
     def get_files_detailed(
         self, relic_id: str, paths: list[str], timeout: float | None = None
@@ -446,10 +461,27 @@ class OrchestratorClient:
         self, relic_id: str, checked: list[str], timeout: float | None, complete: bool
     ) -> tuple[FilesRead, dict[str, bytes]]:
         queue = relic_queue(self.redis, relic_id)
-        call = file_calls.get_files(relic_id, checked, queue, file_calls.INLINE_MAX_BYTES)
-        read = self._run(call, timeout)
-        take = functools.partial(blobs.take, self.redis)
+        stream = blob_stream.StreamReader(self.redis, blobs.new_ref())  # read as the worker writes
+        call = file_calls.get_files(
+            relic_id, checked, queue, file_calls.INLINE_MAX_BYTES, stream.ref
+        )
+        deadline = time.monotonic() + call.wait(timeout)
+        sent = self._send_call(call)
+        try:
+            stream.follow(functools.partial(self._answered, sent), deadline)
+            read = call.decode(self._wait(sent, max(0.0, deadline - time.monotonic())))
+            stream.drain()
+        finally:
+            stream.close()
+        other = functools.partial(blobs.take, self.redis)
+        take = file_calls.stream_take(stream.ref, stream.files(), other)
         return read, file_calls.file_bytes(read, take, complete)
+
+    def _answered(self, sent: Sent) -> bool:
+        """True once ``sent`` has a result (it is sent again if a restarted broker lost it)."""
+        if self._lost is not None:
+            self._lost.check(sent)
+        return bool(sent.async_result.ready())
 
     def get_files(
         self, relic_id: str, paths: list[str], timeout: float | None = None

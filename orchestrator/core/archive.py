@@ -20,7 +20,7 @@ import io
 import posixpath
 import tarfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.errors import InvalidRequest, LimitExceeded
@@ -29,7 +29,11 @@ __all__ = [
     "GO_DIR",
     "GO_SYMLINK",
     "check_path",
+    "Piece",
+    "TarStream",
+    "tar_stream",
     "build_archive",
+    "Apart",
     "Budget",
     "ReadFile",
     "Skipped",
@@ -66,20 +70,59 @@ def check_path(field_name: str, path: object) -> str:
     return "/" + "/".join(parts)
 
 
-def build_archive(files: Iterable[tuple[str, bytes, int]], mtime: float | None = None) -> bytes:
-    """A tar archive to extract at ``/``: one regular file per ``(path, data, mode)``.
+#: Bytes as they travel: one buffer, or pieces of one (never joined on the way).
+Piece = bytes | memoryview
+
+
+class TarStream:
+    """A tar archive to extract at ``/`` as the pieces it is made of: headers, each file's
+    bytes as given (not copied), padding. ``len()`` is its size in bytes; iterating gives
+    the pieces in order (an HTTP body of known length).
+    """
+
+    def __init__(self, pieces: Iterable[Piece]) -> None:
+        self.pieces: tuple[Piece, ...] = tuple(pieces)
+        self.size = sum(len(piece) for piece in self.pieces)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[Piece]:
+        return iter(self.pieces)
+
+    def getvalue(self) -> bytes:
+        """The archive as one buffer."""
+        return b"".join(self.pieces)
+
+
+def tar_stream(
+    files: Iterable[tuple[str, bytes | Sequence[Piece], int]], mtime: float | None = None
+) -> TarStream:
+    """A tar archive to extract at ``/``: one regular file per ``(path, data, mode)``,
+    ``data`` one buffer or its pieces in order.
 
     No directory members: missing parents are made by the engine (mode 0755), existing
     ones keep their own mode and owner.
     """
     stamp = int(time.time() if mtime is None else mtime)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for path, data, mode in files:
-            info = tarfile.TarInfo(check_path("path", path).lstrip("/"))
-            info.size, info.mode, info.mtime = len(data), mode & 0o7777, stamp
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    pieces: list[Piece] = []
+    for path, data, mode in files:
+        parts = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
+        info = tarfile.TarInfo(check_path("path", path).lstrip("/"))
+        info.size, info.mode, info.mtime = sum(len(p) for p in parts), mode & 0o7777, stamp
+        pieces.append(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        pieces.extend(part for part in parts if len(part))
+        pieces.append(_NUL * (-info.size % tarfile.BLOCKSIZE))
+    pieces.append(_NUL * (2 * tarfile.BLOCKSIZE))  # the end of the archive
+    return TarStream(pieces)
+
+
+_NUL = b"\0"
+
+
+def build_archive(files: Iterable[tuple[str, bytes, int]], mtime: float | None = None) -> bytes:
+    """:func:`tar_stream` as one buffer."""
+    return tar_stream(files, mtime).getvalue()
 
 
 def is_directory(go_mode: int) -> bool:
@@ -110,13 +153,24 @@ class Budget:
 
 @dataclass(frozen=True)
 class ReadFile:
-    """A regular file read from an archive (``data`` capped: see ``truncated``)."""
+    """A regular file read from an archive (``data`` capped: see ``truncated``); a file
+    kept apart has no ``data`` here but the ``ref`` its keeper gave."""
 
     path: str
     data: bytes
     mode: int
     size: int
     truncated: bool
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class Apart:
+    """Files of more than ``limit`` bytes (as read, within the caps) are not gathered into
+    one buffer: ``keep`` gets their pieces as they stream, stores them, returns a ref."""
+
+    limit: int
+    keep: Callable[[Iterator[memoryview]], str]
 
 
 @dataclass(frozen=True)
@@ -153,30 +207,71 @@ class ArchiveTooLarge(LimitExceeded):
     """Raised when an archive streams more bytes than a request's budget allows."""
 
 
-class _ChunkReader(io.RawIOBase):
-    """A file over an iterator of chunks, stopping past ``budget.stream_bytes``."""
+_TOO_LARGE = "archive larger than ORCHESTRATOR_FILES_MAX_REQUEST_BYTES allows"
+
+
+class _Forward(io.RawIOBase):
+    """A forward-only file over an iterator of chunks, stopping past ``budget.stream_bytes``.
+
+    tarfile reads it as a plain archive (mode ``r:``, seeking forward only): headers come
+    straight from it, and a member's bytes are read from it once, copied once (the stream
+    mode, ``r|``, buffers them and copies each byte four to five times).
+    """
 
     def __init__(self, chunks: Iterable[bytes], budget: Budget) -> None:
         self._chunks: Iterator[bytes] = iter(chunks)
         self._pending = memoryview(b"")  # a view: taking from it copies nothing
+        self._position = 0
         self._budget = budget
 
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._position
+        elif whence != io.SEEK_SET:
+            raise io.UnsupportedOperation("an archive from the engine is read forward only")
+        if offset < self._position:
+            raise io.UnsupportedOperation("an archive from the engine is read forward only")
+        for _ in self.pieces(offset - self._position):
+            pass
+        return self._position
+
+    def pieces(self, size: int) -> Iterator[memoryview]:
+        """The next ``size`` bytes (fewer at the end) as views of the engine's chunks."""
+        while size > 0:
+            while not self._pending:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    return
+                self._pending = memoryview(chunk)
+            piece = self._pending[:size]
+            if len(piece) > self._budget.stream_bytes:
+                raise ArchiveTooLarge(_TOO_LARGE)
+            self._budget.stream_bytes -= len(piece)
+            self._pending = self._pending[len(piece) :]
+            self._position += len(piece)
+            size -= len(piece)
+            yield piece
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            raise io.UnsupportedOperation("read a given size")
+        return b"".join(self.pieces(size))
+
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._pending = memoryview(chunk)
-        size = min(len(buffer), len(self._pending))
-        if size > self._budget.stream_bytes:
-            raise ArchiveTooLarge("archive larger than ORCHESTRATOR_FILES_MAX_REQUEST_BYTES allows")
-        self._budget.stream_bytes -= size
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
+        done = 0
+        for piece in self.pieces(len(buffer)):
+            buffer[done : done + len(piece)] = piece
+            done += len(piece)
+        return done
 
 
 def _kind(member: tarfile.TarInfo) -> str | None:
@@ -206,7 +301,12 @@ def _member_path(member: tarfile.TarInfo, parent: str, requested: str) -> str | 
 
 
 def read_archive(
-    chunks: Iterable[bytes], requested: str, budget: Budget, *, single: bool = False
+    chunks: Iterable[bytes],
+    requested: str,
+    budget: Budget,
+    *,
+    single: bool = False,
+    apart: Apart | None = None,
 ) -> ArchiveContents:
     """The regular files of an archive the engine made of ``requested``.
 
@@ -217,18 +317,19 @@ def read_archive(
         requested: the (checked) path that was archived.
         budget: the request's remaining budget, spent here.
         single: the path is one file: stop after its member (skip draining the stream).
+        apart: where large files go as they stream (None: every file in ``data``).
 
     Raises:
         ArchiveTooLarge: the archive streamed past ``budget.stream_bytes``.
     """
     found = ArchiveContents()
     parent = posixpath.dirname(requested)
+    reader = _Forward(chunks, budget)
     try:
-        with tarfile.open(
-            fileobj=_ChunkReader(chunks, budget), mode="r|", bufsize=1 << 20
-        ) as archive:
-            for member in archive:
-                _take(archive, member, parent, requested, budget, found)
+        with tarfile.open(fileobj=reader, mode="r:") as archive:
+            while (member := archive.next()) is not None:
+                archive.members.clear()  # type: ignore[attr-defined]  # kept, never used
+                _take(archive, reader, member, parent, requested, budget, found, apart)
                 if single:
                     break
     except tarfile.ReadError as exc:
@@ -240,11 +341,13 @@ def read_archive(
 
 def _take(
     archive: tarfile.TarFile,
+    reader: _Forward,
     member: tarfile.TarInfo,
     parent: str,
     requested: str,
     budget: Budget,
     found: ArchiveContents,
+    apart: Apart | None,
 ) -> None:
     path = _member_path(member, parent, requested)
     if path is None:
@@ -261,9 +364,30 @@ def _take(
         return
     budget.files -= 1
     wanted = min(member.size, budget.max_file_bytes, budget.content_bytes)
-    handle = archive.extractfile(member)
-    data = handle.read(wanted) if handle is not None and wanted > 0 else b""
-    budget.content_bytes -= len(data)
-    found.files.append(
-        ReadFile(path, data, member.mode & 0o7777, member.size, len(data) < member.size)
-    )
+    budget.content_bytes -= wanted
+    mode, truncated = member.mode & 0o7777, wanted < member.size
+    if member.sparse is not None:  # a GNU sparse file (the engine makes none): tarfile maps it
+        handle = archive.extractfile(member)
+        data = handle.read(wanted) if handle is not None and wanted > 0 else b""
+    elif apart is not None and wanted > apart.limit:
+        reader.seek(member.offset_data)  # the bytes follow the header, as they are
+        if wanted > budget.stream_bytes:  # refused before ``keep`` stores any of it
+            raise ArchiveTooLarge(_TOO_LARGE)
+        ref = apart.keep(_exactly(reader.pieces(wanted), wanted))
+        found.files.append(ReadFile(path, b"", mode, member.size, truncated, ref))
+        return
+    else:
+        reader.seek(member.offset_data)
+        data = reader.read(wanted)
+    if len(data) < wanted:
+        raise tarfile.ReadError("unexpected end of data")
+    found.files.append(ReadFile(path, data, mode, member.size, truncated))
+
+
+def _exactly(pieces: Iterator[memoryview], size: int) -> Iterator[memoryview]:
+    """``pieces``, or an error once they end before ``size`` bytes (a cut stream)."""
+    for piece in pieces:
+        size -= len(piece)
+        yield piece
+    if size > 0:
+        raise tarfile.ReadError("unexpected end of data")

@@ -23,6 +23,7 @@ import abc
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from orchestrator.core.archive import TarStream
 from orchestrator.core.types import (
     ArchiveStat,
     BuildSpec,
@@ -229,8 +230,11 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
-    def put_archive(self, ref: str, path: str, tar_bytes: bytes) -> None:
+    def put_archive(self, ref: str, path: str, tar_bytes: bytes | TarStream) -> None:
         """Extract a tar archive into directory ``path`` of the container.
+
+        The archive is one buffer, or a :class:`~orchestrator.core.archive.TarStream` whose
+        pieces are sent as they are (a file's bytes are not copied into one archive).
 
         Works on created and stopped containers too. Members keep their modes (a
         directory already there takes the archive's mode); missing parent directories

@@ -23,6 +23,7 @@ import docker.types
 import docker.utils.socket
 
 from orchestrator.core.agent import AGENT_TOOK, agent_line
+from orchestrator.core.archive import TarStream
 from orchestrator.core.types import (
     ArchiveStat,
     BuildSpec,
@@ -433,10 +434,11 @@ class DockerEngine(Engine):
             target=_feed_and_close, args=(raw, sock, data), name="stdin", daemon=True
         ).start()
 
-    def put_archive(self, ref: str, path: str, tar_bytes: bytes) -> None:
+    def put_archive(self, ref: str, path: str, tar_bytes: bytes | TarStream) -> None:
         with docker_errors(f"write files into {ref}:{path}"):
             try:
-                # docker-py's put_archive has no noOverwriteDirNonDir: the same call, with it
+                # docker-py's put_archive has no noOverwriteDirNonDir: the same call, with it.
+                # A TarStream has a len(): requests sends its pieces with a Content-Length.
                 reply = self.api._put(
                     self.api._url("/containers/{0}/archive", ref),
                     params={"path": path, "noOverwriteDirNonDir": "true"},

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from orchestrator.core import dockerfile as dockerfile_rules
 from orchestrator.core.agent import AGENT_ENTRYPOINT, agent_line
+from orchestrator.core.archive import TarStream
 from orchestrator.core.types import (
     ArchiveStat,
     BuildSpec,
@@ -798,8 +799,10 @@ class FakeEngine(Engine):
             if box.spec.stdin_open:  # Docker drops what is written to a closed stdin
                 box.stdin = bytes(data)
 
-    def put_archive(self, ref: str, path: str, tar_bytes: bytes) -> None:
+    def put_archive(self, ref: str, path: str, tar_bytes: bytes | TarStream) -> None:
         self._call("put_archive", ref, path)
+        if isinstance(tar_bytes, TarStream):
+            tar_bytes = tar_bytes.getvalue()
         with self._lock:
             box = self._box(ref)
             target = self._resolve(box, _normalized(path))

@@ -89,6 +89,18 @@ def run_execution(
         DuplicateDelivery: another worker runs this execution right now.
         DockerUnavailable: the engine is unreachable (the task retries).
     """
+    # Files sent beside the message stay for a retry or a resumed run, not longer.
+    with files.run_blobs(rt, request, keep_for=(DockerUnavailable, DuplicateDelivery)):
+        return _run_execution(rt, request, execution_id, progress, requeued)
+
+
+def _run_execution(
+    rt: Runtime,
+    request: ToolExecutionRequest,
+    execution_id: str,
+    progress: Progress,
+    requeued: bool,
+) -> ToolExecutionResult:
     # Decrypted here, in memory only: the run's spec and its output masking need the values.
     revealed = secrets.reveal_request(request, secrets.settings_keyring(rt.settings))
     check_limits(request.resource_limits, rt.settings)
@@ -424,7 +436,7 @@ class _Run:
         if container.status == "created":
             # Binds are mounted at start: check them once more, as late as possible.
             volumes.recheck_binds(rt, self.request.volumes)
-            files.prepare_run(engine, self.name, self.request, rt.settings)
+            files.prepare_run(engine, self.name, self.request, rt.settings, rt.redis)
             engine.start_container(self.name)
             # Started here: our own clocks stand in for an inspect round trip.
             self.started_here = datetime.now(UTC)

@@ -10,10 +10,13 @@ returned (:mod:`orchestrator.core.archive`). Sizes are capped by
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from orchestrator.core import archive
 from orchestrator.engine.base import Engine
@@ -21,8 +24,8 @@ from orchestrator.errors import (
     DockerError,
     DockerUnavailable,
     InvalidRequest,
-    LimitExceeded,
     PathNotFound,
+    WrongHost,
 )
 from orchestrator.models import (
     FileContent,
@@ -32,8 +35,16 @@ from orchestrator.models import (
     ToolExecutionRequest,
 )
 from orchestrator.settings import Settings
-from orchestrator.state import blobs, collected
+from orchestrator.state import blob_stream, blobs, collected
 from orchestrator.state import relics as relic_registry
+from orchestrator.worker.file_checks import (
+    Checked,
+    Load,
+    check_files,
+    check_paths,
+    check_run_request,
+    size_of,
+)
 from orchestrator.worker.runtime import Runtime
 
 __all__ = [
@@ -46,99 +57,18 @@ __all__ = [
     "collect_run_files",
     "check_run_request",
     "prepare_run",
+    "run_blobs",
     "collect_run",
     "keeper",
 ]
 
 log = logging.getLogger(__name__)
 
-#: keeps one file's bytes apart from a reply and returns their ref: (index, data) -> ref
-Keep = Callable[[int, bytes], str]
-
-
-@dataclass(frozen=True)
-class Apart:
-    """Files read above ``limit`` bytes leave the reply: ``keep`` stores them, they carry a
-    ``ref`` (collected files beside a result, large files beside a ``get_files`` reply)."""
-
-    limit: int
-    keep: Keep
-
-
-def check_files(
-    files: Sequence[FileContent],
-    settings: Settings,
-    *,
-    extra_bytes: int = 0,
-    field: str = "files",
-    load: Callable[[str], bytes] | None = None,
-) -> list[tuple[str, bytes, int]]:
-    """The files to write, checked: paths, count and sizes.
-
-    Args:
-        files: the request's files.
-        settings: the server's caps.
-        extra_bytes: bytes the same request sends otherwise (a tool's stdin).
-        field: the request field, first in every message.
-        load: reads the bytes of a file sent beside the message (its ``ref``); None: refs
-            are refused.
-
-    Raises:
-        InvalidRequest: a bad or repeated path.
-        LimitExceeded: too many files, a file or all of them too large (naming the setting).
-    """
-    if len(files) > settings.files_max_count:
-        raise LimitExceeded(
-            f"{field}: {len(files)} files, above the server maximum {settings.files_max_count} "
-            "(ORCHESTRATOR_FILES_MAX_COUNT)"
-        )
-    checked: list[tuple[str, bytes, int]] = []
-    total = extra_bytes
-    for index, item in enumerate(files):
-        path = archive.check_path(f"{field}[{index}].path", item.path)
-        data = _content(item, load, f"{field}[{index}]")
-        if len(data) > settings.files_max_file_bytes:
-            raise LimitExceeded(
-                f"{field}[{index}]: {path} has {len(data)} bytes, above the server maximum "
-                f"{settings.files_max_file_bytes} (ORCHESTRATOR_FILES_MAX_FILE_BYTES)"
-            )
-        total += len(data)
-        checked.append((path, data, item.mode))
-    if total > settings.files_max_request_bytes:
-        raise LimitExceeded(
-            f"{field}: {total} bytes in all, above the server maximum "
-            f"{settings.files_max_request_bytes} (ORCHESTRATOR_FILES_MAX_REQUEST_BYTES)"
-        )
-    paths = [path for path, _, _ in checked]
-    repeated = sorted({p for p in paths if paths.count(p) > 1})
-    if repeated:
-        raise InvalidRequest(f"{field}: paths given twice: {', '.join(repeated)}")
-    return checked
-
-
-def _content(item: FileContent, load: Callable[[str], bytes] | None, field: str) -> bytes:
-    if item.ref is None:
-        return item.data()
-    if load is None:
-        raise InvalidRequest(f"{field}.ref: give content_base64 or text here, not a reference")
-    return load(item.ref)
-
-
-def check_paths(paths: object, settings: Settings, field: str = "paths") -> list[str]:
-    """Paths to read, checked and normalized.
-
-    Raises:
-        InvalidRequest: not a list, or a bad path (naming its index).
-        LimitExceeded: more than ``ORCHESTRATOR_FILES_MAX_COUNT`` paths.
-    """
-    if not isinstance(paths, list | tuple):
-        raise InvalidRequest(f"{field}: expected a list of absolute paths")
-    if len(paths) > settings.files_max_count:
-        raise LimitExceeded(
-            f"{field}: {len(paths)} paths, above the server maximum {settings.files_max_count} "
-            "(ORCHESTRATOR_FILES_MAX_COUNT)"
-        )
-    return [archive.check_path(f"{field}[{i}]", path) for i, path in enumerate(paths)]
+#: keeps one file's bytes apart from a reply, as they stream, and returns their ref
+Keep = Callable[[Iterator[memoryview]], str]
+#: files read above ``limit`` bytes leave the reply: ``keep`` stores them, they carry a
+#: ``ref`` (collected files beside a result, large files beside a ``get_files`` reply)
+Apart = archive.Apart
 
 
 def _refuse_directories(engine: Engine, ref: str, paths: Sequence[str]) -> None:
@@ -167,7 +97,7 @@ def _directory_in_the_way(path: str) -> InvalidRequest:
 _REPLACED_DIRECTORY = re.compile(r'cannot overwrite directory "([^"]*)"')
 
 
-def write_files(engine: Engine, ref: str, files: Sequence[tuple[str, bytes, int]]) -> None:
+def write_files(engine: Engine, ref: str, files: Sequence[Checked]) -> None:
     """Write checked files into container ``ref`` (created, running or stopped).
 
     Missing parent directories are made (0755); an existing symbolic link named as a path
@@ -184,7 +114,7 @@ def write_files(engine: Engine, ref: str, files: Sequence[tuple[str, bytes, int]
     if len(files) > 1:  # one file is refused before anything is written, by the engine
         _refuse_directories(engine, ref, [path for path, _, _ in files])
     try:
-        engine.put_archive(ref, "/", archive.build_archive(files))
+        engine.put_archive(ref, "/", archive.tar_stream(files))
     except DockerError as exc:
         if isinstance(exc, DockerUnavailable):
             raise
@@ -246,15 +176,15 @@ def _read_one(
             path,
             budget,
             single=not archive.is_directory(mode),
+            apart=apart,
         )
     except archive.ArchiveTooLarge as exc:
         result.skipped.append(SkippedPath(path=path, reason=str(exc)))
         return
     for item in found.files:
         fields = {"size": item.size, "truncated": item.truncated}
-        if apart is not None and len(item.data) > apart.limit:
-            stored = apart.keep(len(result.files), item.data)
-            result.files.append(FileContent(path=item.path, mode=item.mode, ref=stored, **fields))
+        if item.ref is not None:
+            result.files.append(FileContent(path=item.path, mode=item.mode, ref=item.ref, **fields))
         else:
             result.files.append(FileContent.of(item.path, item.data, item.mode, **fields))
     result.skipped.extend(SkippedPath(path=s.path, reason=s.reason) for s in found.skipped)
@@ -280,19 +210,30 @@ def _relic_container(rt: Runtime, relic_id: str) -> str:
 
 def put_relic_files(rt: Runtime, relic_id: str, files: Sequence[FileContent]) -> FilesWritten:
     """Write files into a relic's container (``orchestrator.relics.put_files``); a file may
-    come beside the message (``ref`` from :mod:`orchestrator.state.blobs`)."""
+    come beside the message (``ref`` from :mod:`orchestrator.state.blobs`, taken: read and
+    deleted). A refused call deletes every blob it names."""
     container = _relic_container(rt, relic_id)
-    checked = check_files(files, rt.settings, load=lambda ref: blobs.take(rt.redis, ref))
+    try:
+        checked = check_files(
+            files, rt.settings, load=functools.partial(blobs.take_chunks, rt.redis)
+        )
+    except Exception:
+        blobs.discard(rt.redis, [item.ref for item in files])
+        raise
     write_files(rt.engine, container, checked)
     return FilesWritten(
         relic_id=relic_id,
         written=[path for path, _, _ in checked],
-        bytes=sum(len(data) for _, data, _ in checked),
+        bytes=sum(size_of(data) for _, data, _ in checked),
     )
 
 
 def get_relic_files(
-    rt: Runtime, relic_id: str, paths: object, inline_max_bytes: int | None = None
+    rt: Runtime,
+    relic_id: str,
+    paths: object,
+    inline_max_bytes: int | None = None,
+    stream: str | None = None,
 ) -> FilesRead:
     """Read files from a relic's container (``orchestrator.relics.get_files``).
 
@@ -302,12 +243,28 @@ def get_relic_files(
         paths: absolute paths of files or directories.
         inline_max_bytes: files larger than this go beside the reply (a ``ref`` to take
             with :func:`orchestrator.state.blobs.take`); None: every file in the reply.
+        stream: a blob ref the client reads as it fills: the files beside the reply go
+            there, in order, as they are read (:class:`~orchestrator.state.blob_stream.
+            StreamWriter`), and each carries this ref.
     """
-    checked = check_paths(paths, rt.settings)
-    apart = None
-    if inline_max_bytes is not None:
-        apart = Apart(inline_max_bytes, lambda index, data: blobs.put(rt.redis, data))
-    result = read_files(rt.engine, _relic_container(rt, relic_id), checked, rt.settings, apart)
+    try:
+        checked = check_paths(paths, rt.settings)
+        container = _relic_container(rt, relic_id)
+    except WrongHost:
+        raise  # the relic's host reads them, into the same stream
+    except Exception:
+        if stream is not None:
+            blob_stream.end(rt.redis, stream)  # the client stops waiting for files
+        raise
+    if stream is not None:
+        with blob_stream.StreamWriter(rt.redis, stream) as writer:
+            apart = Apart(inline_max_bytes or 0, writer.file)
+            result = read_files(rt.engine, container, checked, rt.settings, apart)
+    else:
+        apart = None
+        if inline_max_bytes is not None:
+            apart = Apart(inline_max_bytes, lambda pieces: blobs.put(rt.redis, pieces))
+        result = read_files(rt.engine, container, checked, rt.settings, apart)
     result.relic_id = relic_id
     return result
 
@@ -317,31 +274,44 @@ def get_relic_files(
 
 def keeper(rt: Runtime, execution_id: str) -> Keep:
     """Where a run's large collected files go: beside its result, with the result's TTL."""
+    numbers = itertools.count()
 
-    def keep(index: int, data: bytes) -> str:
-        return collected.store(rt.redis, execution_id, index, data, rt.settings.result_ttl_seconds)
+    def keep(pieces: Iterator[memoryview]) -> str:
+        ttl = rt.settings.result_ttl_seconds
+        return collected.store(rt.redis, execution_id, next(numbers), b"".join(pieces), ttl)
 
     return keep
 
 
-def check_run_request(request: ToolExecutionRequest, settings: Settings) -> None:
-    """Check a tool run's ``files``, ``stdin`` and ``collect`` against the server's caps.
-
-    Raises:
-        InvalidRequest / LimitExceeded: naming the field and the setting.
-    """
-    stdin_bytes = len(request.stdin.encode()) if request.stdin is not None else 0
-    check_files(request.files, settings, extra_bytes=stdin_bytes)
-    check_paths(request.collect, settings, field="collect")
-
-
 def prepare_run(
-    engine: Engine, ref: str, request: ToolExecutionRequest, settings: Settings
+    engine: Engine, ref: str, request: ToolExecutionRequest, settings: Settings, redis: Any
 ) -> None:
-    """Before a tool's container starts: write its ``files``, attach its ``stdin``."""
-    write_files(engine, ref, check_files(request.files, settings))
+    """Before a tool's container starts: write its ``files`` (those sent beside the message
+    read from Redis and left there: see :func:`run_blobs`), attach its ``stdin``."""
+    ttl = settings.result_ttl_seconds
+    load: Load = lambda blob, cap, _size: blobs.read_chunks(redis, blob, cap, ttl)  # noqa: E731
+    write_files(engine, ref, check_files(request.files, settings, load=load))
     if request.stdin is not None:
         engine.attach_stdin(ref, request.stdin.encode())
+
+
+@contextmanager
+def run_blobs(
+    rt: Runtime, request: ToolExecutionRequest, keep_for: tuple[type[BaseException], ...]
+) -> Iterator[None]:
+    """The blobs of a run's ``files`` are deleted once the run is over: when it returns,
+    or fails with an error other than ``keep_for`` (an engine that will be retried, a
+    delivery that another worker runs). A retried or resumed run reads them again; a worker
+    that dies leaves them to their TTL (the result's)."""
+    refs = [item.ref for item in request.files]
+    try:
+        yield
+    except keep_for:
+        raise
+    except Exception:
+        blobs.discard(rt.redis, refs)
+        raise
+    blobs.discard(rt.redis, refs)
 
 
 def collect_run(

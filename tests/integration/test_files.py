@@ -7,6 +7,7 @@ session follows it there.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
@@ -22,9 +23,10 @@ from typing import Any
 import docker
 import pytest
 
-from orchestrator import OrchestratorClient
+from orchestrator import AsyncOrchestratorClient, OrchestratorClient
 from orchestrator.errors import InvalidRequest, LimitExceeded, PathNotFound
 from orchestrator.models import FileContent, ToolExecutionResult
+from orchestrator.state import blobs
 from tests.integration.conftest import USED_HOSTS, make_client
 from tests.integration.harness import (
     ROOT,
@@ -143,6 +145,69 @@ def test_files_round_trip_byte_for_byte_with_modes_and_nested_directories(
     assert fclient.get_files(relic_id, ["/work/rt/data/blob.bin"]) == {
         "/work/rt/data/blob.bin": BINARY
     }
+
+
+def blob_keys(client: OrchestratorClient) -> list[bytes]:
+    """Blobs left in Redis (by any test of this module: they run one at a time)."""
+    return list(client.redis.scan_iter("orch:blob:*"))
+
+
+def test_large_files_stream_in_chunks_both_ways_and_leave_no_blob(
+    fclient: OrchestratorClient, workspace: tuple[str, str, str], docker_client: Any
+) -> None:
+    relic_id, _, container = workspace
+    big = os.urandom(MAX_FILE)  # two chunks of the blob list
+    files = {"/work/stream/a.bin": big, "/work/stream/b.bin": BINARY[::-1] + b"tail"}
+
+    fclient.put_files(relic_id, files)
+
+    assert sh(docker_client, container, "md5sum < /work/stream/a.bin").split()[0] == (
+        hashlib.md5(big).hexdigest()
+    )
+    # two large files on one stream, in order, each byte for byte
+    assert fclient.get_files(relic_id, ["/work/stream"]) == files
+    assert blob_keys(fclient) == []
+
+
+def test_a_refused_put_writes_nothing_and_leaves_no_blob(
+    fclient: OrchestratorClient, workspace: tuple[str, str, str]
+) -> None:
+    relic_id, _, _ = workspace
+    too_much = {f"/work/refused/{i}": os.urandom(MAX_FILE - 1) for i in range(4)}
+
+    with pytest.raises(LimitExceeded, match="ORCHESTRATOR_FILES_MAX_REQUEST_BYTES"):
+        fclient.put_files(relic_id, {"/work/refused/ok": BINARY, **too_much})
+
+    assert fclient.get_files_detailed(relic_id, ["/work/refused"]).missing == ["/work/refused"]
+    assert blob_keys(fclient) == []
+
+
+def test_hostile_refs_by_task_name_write_nothing(
+    fclient: OrchestratorClient, workspace: tuple[str, str, str]
+) -> None:
+    """A plain Celery message naming a blob with a false size, one over the cap, one that
+    does not exist: each refused clearly, nothing written, the blobs deleted."""
+    relic_id, _, _ = workspace
+    queue = f"host.{fclient.settings.host_name}"
+    lying = blobs.put(fclient.redis, BINARY)
+    huge = blobs.put(fclient.redis, os.urandom(MAX_FILE + 1))
+    cases = [
+        ({"path": "/work/hostile/a", "ref": lying, "size": 10}, "its size says 10"),
+        ({"path": "/work/hostile/b", "ref": huge}, "ORCHESTRATOR_FILES_MAX_FILE_BYTES"),
+        ({"path": "/work/hostile/c", "ref": blobs.new_ref()}, "expired or was used already"),
+        ({"path": "/work/hostile/d", "ref": "orch:lease:x"}, "not a file reference"),
+    ]
+    for wire, rule in cases:
+        sent = fclient.app.send_task(
+            "orchestrator.relics.put_files",
+            args=[relic_id, [{"path": "/work/hostile/ok", "text": "ok"}, wire]],
+            queue=queue,
+        )
+        with pytest.raises(Exception, match=rule):
+            sent.get(timeout=30)
+
+    assert fclient.get_files_detailed(relic_id, ["/work/hostile"]).missing == ["/work/hostile"]
+    assert blob_keys(fclient) == []
 
 
 @pytest.mark.parametrize(
@@ -413,6 +478,30 @@ def test_a_tool_run_gets_files_and_stdin_and_its_outputs_are_collected(
     _, session, _ = workspace
     result = fclient.run_tool(tool_request(session), timeout=120)
     check_tool_result(result, fclient.get_collected_file)
+    assert blob_keys(fclient) == []  # its input file came beside the message, then went
+
+
+def test_the_async_client_sends_and_reads_the_same_bytes_beside_its_messages(
+    fclient: OrchestratorClient, workspace: tuple[str, str, str]
+) -> None:
+    relic_id, session, _ = workspace
+    big = os.urandom(MAX_FILE)
+
+    async def scenario() -> tuple[ToolExecutionResult, bytes, dict[str, bytes]]:
+        async with AsyncOrchestratorClient(fclient.settings) as client:
+            result = await client.run_tool(tool_request(session), timeout=120)
+            collected = await client.get_collected_file(result.execution_id, "/in/data.bin")
+            await client.put_files(relic_id, {"/work/async/big.bin": big})
+            back = await client.get_files(relic_id, ["/work/async/big.bin"])
+            return result, collected, back
+
+    result, collected, back = asyncio.run(scenario())
+
+    assert result.status == "succeeded", result
+    assert result.stdout.split()[0] == hashlib.md5(BINARY).hexdigest()
+    assert collected == BINARY
+    assert back == {"/work/async/big.bin": big}
+    assert blob_keys(fclient) == []
 
 
 def test_the_same_run_by_task_name_from_a_plain_celery_client(

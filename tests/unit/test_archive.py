@@ -169,3 +169,44 @@ def test_skipped_members_are_listed_up_to_a_maximum_then_counted() -> None:
 
     assert len(found.skipped) == archive.MAX_SKIPPED_LISTED
     assert found.unlisted == 7
+
+
+def test_a_tar_stream_sends_the_files_bytes_as_given_and_reads_back_the_same() -> None:
+    data = bytes(range(256)) * 5000
+    name = "/w/é" + "x" * 120  # a long, non-ASCII name: a PAX header
+    stream = archive.tar_stream(
+        [(name, data, 0o600), ("/w/parts", [b"ab", memoryview(b"cd")], 0o644)]
+    )
+
+    assert any(piece is data for piece in stream)  # never copied into one archive
+    assert len(stream) == len(stream.getvalue()) and len(stream) % 512 == 0
+    assert members(stream.getvalue()) == {name[1:]: (0o600, data), "w/parts": (0o644, b"abcd")}
+
+
+def test_large_files_go_apart_as_they_stream_and_small_ones_stay() -> None:
+    big = bytes(range(256)) * 40
+    kept: list[bytes] = []
+
+    def keep(pieces: Iterator[memoryview]) -> str:
+        kept.append(b"".join(pieces))  # several pieces: the archive came in 1000-byte chunks
+        return "ref-1"
+
+    found = archive.read_archive(
+        tar_of(("d/big", big, 0o644), ("d/small", b"s", 0o644)),
+        "/d",
+        budget(),
+        apart=archive.Apart(100, keep),
+    )
+
+    assert [(f.path, f.data, f.ref, f.size) for f in found.files] == [
+        ("/d/big", b"", "ref-1", len(big)),
+        ("/d/small", b"s", None, 1),
+    ]
+    assert kept == [big]
+
+
+def test_a_stream_cut_inside_a_file_is_an_error_not_a_short_file() -> None:
+    chunks = tar_of(("big", b"z" * 5000, 0o644))
+
+    with pytest.raises(tarfile.ReadError, match="unexpected end of data"):
+        archive.read_archive(chunks[:3], "/big", budget())

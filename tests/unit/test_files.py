@@ -14,10 +14,18 @@ from orchestrator.client import files as file_calls
 from orchestrator.core.archive import build_archive
 from orchestrator.core.types import ContainerSpec
 from orchestrator.engine.fake import FakeEngine, FakeProgram
-from orchestrator.errors import InvalidRequest, LimitExceeded, PathNotFound, WrongHost
+from orchestrator.errors import (
+    DockerUnavailable,
+    InvalidRequest,
+    LimitExceeded,
+    NotFound,
+    PathNotFound,
+    RelicNotFound,
+    WrongHost,
+)
 from orchestrator.models import FileContent, FilesRead, PoolSpec, ToolExecutionRequest
 from orchestrator.settings import Settings
-from orchestrator.state import blobs, collected, keys
+from orchestrator.state import blob_stream, blobs, collected, keys
 from orchestrator.state import relics as relic_registry
 from orchestrator.state.relics import RelicEntry
 from orchestrator.worker import files
@@ -216,10 +224,94 @@ def test_a_ref_names_no_other_redis_key(rt, relic, ref) -> None:
         files.put_relic_files(rt, relic, [FileContent(path="/w/x", ref=ref)])
 
 
-def test_tool_files_must_come_in_the_message(rt) -> None:
-    request = tool(files=[FileContent(path="/in/x", ref=blobs.put(rt.redis, b"x"))])
-    with pytest.raises(InvalidRequest, match=r"files\[0\]\.ref"):
+def test_a_tool_run_reads_its_files_beside_the_message_and_deletes_them_once_over(
+    rt, engine
+) -> None:
+    engine.add_image("cat:1", FakeProgram())
+    ref = blobs.put(rt.redis, BINARY)
+    request = tool(files=[FileContent(path="/in/x", ref=ref, size=len(BINARY))], collect=["/in/x"])
+    engine.fail_next("start_container", DockerUnavailable("the engine restarts"))
+
+    with pytest.raises(DockerUnavailable):  # Celery retries it: the file must still be there
         run_execution(rt, request, "e5")
+    assert rt.redis.exists(keys.PREFIX + ref) == 1
+    result = run_execution(rt, request, "e5")
+
+    assert result.status == "succeeded"
+    assert collected.load(rt.redis, result.files[0].ref or "") == BINARY
+    assert rt.redis.exists(keys.PREFIX + ref) == 0  # the run is over: deleted
+
+
+def test_a_tool_run_over_the_caps_by_its_declared_sizes_is_refused_and_its_blobs_go(
+    rt, engine
+) -> None:
+    ref = blobs.put(rt.redis, BINARY)
+    request = tool(files=[FileContent(path="/in/x", ref=ref, size=5000)])
+
+    with pytest.raises(LimitExceeded, match="ORCHESTRATOR_FILES_MAX_FILE_BYTES"):
+        run_execution(rt, request, "e6")
+    assert engine.called("create_container") == []
+    assert rt.redis.exists(keys.PREFIX + ref) == 0
+
+
+@pytest.mark.parametrize(
+    ("length", "size", "error", "message"),
+    [
+        (5000, None, LimitExceeded, "more than 4096 bytes.*ORCHESTRATOR_FILES_MAX_FILE_BYTES"),
+        (5000, 5000, LimitExceeded, "has 5000 bytes.*ORCHESTRATOR_FILES_MAX_FILE_BYTES"),
+        (3500, 10, InvalidRequest, "has 3500 bytes, its size says 10"),
+    ],
+    ids=["oversize", "declared-oversize", "lying-size"],
+)
+def test_an_oversize_or_lying_blob_writes_nothing_and_every_blob_goes(
+    rt, relic, length, size, error, message
+) -> None:
+    good = blobs.put(rt.redis, b"g" * 3000)
+    bad = blobs.put(rt.redis, b"b" * length)
+    wanted = [
+        FileContent(path="/w/good", ref=good, size=3000),
+        FileContent(path="/w/bad", ref=bad, size=size),
+    ]
+
+    with pytest.raises(error, match=message):
+        files.put_relic_files(rt, relic, wanted)
+
+    assert files.get_relic_files(rt, relic, ["/w"]).missing == ["/w"]  # not even /w/good
+    assert list(rt.redis.scan_iter("orch:blob:*")) == []
+
+
+def test_a_missing_blob_fails_clearly_and_writes_nothing(rt, relic) -> None:
+    good = blobs.put(rt.redis, b"g" * 3000)
+    wanted = [FileContent(path="/w/good", ref=good), FileContent(path="/w/x", ref=blobs.new_ref())]
+
+    with pytest.raises(NotFound, match=r"files\[1\]: /w/x: ref: blob:\w+ expired or was used"):
+        files.put_relic_files(rt, relic, wanted)
+
+    assert files.get_relic_files(rt, relic, ["/w"]).missing == ["/w"]
+    assert list(rt.redis.scan_iter("orch:blob:*")) == []
+
+
+def test_get_files_streams_its_large_files_in_order_to_the_reader(rt, relic) -> None:
+    files.put_relic_files(
+        rt, relic, [FileContent.of("/w/a", BINARY), FileContent.of("/w/b", b"b" * 3000)]
+    )
+    stream = blobs.new_ref()
+
+    read = files.get_relic_files(rt, relic, ["/w", "/w/a"], inline_max_bytes=1000, stream=stream)
+
+    # a directory, then a file again: every file above 1000 bytes on the stream, in order
+    assert [(f.path, f.ref, f.size) for f in read.files] == [
+        ("/w/a", stream, len(BINARY)),
+        ("/w/b", stream, 3000),
+        ("/w/a", stream, len(BINARY)),
+    ]
+    reader = blob_stream.StreamReader(rt.redis, stream)
+    reader.drain()
+    assert reader.ended
+    take = file_calls.stream_take(stream, reader.files(), lambda ref: b"")
+    file_calls.file_bytes(read, take, complete=True)
+    assert [f.data() for f in read.files] == [BINARY, b"b" * 3000, BINARY]
+    assert list(rt.redis.scan_iter("orch:blob:*")) == []
 
 
 def test_the_client_stashes_large_files_and_checks_a_read_is_complete() -> None:
@@ -236,6 +328,13 @@ def test_the_client_stashes_large_files_and_checks_a_read_is_complete() -> None:
         ("/b", None, 0o600),
     ]
     assert stashed == [b"x" * 70_000]
+    run = tool(files=[FileContent.of("/in/big", b"y" * 70_000), FileContent.of("/in/s", "s")])
+    sent = file_calls.stash_run_files(run, stash)
+    assert [(f.path, f.ref, f.size, f.content_base64) for f in sent.files] == [
+        ("/in/big", "blob:" + "0" * 32, 70_000, None),
+        ("/in/s", None, None, None),
+    ]
+    assert stashed[-1] == b"y" * 70_000 and sent.files[1].text == "s"
     with pytest.raises(InvalidRequest, match="paths\\[0\\]"):
         file_calls.checked_paths(["/ok/../no"])
     cut = FilesRead(files=[FileContent.of("/big", b"x", size=9, truncated=True)])
@@ -256,3 +355,19 @@ def test_runs_with_files_or_collect_never_take_a_pool_container(extra) -> None:
 
     assert spec.matches(tool(**limits), 256)
     assert not spec.matches(tool(**limits, **extra), 256)
+
+
+def test_a_read_that_fails_first_ends_its_stream_but_a_forwarded_one_does_not(rt) -> None:
+    ended, forwarded = blobs.new_ref(), blobs.new_ref()
+    relic_registry.register(rt.redis, RelicEntry("r2", "ws", "s2", host="h2", container_name="c"))
+    rt.hosts.beat("h2", {})
+
+    with pytest.raises(RelicNotFound):
+        files.get_relic_files(rt, "nope", ["/x"], 1024, stream=ended)
+    with pytest.raises(WrongHost):  # h2 answers, into the same stream
+        files.get_relic_files(rt, "r2", ["/x"], 1024, stream=forwarded)
+
+    reader = blob_stream.StreamReader(rt.redis, ended)
+    reader.drain()
+    assert reader.ended  # the client stops waiting at once; the reply says why
+    assert rt.redis.exists(keys.PREFIX + forwarded) == 0
