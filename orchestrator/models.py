@@ -398,16 +398,14 @@ class PoolSpec(BaseModel):
         )
 
     def matches(self, request: ToolExecutionRequest, default_pids: int) -> bool:
-        """True when a run of ``request`` may use a container of this pool."""
+        """True when a run of ``request`` may use a container of this pool (files, stdin
+        and collect included)."""
         wanted = request.resource_limits
         return (
             request.image == self.image
             and request.build is None
             and request.network_mode == "none"
             and not request.volumes
-            # files and collect run cold (written before the tool's process exists, read
-            # after it ended); stdin follows the pool agent's line
-            and not (request.files or request.collect)
             and wanted.memory_mb == self.memory_mb
             and wanted.cpu_limit == self.cpu_limit
             and (wanted.pids_limit or default_pids) == (self.pids_limit or default_pids)

@@ -321,6 +321,9 @@ class _Run:
             {"host": rt.host_name, "container_id": container_id, "tool_name": request.tool_name},
         )
         argv = exec_command(request.command, self._image_config())
+        # Into the running container, before its agent gets the tool (a running container's
+        # file system is mounted already: cheaper than a cold run's write).
+        files.write_run_files(rt.engine, container_id, request, rt.settings, rt.redis)
         started = datetime.now(UTC)
         sampler = UsageSampler(rt.engine, container_id, POOLED_USAGE_DELAY_SECONDS).start()
         outcome = run_exec(
@@ -343,11 +346,15 @@ class _Run:
         oom = outcome.exit_code != 0 and rt.engine.inspect_container(container_id).oom_killed
         exit_info = Exit(outcome.exit_code, outcome.timed_out, outcome.cancelled)
         status, error = _status(exit_info, oom, outcome.exit_code, request)
+        collected = files.collect_run(rt, container_id, request, self.execution_id)
         return self._result(
             status,
             error=error,
             stats=usage,
             container_id=container_id,
+            files=collected.files,
+            missing_files=collected.missing,
+            skipped_files=collected.skipped,
             **outcome_fields(outcome, started, finished),
         )
 

@@ -286,13 +286,23 @@ def keeper(rt: Runtime, execution_id: str) -> Keep:
 def prepare_run(
     engine: Engine, ref: str, request: ToolExecutionRequest, settings: Settings, redis: Any
 ) -> None:
-    """Before a tool's container starts: write its ``files`` (those sent beside the message
-    read from Redis and left there: see :func:`run_blobs`), attach its ``stdin``."""
+    """Before a tool's container starts: write its ``files``, attach its ``stdin``."""
+    write_run_files(engine, ref, request, settings, redis)
+    if request.stdin is not None:
+        engine.attach_stdin(ref, request.stdin.encode())
+
+
+def write_run_files(
+    engine: Engine, ref: str, request: ToolExecutionRequest, settings: Settings, redis: Any
+) -> None:
+    """Write a run's ``files`` into its container (created, or a running pool container
+    before its agent gets the tool); those sent beside the message are read from Redis and
+    left there (see :func:`run_blobs`)."""
+    if not request.files:
+        return
     ttl = settings.result_ttl_seconds
     load: Load = lambda blob, cap, _size: blobs.read_chunks(redis, blob, cap, ttl)  # noqa: E731
     write_files(engine, ref, check_files(request.files, settings, load=load))
-    if request.stdin is not None:
-        engine.attach_stdin(ref, request.stdin.encode())
 
 
 @contextmanager

@@ -15,7 +15,8 @@ import pytest
 import redis
 
 from orchestrator import OrchestratorClient
-from orchestrator.models import ToolExecutionRequest
+from orchestrator.client import files as file_calls
+from orchestrator.models import FileContent, ToolExecutionRequest, ToolExecutionResult
 from tests.integration.conftest import USED_HOSTS, make_client
 from tests.integration.harness import (
     REDIS_URL,
@@ -148,6 +149,53 @@ def test_a_pooled_run_reads_its_stdin_to_the_end(
     result = send(client, host, pooled_tool("md5sum", stdin=text))
     assert result["container_id"] in idle
     assert result["stdout"] == f"{hashlib.md5(text.encode()).hexdigest()}  -\n"  # noqa: S324
+
+
+def test_a_pooled_run_gets_its_files_and_its_outputs_are_collected(
+    pooled: tuple[OrchestratorClient, str], docker_client: docker.DockerClient
+) -> None:
+    client, host = pooled
+    wait_for_pool(docker_client, host, POOL_SIZE)
+    idle = {c.id for c in pool_containers(docker_client, host)}
+    data = bytes(range(256)) * 1024  # 256 KiB: it travels beside the message
+    request = ToolExecutionRequest.model_validate(
+        pooled_tool(
+            "md5sum /in/data.bin; mkdir -p /out && head -c 300000 /dev/zero > /out/zeros",
+            files=[FileContent.of("/in/data.bin", data, mode=0o640).model_dump(exclude_none=True)],
+            collect=["/in/data.bin", "/out/zeros", "/out/none"],
+        )
+    )
+    # as the client sends it: the file beside the message, in Redis
+    stashed = file_calls.stash_run_files(request, client._run_stash)
+    assert stashed.files[0].ref is not None
+    outcome = send(client, host, client._sealed(stashed))
+    assert outcome["container_id"] in idle and outcome["status"] == "succeeded", outcome
+    assert outcome["stdout"] == f"{hashlib.md5(data).hexdigest()}  /in/data.bin\n"  # noqa: S324
+    done = ToolExecutionResult.model_validate(outcome)
+    assert done.missing_files == ["/out/none"]
+    assert client.get_collected_file(done.execution_id, "/in/data.bin") == data
+    assert client.get_collected_file(done.execution_id, "/out/zeros") == bytes(300000)
+    got = done.collected("/in/data.bin")
+    assert got is not None and got.mode == 0o640
+
+
+def test_a_pooled_runs_file_where_a_directory_is_is_refused_and_its_container_discarded(
+    pooled: tuple[OrchestratorClient, str], docker_client: docker.DockerClient
+) -> None:
+    client, host = pooled
+    wait_for_pool(docker_client, host, POOL_SIZE)
+    idle = {c.id for c in pool_containers(docker_client, host)}
+    request = pooled_tool("echo ran", files=[{"path": "/bin", "text": "not a directory"}])
+    outcome = client.app.send_task(
+        "orchestrator.tools.execute", args=[request], queue=f"host.{host}"
+    )
+    with pytest.raises(Exception, match="/bin is a directory"):
+        outcome.get(timeout=60)
+    deadline = time.monotonic() + 30  # the container it took is discarded, not leaked
+    while len(idle & {c.id for c in pool_containers(docker_client, host)}) > POOL_SIZE - 1:
+        assert time.monotonic() < deadline, "the pool container the refused run took was kept"
+        time.sleep(0.2)
+    wait_for_pool(docker_client, host, POOL_SIZE)
 
 
 def test_a_pooled_run_is_cancelled(

@@ -19,7 +19,7 @@ from orchestrator.core.specs import tool_spec
 from orchestrator.core.types import ContainerSpec, ExecSpec, Stream
 from orchestrator.engine.fake import FakeEngine, FakeExec, FakeProgram
 from orchestrator.errors import ContainerNotFound, DockerError, DockerUnavailable, LimitExceeded
-from orchestrator.models import ResourceLimits, ToolExecutionRequest, ToolRunStats
+from orchestrator.models import FileContent, ResourceLimits, ToolExecutionRequest, ToolRunStats
 from orchestrator.settings import Settings
 from orchestrator.state import keys
 from orchestrator.state.logs import read_live
@@ -930,6 +930,25 @@ def test_a_pooled_run_gets_its_stdin_after_the_agents_line(pool_rt, engine, exec
 
     assert result.container_id in idle and result.stdout == "read\n"
     assert execs.specs[0].stdin == "line one\nüñï\n".encode()
+
+
+def test_a_pooled_run_gets_its_files_and_its_outputs_are_collected(pool_rt, engine, execs):
+    execs.result = FakeExec(stdout=b"ok\n")
+    idle = idle_pool(pool_rt)
+    request = pooled_request(
+        files=[FileContent.of("/in/data.txt", b"input bytes", mode=0o640)],
+        collect=["/in/data.txt", "/out/missing"],
+    )
+
+    result = run_execution(pool_rt, request, "e1")
+
+    assert result.container_id in idle and result.status == "succeeded"
+    [(ref, path)] = engine.called("put_archive")
+    assert ref == result.container_id  # into the idle container, before the tool
+    [got] = result.files
+    assert (got.path, got.data(), got.mode) == ("/in/data.txt", b"input bytes", 0o640)
+    assert result.missing_files == ["/out/missing"]
+    settle(pool_rt)
 
 
 def test_requests_that_do_not_match_the_pool_run_cold(pool_rt, engine):

@@ -346,15 +346,15 @@ def test_the_client_stashes_large_files_and_checks_a_read_is_complete() -> None:
 
 @pytest.mark.parametrize(
     "extra",
-    [{"files": [FileContent.of("/in/x", "x")]}, {"collect": ["/out"]}],
-    ids=["files", "collect"],
+    [{"files": [FileContent.of("/in/x", "x")]}, {"collect": ["/out"]}, {"stdin": "x"}],
+    ids=["files", "collect", "stdin"],
 )
-def test_runs_with_files_or_collect_never_take_a_pool_container(extra) -> None:
+def test_runs_with_files_stdin_or_collect_may_take_a_pool_container(extra) -> None:
     spec = PoolSpec(image="cat:1", size=1)
     limits = {"resource_limits": {"memory_mb": 512, "cpu_limit": 1.0}}
 
-    assert spec.matches(tool(**limits), 256)
-    assert not spec.matches(tool(**limits, **extra), 256)
+    assert spec.matches(tool(**limits, **extra), 256)
+    assert not spec.matches(tool(resource_limits={"memory_mb": 256}, **extra), 256)
 
 
 def test_a_read_that_fails_first_ends_its_stream_but_a_forwarded_one_does_not(rt) -> None:
