@@ -45,6 +45,12 @@ def wait_for_pool(engine: docker.DockerClient, host: str, size: int, timeout: fl
     raise AssertionError(f"pool never reached {size}: {pool_containers(engine, host)}")
 
 
+def full_pool(engine: docker.DockerClient, host: str) -> set[str]:
+    """The ids of the pool's idle containers, once it is full again."""
+    wait_for_pool(engine, host, POOL_SIZE)
+    return {c.id for c in pool_containers(engine, host)}
+
+
 @pytest.fixture(scope="module")
 def pooled(
     services: None, tmp_path_factory: pytest.TempPathFactory, docker_client: docker.DockerClient
@@ -126,8 +132,7 @@ def test_pooled_runs_get_parameters_and_secrets_as_they_are(
 ) -> None:
     # Values pass through the pool agent's shell line: none may be read as shell syntax.
     client, host = pooled
-    wait_for_pool(docker_client, host, POOL_SIZE)
-    idle = {c.id for c in pool_containers(docker_client, host)}
+    idle = full_pool(docker_client, host)
     hostile = 'it\'s "$(touch /tmp/owned)" `touch /tmp/owned` ${HOME} ;exit 3\nline two\n'
     script = 'printf "%s|" "$A" "$TOKEN"; test -e /tmp/owned && echo owned || echo clean'
     request = ToolExecutionRequest.model_validate(
@@ -143,8 +148,7 @@ def test_a_pooled_run_reads_its_stdin_to_the_end(
     pooled: tuple[OrchestratorClient, str], docker_client: docker.DockerClient
 ) -> None:
     client, host = pooled
-    wait_for_pool(docker_client, host, POOL_SIZE)
-    idle = {c.id for c in pool_containers(docker_client, host)}
+    idle = full_pool(docker_client, host)
     text = "".join(f"line {n} ü '$(id)'\n" for n in range(40000))  # about 800 KB
     result = send(client, host, pooled_tool("md5sum", stdin=text))
     assert result["container_id"] in idle
@@ -155,8 +159,7 @@ def test_a_pooled_run_gets_its_files_and_its_outputs_are_collected(
     pooled: tuple[OrchestratorClient, str], docker_client: docker.DockerClient
 ) -> None:
     client, host = pooled
-    wait_for_pool(docker_client, host, POOL_SIZE)
-    idle = {c.id for c in pool_containers(docker_client, host)}
+    idle = full_pool(docker_client, host)
     data = bytes(range(256)) * 1024  # 256 KiB: it travels beside the message
     request = ToolExecutionRequest.model_validate(
         pooled_tool(
@@ -183,8 +186,7 @@ def test_a_pooled_runs_file_where_a_directory_is_is_refused_and_its_container_di
     pooled: tuple[OrchestratorClient, str], docker_client: docker.DockerClient
 ) -> None:
     client, host = pooled
-    wait_for_pool(docker_client, host, POOL_SIZE)
-    idle = {c.id for c in pool_containers(docker_client, host)}
+    idle = full_pool(docker_client, host)
     request = pooled_tool("echo ran", files=[{"path": "/bin", "text": "not a directory"}])
     outcome = client.app.send_task(
         "orchestrator.tools.execute", args=[request], queue=f"host.{host}"
@@ -202,8 +204,7 @@ def test_a_pooled_run_is_cancelled(
     pooled: tuple[OrchestratorClient, str], docker_client: docker.DockerClient
 ) -> None:
     client, host = pooled
-    wait_for_pool(docker_client, host, POOL_SIZE)
-    idle = {c.id for c in pool_containers(docker_client, host)}
+    idle = full_pool(docker_client, host)
     outcome = client.app.send_task(
         "orchestrator.tools.execute",
         args=[pooled_tool("echo begun; sleep 60")],
