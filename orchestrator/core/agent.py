@@ -22,12 +22,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+from orchestrator.core.types import ExecSpec
+from orchestrator.errors import DockerError
+
 __all__ = [
     "AGENT_SCRIPT",
     "AGENT_ENTRYPOINT",
     "AGENT_PROTOCOL",
     "AGENT_TOOK",
     "agent_line",
+    "agent_input",
     "quote",
 ]
 
@@ -88,3 +92,19 @@ def agent_line(
     if "\x00" in line:
         raise ValueError("a value contains a NUL byte")
     return line.encode() + b"\n"
+
+
+def agent_input(ref: str, spec: ExecSpec) -> bytes:
+    """The line that gives container ``ref``'s agent the command of ``spec`` (its stdin
+    not included): what every engine's ``run_attached`` checks before anything is sent.
+
+    Raises:
+        DockerError: a user is asked for (the agent runs as its container's user), or the
+            line cannot carry the command (see :func:`agent_line`); nothing was run.
+    """
+    if spec.user:
+        raise DockerError(f"cannot give {ref} its command: a pool agent runs it as its user")
+    try:
+        return agent_line(spec.argv, spec.environment, spec.working_dir)
+    except ValueError as exc:
+        raise DockerError(f"cannot give {ref} its command: {exc}") from exc

@@ -22,7 +22,7 @@ import docker.errors
 import docker.types
 import docker.utils.socket
 
-from orchestrator.core.agent import AGENT_TOOK, agent_line
+from orchestrator.core.agent import AGENT_TOOK, agent_input
 from orchestrator.core.archive import TarStream
 from orchestrator.core.types import (
     ArchiveStat,
@@ -392,12 +392,7 @@ class DockerEngine(Engine):
         return _DockerExec(self.api, exec_id, frames, sock)
 
     def run_attached(self, ref: str, spec: ExecSpec) -> _DockerAttached:
-        if spec.user:
-            raise DockerError("a pool agent runs its command as its container's user")
-        try:
-            line = agent_line(spec.argv, spec.environment, spec.working_dir)
-        except ValueError as exc:
-            raise DockerError(f"cannot give {ref} its command: {exc}") from exc
+        line = agent_input(ref, spec)
         with docker_errors(f"attach to {ref}", conflict=DockerError):
             sock = self.api.attach_socket(
                 ref, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from orchestrator.core import dockerfile as dockerfile_rules
-from orchestrator.core.agent import AGENT_ENTRYPOINT, agent_line
+from orchestrator.core.agent import AGENT_ENTRYPOINT, agent_input
 from orchestrator.core.archive import TarStream
 from orchestrator.core.types import (
     ArchiveStat,
@@ -746,16 +746,13 @@ class FakeEngine(Engine):
 
     def run_attached(self, ref: str, spec: ExecSpec) -> _FakeExecStream:
         self._call("run_attached", ref, spec)
-        try:
-            agent_line(spec.argv, spec.environment, spec.working_dir)
-        except ValueError as exc:
-            raise DockerError(f"cannot give {ref} its command: {exc}") from exc
+        agent_input(ref, spec)
         with self._lock:
             box = self._box(ref)
             if box.status != "running":
                 raise DockerError(f"You cannot attach to a stopped container {box.id}")
             agent = box.spec.stdin_open and box.spec.entrypoint == AGENT_ENTRYPOINT
-            if not agent or box.agent_used or spec.user:
+            if not agent or box.agent_used:
                 raise DockerError(f"{box.id} is not a pool agent waiting for a command")
             box.agent_used = True
             result = box.program.on_exec(spec)
