@@ -414,6 +414,7 @@ class DockerEngine(Engine):
             with docker_errors(f"give {ref} its command"):
                 first = _agent_took(frames, ref)
         except BaseException:
+            _shut(raw)  # closing the wrapper alone leaves the engine writing to a full socket
             sock.close()
             raise
         finally:
