@@ -15,7 +15,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from orchestrator.state.blobs import BLOB_TTL_SECONDS, FOLLOW_POLL_SECONDS, blob_key, rechunk
+from orchestrator.state.blobs import (
+    BLOB_TTL_SECONDS,
+    FOLLOW_POLL_SECONDS,
+    append,
+    blob_key,
+    rechunk,
+)
 
 __all__ = ["StreamWriter", "StreamReader", "end"]
 
@@ -92,10 +98,7 @@ class StreamWriter:
             chunks = [chunk for chunk in batch if chunk is not None]
             if chunks and self._failed is None:
                 try:
-                    pipe = self._redis.pipeline(transaction=False)
-                    pipe.rpush(self._key, *chunks)
-                    pipe.expire(self._key, self._ttl)  # the reader empties (so deletes) it
-                    pipe.execute()
+                    append(self._redis, self._key, chunks, self._ttl)
                 except Exception as exc:  # noqa: BLE001 - said by close() and the next file
                     self._failed = exc
             if batch[-1] is None:
@@ -105,11 +108,7 @@ class StreamWriter:
 def end(redis: Any, ref: str, ttl_seconds: int = BLOB_TTL_SECONDS) -> None:
     """End a stream no file was written to (the call failed first): its reader stops
     waiting at once."""
-    key = blob_key(ref)
-    pipe = redis.pipeline(transaction=False)
-    pipe.rpush(key, b"")
-    pipe.expire(key, ttl_seconds)
-    pipe.execute()
+    append(redis, blob_key(ref), [b""], ttl_seconds)
 
 
 class StreamReader:

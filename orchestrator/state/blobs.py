@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -42,6 +42,7 @@ __all__ = [
     "discard",
     "new_ref",
     "rechunk",
+    "append",
     "FOLLOW_POLL_SECONDS",
 ]
 
@@ -82,13 +83,25 @@ def put(
     """Store ``data``, one buffer or its pieces in order (in chunks, all or nothing);
     returns its ref."""
     ref = new_ref()
-    key = keys.PREFIX + ref
-    pipe = redis.pipeline(transaction=True)
-    for chunk in _chunks(data):
-        pipe.rpush(key, chunk)
+    append(redis, keys.PREFIX + ref, list(_chunks(data)), ttl_seconds, transaction=True)
+    return ref
+
+
+def append(
+    redis: Any,
+    key: str,
+    chunks: Sequence[bytes | memoryview],
+    ttl_seconds: int,
+    *,
+    transaction: bool = False,
+) -> None:
+    """Push ``chunks`` onto blob list ``key`` and set its TTL, in one round trip (the TTL
+    each time: a reader that emptied, so deleted, the key must not leave the next write a
+    key without one)."""
+    pipe = redis.pipeline(transaction=transaction)
+    pipe.rpush(key, *chunks)
     pipe.expire(key, ttl_seconds)
     pipe.execute()
-    return ref
 
 
 def _chunks(data: bytes | Iterable[bytes | memoryview]) -> Iterator[bytes | memoryview]:
@@ -147,14 +160,8 @@ class Deferred:
     def push(self) -> None:
         """Write every blob remembered, chunk by chunk (each visible as soon as written)."""
         for ref, data in self._pending:
-            key = keys.PREFIX + ref
             for chunk in _chunks(data):
-                # The TTL each time: a reader that deleted the key (a refused call) must not
-                # leave a key without one when the next chunk makes it again.
-                pipe = self._redis.pipeline(transaction=False)
-                pipe.rpush(key, chunk)
-                pipe.expire(key, self._ttl)
-                pipe.execute()
+                append(self._redis, keys.PREFIX + ref, [chunk], self._ttl)
         self._names = [ref for ref, _ in self._pending]
         self._pending.clear()
 
