@@ -246,14 +246,16 @@ class WarmPool:
         if not any(idle.values()):
             return 0
         found = self.rt.engine.list_containers(label_filter(kind=Kind.POOL, host=self.rt.host_name))
-        running = {c.id for c in found if c.running}
-        exit_codes = {c.id: c.exit_code for c in found if not c.running}
+        containers = {c.id: c for c in found}
         dropped = 0
         for spec in specs:
             for raw in idle[spec.key]:
                 container_id = text(raw) or ""
-                if container_id not in running and self.rt.redis.srem(self._key(spec), raw):
-                    code = exit_codes.get(container_id)
+                container = containers.get(container_id)
+                if container is not None and container.running:
+                    continue
+                if self.rt.redis.srem(self._key(spec), raw):
+                    code = None if container is None else container.exit_code
                     log.warning(
                         "pool container %s of %s stopped while idle (exit code %s); dropped",
                         container_id[:12],
