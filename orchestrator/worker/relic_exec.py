@@ -183,7 +183,10 @@ def _relic_secrets(rt: Runtime, target: _Target) -> list[str]:
     for a relic started with secrets."""
     if not target.secret_names:
         return []
-    environment = rt.engine.inspect_container(target.container).environment
+    try:
+        environment = rt.engine.inspect_container(target.container).environment
+    except ContainerNotFound:  # nothing runs then: the exec says its relic's container is gone
+        return []
     return [environment[name] for name in target.secret_names if environment.get(name)]
 
 

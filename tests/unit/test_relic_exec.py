@@ -17,6 +17,7 @@ from orchestrator.errors import (
     Forbidden,
     InvalidRequest,
     LimitExceeded,
+    RelicError,
     RelicNotFound,
     WrongHost,
 )
@@ -229,6 +230,15 @@ def test_a_stopped_relic_runs_nothing_and_says_so(rt: Runtime, engine: FakeEngin
     engine.kill_container(relics.lookup(rt.redis, "r1").container_name)
     result = relic_exec.exec_in_relic(rt, exec_request(), "x1")
     assert result.status == "error" and "could not be run" in (result.error or "")
+
+
+def test_a_relic_with_secrets_whose_container_is_gone_says_so(
+    rt: Runtime, engine: FakeEngine
+) -> None:
+    start_workspace(rt, secret_parameters={"API_KEY": "relic-s3cret"})
+    engine.remove_container(relics.lookup(rt.redis, "r1").container_name)
+    with pytest.raises(RelicError, match="its container is gone"):
+        relic_exec.exec_in_relic(rt, exec_request(), "x1")
 
 
 # -- at most once -----------------------------------------------------------------------------
