@@ -134,8 +134,8 @@ class Settings(BaseModel):
         1,
         ge=1,
         le=16,
-        description="Pool containers made or removed at once per worker; they wait behind "
-        "pooled runs in progress.",
+        description="Pool containers made (or idle ones removed) at once per worker; they wait "
+        "behind pooled runs in progress. Used ones are removed one at a time beside.",
     )
     relic_cap_add: list[str] = Field(
         default_factory=list, description="Capabilities relics may keep (all others dropped)."

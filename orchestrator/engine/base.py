@@ -207,9 +207,14 @@ class Engine(abc.ABC):
 
         The container must run :data:`orchestrator.core.agent.AGENT_ENTRYPOINT` with its
         standard input open (a warm-pool container), and serves one command: the agent
-        execs it, so the command becomes the container's main process and the
-        stream's ``exit_code()`` is the container's. ``spec.stdin`` is the command's
-        standard input (None: none, EOF at once); ``spec.user`` is not supported.
+        runs it, then writes an end trailer with its exit code on both streams and exits
+        with that code (:mod:`orchestrator.core.agent`). The stream ends with the command
+        (what a process it left behind writes later is not its output), stripped of the
+        trailers, and ``exit_code()`` is the command's: at once for a clean exit, once
+        the container has ended for a failed one, the container's if the stream ended
+        without trailers (killed). A container still running shortly after its trailers
+        (they were forged) is killed. ``spec.stdin`` is the command's standard input (None:
+        none, EOF at once); ``spec.user`` is not supported.
 
         Raises:
             ContainerNotFound: no such container.

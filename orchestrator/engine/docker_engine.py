@@ -14,7 +14,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import docker
@@ -22,7 +22,7 @@ import docker.errors
 import docker.types
 import docker.utils.socket
 
-from orchestrator.core.agent import AGENT_TOOK, agent_input
+from orchestrator.core.agent import AGENT_TOOK, EndScanner, agent_input, new_nonce
 from orchestrator.core.archive import TarStream
 from orchestrator.core.types import (
     ArchiveStat,
@@ -48,6 +48,7 @@ from orchestrator.errors import (
     ImageNotFound,
     NetworkInUse,
     NetworkNotFound,
+    OrchestratorError,
     PathNotFound,
     VolumeInUse,
     VolumeNotFound,
@@ -60,6 +61,8 @@ STOPPED_SAMPLE_TIME = "0001-01-01T00:00:00Z"
 
 #: How long a drained exec may take to have its exit code recorded.
 _EXIT_RECORD_SECONDS = 2.0
+#: How long a pool container may take to end after its agent's end trailers.
+_TRAILER_EXIT_SECONDS = 2.0
 #: How long a pool agent may take to acknowledge its command (it reads one line).
 _AGENT_TAKES_SECONDS = 10.0
 #: Output held while waiting for that acknowledgement (the command's first output can
@@ -208,23 +211,84 @@ class _DockerExec:
 
 
 class _DockerAttached(_DockerExec):
-    """A pool agent's command: its output, then the exit code of its container (the agent
-    execed the command, so the container ends with it)."""
+    """A pool agent's command: its output up to the agent's end trailers, then its exit
+    code (see :mod:`orchestrator.core.agent`).
+
+    Once both streams brought their trailer the command has ended: a clean exit is
+    reported at once, and the container (whose agent exits right after the trailers) is
+    made sure to end in the background, killed if it still runs after
+    :data:`_TRAILER_EXIT_SECONDS` (a tool that forged the trailers ends its run early and
+    is killed). A failed exit waits for the container's own exit code, so that what the
+    engine knows about it (an OOM kill) is recorded by then. A stream that ended without
+    its trailers (killed, cut short) falls back to the container's exit code.
+    """
 
     def __init__(
         self,
-        wait: Callable[[str, float], int | None],
+        engine: DockerEngine,
         ref: str,
         frames: Iterable[tuple[int, bytes]],
         sock: Any,
+        nonce: str,
     ):
         super().__init__(None, ref, frames, sock)
-        self._wait = wait
+        self._engine = engine
+        self._scanners = {1: EndScanner(nonce), 2: EndScanner(nonce)}
+        self._reaping = False
+
+    @property
+    def _ended(self) -> bool:
+        return all(scanner.ended for scanner in self._scanners.values())
+
+    def __iter__(self) -> Iterator[Chunk]:
+        with docker_errors(f"read output of {self._id[:12]}"):
+            for stream, data in self._frames:
+                scanner = self._scanners.get(stream)
+                if scanner is None or not data:
+                    continue
+                if output := scanner.feed(data):
+                    yield stream, output
+                if self._ended:
+                    break
+        if not self._ended:
+            for stream, scanner in self._scanners.items():
+                if held := scanner.flush():
+                    yield stream, held
+        self._drained = True
 
     def exit_code(self) -> int | None:
-        # Output ends when the command does, and the engine records the container's exit
-        # a moment later. Before the output ended: None, unless it has just stopped.
-        return self._wait(self._id, _EXIT_RECORD_SECONDS if self._drained else 0.05)
+        codes = {scanner.exit_code for scanner in self._scanners.values()}
+        if self._ended and codes == {0}:
+            self._reap()
+            return 0
+        wait = self._engine.wait_container
+        if self._ended:  # a failure (or two trailers that disagree): the container's code
+            code = wait(self._id, _TRAILER_EXIT_SECONDS)
+            if code is None:
+                self._engine.kill_container(self._id)
+                code = wait(self._id, _EXIT_RECORD_SECONDS)
+            return code
+        # No trailers: output ends when the container does, and the engine records the
+        # exit a moment later. Before the output ended: None, unless it has just stopped.
+        return wait(self._id, _EXIT_RECORD_SECONDS if self._drained else 0.05)
+
+    def _reap(self) -> None:
+        """Make sure the container ends, in the background (once)."""
+        if self._reaping:
+            return
+        self._reaping = True
+        threading.Thread(
+            target=_end_container, args=(self._engine, self._id), name="agent-reap", daemon=True
+        ).start()
+
+
+def _end_container(engine: DockerEngine, ref: str) -> None:
+    """Kill ``ref`` unless it ends within :data:`_TRAILER_EXIT_SECONDS` (errors: gone)."""
+    try:
+        if engine.wait_container(ref, _TRAILER_EXIT_SECONDS) is None:
+            engine.kill_container(ref)
+    except OrchestratorError:  # removed already
+        pass
 
 
 def _label_filter(label_filters: Iterable[str]) -> dict[str, Any]:
@@ -392,7 +456,8 @@ class DockerEngine(Engine):
         return _DockerExec(self.api, exec_id, frames, sock)
 
     def run_attached(self, ref: str, spec: ExecSpec) -> _DockerAttached:
-        line = agent_input(ref, spec)
+        nonce = new_nonce()
+        line = agent_input(ref, spec, nonce)
         with docker_errors(f"attach to {ref}", conflict=DockerError):
             sock = self.api.attach_socket(
                 ref, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
@@ -419,7 +484,7 @@ class DockerEngine(Engine):
             raise
         finally:
             watchdog.cancel()
-        return _DockerAttached(self.wait_container, ref, itertools.chain(first, frames), sock)
+        return _DockerAttached(self, ref, itertools.chain(first, frames), sock, nonce)
 
     def attach_stdin(self, ref: str, data: bytes) -> None:
         with docker_errors(f"attach to the standard input of {ref}"):

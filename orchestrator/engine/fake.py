@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from orchestrator.core import dockerfile as dockerfile_rules
-from orchestrator.core.agent import AGENT_ENTRYPOINT, agent_input
+from orchestrator.core.agent import AGENT_ENTRYPOINT, agent_input, new_nonce
 from orchestrator.core.archive import TarStream
 from orchestrator.core.types import (
     ArchiveStat,
@@ -746,7 +746,7 @@ class FakeEngine(Engine):
 
     def run_attached(self, ref: str, spec: ExecSpec) -> _FakeExecStream:
         self._call("run_attached", ref, spec)
-        agent_input(ref, spec)
+        agent_input(ref, spec, new_nonce())
         with self._lock:
             box = self._box(ref)
             if box.status != "running":
@@ -757,7 +757,7 @@ class FakeEngine(Engine):
             box.agent_used = True
             result = box.program.on_exec(spec)
             ends = time.monotonic() + result.run_seconds
-            # The agent execs the command: the container now ends as the command does,
+            # The agent runs the command and exits with it: the container ends as it does,
             # unless its program ends it sooner (an OOM kill of its cgroup, say).
             if box.ends_at is None or box.ends_at > ends:
                 box.program = replace(box.program, exit_code=result.exit_code, oom_killed=False)

@@ -300,7 +300,7 @@ class _Run:
                     if isinstance(exc, DockerUnavailable) or self.exec_started:
                         raise
                     log.info("pool container unusable (%s); running cold", exc)
-                    rt.pool.discard(pooled)
+                    rt.pool.discard(pooled, used=False)
                     self.container_id, self.pooled = None, False
             if first:
                 container = self._own(rt.engine.find_container(self.name))
@@ -312,7 +312,7 @@ class _Run:
         return self._supervise(container)
 
     def _run_pooled(self, container_id: str) -> ToolExecutionResult:
-        """Run the tool in a warm-pool container (its agent execs it), then discard the
+        """Run the tool in a warm-pool container (its agent runs it), then discard the
         container."""
         rt, request = self.rt, self.request
         self.container_id, self.pooled = container_id, True

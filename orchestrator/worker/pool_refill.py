@@ -7,14 +7,17 @@ CPU as a cold run. Done while a pooled run executes, it slows that run down. So:
   waits until none is (and a moment more, for the result to reach its client), or at most
   :data:`MAX_DEFER_SECONDS`, so that a steady stream of runs never starves the refill;
 - :class:`Maintainer` is one daemon thread that, once the worker's housekeeping asked for
-  it, sizes the pools again whenever a run took a container (refills first: an empty pool
-  costs cold runs), then removes used containers (the engine work itself is spread over
-  at most ``pool_refill_concurrency`` threads).
+  it, sizes the pools again whenever a run took a container (the engine work itself is
+  spread over at most ``pool_refill_concurrency`` threads), and a second one that removes
+  each used container as soon as it has exited: a few milliseconds of the engine's time,
+  in the gap right after its run, beside the refill's start, rather than after that start,
+  where it would meet the next run.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,7 +31,7 @@ log = logging.getLogger(__name__)
 #: Longest a piece of background work waits behind pooled runs.
 MAX_DEFER_SECONDS = 1.0
 #: Quiet time after the last pooled run ended before background work starts.
-SETTLE_SECONDS = 0.03
+SETTLE_SECONDS = 0.01
 #: How often the maintainer looks at the pools without being woken.
 PERIOD_SECONDS = 1.0
 
@@ -87,6 +90,7 @@ class Maintainer:
 
     Args:
         remove: removes one container (errors are its own to log).
+        remove_used: removes one container once it has exited (errors: its own).
         size_pools: one sizing round (shrink and refill); called only once :meth:`start`
             was asked for it with ``sizing=True``.
         gate: the pooled runs to stay behind.
@@ -96,39 +100,50 @@ class Maintainer:
     def __init__(
         self,
         remove: Callable[[str], None],
+        remove_used: Callable[[str], None],
         size_pools: Callable[[], Any],
         gate: HitGate,
         concurrency: int,
     ) -> None:
         self._remove = remove
+        self._remove_used = remove_used
         self._size_pools = size_pools
         self.gate = gate
         self.concurrency = concurrency
-        self._removals: list[str] = []
+        # (container id, whether its run ended it) | None (to wake the remover)
+        self._removals: queue.SimpleQueue[tuple[str, bool] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._sizing = False
         self._thread: threading.Thread | None = None
+        self._remover: threading.Thread | None = None
 
     def start(self, *, sizing: bool = False) -> None:
-        """Run the thread (idempotent); ``sizing`` also sizes the pools from now on."""
+        """Run the threads (idempotent); ``sizing`` also sizes the pools from now on."""
         with self._lock:
             self._sizing = self._sizing or sizing
-            if self._thread is not None and self._thread.is_alive():
-                return
             self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="pool-maintainer", daemon=True)
-            self._thread.start()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="pool-maintainer", daemon=True
+                )
+                self._thread.start()
+            if self._remover is None or not self._remover.is_alive():
+                self._remover = threading.Thread(
+                    target=self._remove_loop, name="pool-remover", daemon=True
+                )
+                self._remover.start()
 
     def wake(self) -> None:
         """Look at the pools again soon (a run took a container, or one was used)."""
         self._wake.set()
 
-    def remove_later(self, container_id: str) -> None:
-        """Remove ``container_id`` in the background, behind the pooled runs."""
-        with self._lock:
-            self._removals.append(container_id)
+    def remove_later(self, container_id: str, *, used: bool = True) -> None:
+        """Remove ``container_id`` in the background, behind the pooled runs in progress: a
+        ``used`` one once it has exited (a run that took a container and never gave its
+        agent the tool did not end it). Wakes the sizing: its pool may want another."""
+        self._removals.put((container_id, used))
         self.start()
         self.wake()
 
@@ -136,16 +151,25 @@ class Maintainer:
         """Stop the thread (the round in progress finishes) and stop sizing."""
         with self._lock:
             self._sizing = False
-            thread = self._thread
+            threads = [self._thread, self._remover]
         self._stop.set()
         self._wake.set()
-        if thread is not None:
-            thread.join(wait_seconds)
+        self._removals.put(None)  # wakes the remover
+        deadline = time.monotonic() + wait_seconds
+        for thread in threads:
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def remove_pending(self) -> int:
         """Remove the containers waiting for removal now; returns how many there were."""
-        with self._lock:
-            pending, self._removals = self._removals, []
+        pending: list[str] = []
+        while True:
+            try:
+                item = self._removals.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                pending.append(item[0])
         self.run_all(self._remove, pending, behind_hits=False)
         return len(pending)
 
@@ -172,10 +196,22 @@ class Maintainer:
             if self._stop.is_set():
                 return
             try:
-                if self._sizing:  # refills first: a pool run dry costs cold runs
+                if self._sizing:
                     self._size_pools()
-                with self._lock:
-                    pending, self._removals = self._removals, []
-                self.run_all(self._remove, pending)
             except Exception:  # noqa: BLE001 - Redis or the engine away: the next round retries
                 log.exception("warm pool maintenance failed; retrying")
+
+    def _remove_loop(self) -> None:
+        while not self._stop.is_set():
+            item = self._removals.get()
+            if item is None:
+                continue
+            ref, used = item
+            try:
+                if used:
+                    self._remove_used(ref)
+                else:
+                    self.gate.wait_clear()
+                    self._remove(ref)
+            except Exception:  # noqa: BLE001 - the janitor reaps what is left
+                log.exception("could not remove used pool container %s", ref)

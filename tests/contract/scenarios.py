@@ -101,6 +101,26 @@ CAT = Command(("cat",), lambda spec: FakeExec(stdout=spec.stdin or b""))
 SLOW_EXIT_4 = Command(
     ("sh", "-c", "sleep 0.5; exit 4"), lambda spec: FakeExec(exit_code=4, run_seconds=0.5)
 )
+#: Leaves a process behind that writes after the command ended (it dies with the container).
+LEAVES_A_WRITER = Command(
+    ("sh", "-c", "(sleep 2; echo late; echo late >&2) & echo done"),
+    lambda spec: FakeExec(stdout=b"done\n"),
+)
+#: Writes what looks like the agent's end trailer (with a nonce of its own), then goes on.
+FAKES_A_TRAILER = Command(
+    (
+        "sh",
+        "-c",
+        "for s in 1 2; do echo orchestrator-agent-ended 00000000000000000000000000000000 0"
+        " >&$s; done; sleep 0.3; echo real; exit 5",
+    ),
+    lambda spec: FakeExec(
+        stdout=b"orchestrator-agent-ended 00000000000000000000000000000000 0\nreal\n",
+        stderr=b"orchestrator-agent-ended 00000000000000000000000000000000 0\n",
+        exit_code=5,
+        run_seconds=0.3,
+    ),
+)
 SLEEPS_LONG = Command(("sleep", "30"), lambda spec: FakeExec(run_seconds=30))
 #: The ``RUN`` step of the build tests (exec form, so the argv is exactly this).
 BUILD_STEP = Command(("/bin/sh", "-c", "echo built > /built"), lambda spec: FakeExec())

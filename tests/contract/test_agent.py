@@ -14,6 +14,8 @@ from tests.contract.scenarios import (
     CAT,
     ECHO_GREETING,
     EXIT_3,
+    FAKES_A_TRAILER,
+    LEAVES_A_WRITER,
     OUT_AND_ERR,
     SLEEPS,
     SLEEPS_LONG,
@@ -76,6 +78,24 @@ def test_a_killed_command_ends_its_stream_with_137(harness: Harness) -> None:
     ref = agent(harness)
     stream = engine.run_attached(ref, harness.exec_spec(SLEEPS_LONG))
     assert_ends_when_killed(engine, ref, stream)
+
+
+def test_the_run_ends_with_the_command_not_with_what_it_left_behind(harness: Harness) -> None:
+    engine = harness.engine
+    ref = agent(harness)
+    started = time.monotonic()
+    stream = engine.run_attached(ref, harness.exec_spec(LEAVES_A_WRITER))
+    assert drain(stream) == (b"done\n", b"")
+    assert stream.exit_code() == 0
+    assert time.monotonic() - started < 1.5  # the leftover writes at 2 s
+    assert engine.wait_container(ref, 10) == 0  # and the container ended with the command
+
+
+def test_a_trailer_the_command_writes_is_its_output(harness: Harness) -> None:
+    stream = harness.engine.run_attached(agent(harness), harness.exec_spec(FAKES_A_TRAILER))
+    fake = b"orchestrator-agent-ended 00000000000000000000000000000000 0\n"
+    assert drain(stream) == (fake + b"real\n", fake)
+    assert stream.exit_code() == 5
 
 
 def test_an_agent_serves_one_command(harness: Harness) -> None:

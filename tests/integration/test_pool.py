@@ -125,6 +125,12 @@ def test_pooled_runs_report_failures_and_timeouts_like_cold_runs(
     slow = send(client, host, pooled_tool("echo begun; sleep 60", resource_limits=limits))
     assert slow["status"] == "timed_out"
     assert slow["stdout"] == "begun\n"
+    hog = 'x=$(head -c 200000000 /dev/zero | tr "\\0" a); echo "${#x}"'
+    oom = send(client, host, pooled_tool(hog))
+    assert (oom["status"], oom["exit_code"]) == ("oom_killed", 137)
+    registry = redis.Redis.from_url(REDIS_URL)
+    for run in (failed, slow, oom):  # each in a pool container, not a cold one
+        assert registry.hget(f"orch:exec:{run['execution_id']}", "pooled") == b"1"
 
 
 def test_pooled_runs_get_parameters_and_secrets_as_they_are(

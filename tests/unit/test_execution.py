@@ -849,6 +849,36 @@ def test_a_pool_container_that_died_while_idle_is_discarded_and_the_run_goes_col
     assert engine.find_container(taken) is None
 
 
+def wait_removed(engine: FakeEngine, container_id: str, within: float) -> float:
+    """Seconds until ``container_id`` is gone (by the pool's background remover)."""
+    started = time.monotonic()
+    while engine.find_container(container_id) is not None:
+        assert time.monotonic() - started < within, f"{container_id} was not removed"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def test_a_used_pool_container_is_removed_in_the_background_once_it_exited(pool_rt, engine):
+    result = run_execution(pool_rt, pooled_request(), "e1")
+
+    assert result.status == "succeeded"
+    wait_removed(engine, result.container_id, within=2)  # no drain: the remover did it
+
+
+def test_a_pool_container_whose_agent_never_got_the_tool_is_removed_without_waiting(
+    pool_rt, engine
+):
+    idle = idle_pool(pool_rt)
+    engine.add_image(POOL_IMAGE, FakeProgram(stdout=b"cold\n", on_exec=lambda spec: FakeExec()))
+    # the agent's line cannot carry this name: refused before anything ran, the run goes cold
+    result = run_execution(pool_rt, pooled_request(parameters={"_oa_x": "1"}), "e1")
+
+    assert (result.status, result.stdout) == ("succeeded", "cold\n")
+    [taken] = exec_refs(engine)
+    assert taken in idle and result.container_id not in idle
+    assert wait_removed(engine, taken, within=1.5) < 1.5  # not after the 2 s exit wait
+
+
 def test_a_sizing_round_drops_idle_containers_that_died_and_refills(pool_rt, engine):
     idle = idle_pool(pool_rt)
     dead = next(iter(idle))
