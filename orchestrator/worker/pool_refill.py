@@ -123,7 +123,11 @@ class Maintainer:
         """Run the threads (idempotent); ``sizing`` also sizes the pools from now on."""
         with self._lock:
             self._sizing = self._sizing or sizing
-            self._stop.clear()
+            running = [t for t in (self._thread, self._remover) if t is not None and t.is_alive()]
+            if len(running) == 2:
+                return
+            if not running:  # (one still running may be stopping: stop() decides)
+                self._stop.clear()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._loop, name="pool-maintainer", daemon=True
