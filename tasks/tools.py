@@ -25,16 +25,7 @@ RETRY = {
 }
 
 
-class ToolTask(SecretTask):
-    """``orchestrator.tools.execute``: a secret-carrying task whose end lets the warm pool's
-    background work go (after the result was stored, where a run's own code cannot)."""
-
-    def after_return(self, *args: Any, **kwargs: Any) -> None:
-        """Celery calls this once the task's state is stored and published."""
-        get_runtime().pool.gate.delivered()
-
-
-@shared_task(bind=True, base=ToolTask, name=Task.TOOLS_EXECUTE.value, **RETRY)
+@shared_task(bind=True, base=SecretTask, name=Task.TOOLS_EXECUTE.value, **RETRY)
 def execute(
     self: Any, request: dict[str, Any] | None = None, requeued: bool = False, **fields: Any
 ) -> dict[str, Any]:

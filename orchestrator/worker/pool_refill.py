@@ -4,8 +4,7 @@ Making a container (create and start) or removing one costs the engine about as 
 CPU as a cold run. Done while a pooled run executes, it slows that run down. So:
 
 - :class:`HitGate` counts the pooled runs in progress on this worker; background work
-  waits until none is (and a moment more after the last result reached the result backend,
-  :meth:`HitGate.delivered`, which the tool task calls once Celery stored it), or at most
+  waits until none is (and a moment more, for the result to reach its client), or at most
   :data:`MAX_DEFER_SECONDS`, so that a steady stream of runs never starves the refill;
 - :class:`Maintainer` is one daemon thread that, once the worker's housekeeping asked for
   it, sizes the pools again whenever a run took a container (the engine work itself is
@@ -25,7 +24,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["DELIVERY_SECONDS", "HitGate", "Maintainer", "MAX_DEFER_SECONDS", "SETTLE_SECONDS"]
+__all__ = ["HitGate", "Maintainer", "MAX_DEFER_SECONDS", "SETTLE_SECONDS"]
 
 log = logging.getLogger(__name__)
 
@@ -33,24 +32,16 @@ log = logging.getLogger(__name__)
 MAX_DEFER_SECONDS = 1.0
 #: Quiet time after the last pooled run ended before background work starts.
 SETTLE_SECONDS = 0.01
-#: Longest a run that left the gate waits for its task to say its result was delivered.
-DELIVERY_SECONDS = 0.1
 #: How often the maintainer looks at the pools without being woken.
 PERIOD_SECONDS = 1.0
 
 
 class HitGate:
-    """The pooled runs in progress on this worker, which background work waits behind.
-
-    A run is in progress from taking its container until its result was delivered: its
-    task calls :meth:`delivered` once Celery stored the result (a run whose task never
-    says so, a direct caller's, counts as delivered :data:`DELIVERY_SECONDS` after it left).
-    """
+    """The pooled runs in progress on this worker, which background work waits behind."""
 
     def __init__(self, settle_seconds: float = SETTLE_SECONDS) -> None:
         self.settle_seconds = settle_seconds
         self._active: set[str] = set()
-        self._undelivered: list[float] = []  # when each left run counts as delivered anyway
         self._quiet_since = 0.0
         self._changed = threading.Condition()
 
@@ -66,28 +57,15 @@ class HitGate:
             self._active.add(container_id)
 
     def leave(self, container_id: str) -> None:
-        """The run in ``container_id`` is over, its result on its way (a container it never
-        took is ignored)."""
+        """The run in ``container_id`` is over (a container it never took is ignored)."""
         with self._changed:
             if container_id in self._active:
                 self._active.discard(container_id)
-                now = time.monotonic()
-                self._quiet_since = now
-                self._undelivered.append(now + DELIVERY_SECONDS)
+                self._quiet_since = time.monotonic()
                 self._changed.notify_all()
 
-    def delivered(self) -> None:
-        """A tool task's result has just been stored (Celery's ``after_return``): the
-        oldest run that left is delivered, and the settle time starts again from now."""
-        with self._changed:
-            if self._undelivered:
-                self._undelivered.pop(0)
-            self._quiet_since = time.monotonic()
-            self._changed.notify_all()
-
     def wait_clear(self, max_seconds: float = MAX_DEFER_SECONDS) -> bool:
-        """Wait until no pooled run is in progress or undelivered (and has not been for the
-        settle time).
+        """Wait until no pooled run is in progress (and has not been for the settle time).
 
         Returns:
             True when it is clear, False when ``max_seconds`` passed first.
@@ -96,16 +74,14 @@ class HitGate:
         with self._changed:
             while True:
                 now = time.monotonic()
-                self._undelivered = [at for at in self._undelivered if at > now]
                 quiet = now - self._quiet_since
-                if not self._active and not self._undelivered and quiet >= self.settle_seconds:
+                if not self._active and quiet >= self.settle_seconds:
                     return True
                 if now >= deadline:
                     return False
                 wait = deadline - now
                 if not self._active:
-                    pending = self._undelivered[0] - now if self._undelivered else 0.0
-                    wait = min(wait, max(self.settle_seconds - quiet, pending))
+                    wait = min(wait, self.settle_seconds - quiet)
                 self._changed.wait(wait)
 
 

@@ -15,7 +15,6 @@ from orchestrator.engine.fake import FakeEngine
 from orchestrator.errors import InvalidRequest
 from orchestrator.settings import Settings
 from orchestrator.state import keys
-from orchestrator.worker import pool_refill
 from orchestrator.worker.runtime import Runtime
 from tasks import relics as relic_tasks
 from tasks import runtime as task_runtime
@@ -59,21 +58,6 @@ def test_a_tool_run_returns_the_result_of_the_execution(rt: Runtime, engine: Fak
     assert result["status"] == "succeeded"
     assert result["host"] == "h1"
     assert engine.containers == {}  # removed after the run (cleanup defaults to true)
-
-
-def test_a_tool_task_that_ended_lets_the_pools_background_work_go(
-    rt: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(pool_refill, "DELIVERY_SECONDS", 30.0)  # only the task frees it
-    gate = rt.pool.gate
-    gate.enter("c1")
-    gate.leave("c1")  # the run is over, its result not yet stored
-    assert not gate.wait_clear(0.02)
-
-    outcome = tool_tasks.execute.apply(args=[request()], task_id="e1")  # its task ended
-
-    assert outcome.successful(), outcome.traceback
-    assert gate.wait_clear(0.05)
 
 
 def test_the_request_may_come_as_keyword_fields(rt: Runtime) -> None:
