@@ -7,12 +7,16 @@ makes: change to the working directory, export the run's environment, run the to
 subshell that ``exec``s it, so no shell built-in or variable of the agent's is reachable
 from its argv), then write the **end trailer** (:class:`EndScanner`) on both standard output
 and standard error and exit with the tool's exit code. What follows the line on the
-standard input is the tool's own standard input; closing it gives the tool EOF.
+standard input is the tool's own standard input when the run has one (closing it gives
+the tool EOF); a run given none reads ``/dev/null``, as in a cold container.
 
 Why a trailer: the engine takes about 30 ms after a container's main process exits to
 report the exit (stream closed, ``wait`` answered: it tears the task down first). The
-trailer tells the worker the tool's exit code as soon as the tool ended; the container
-ends a moment later, behind the result. It is written on both streams because the engine
+trailer tells the worker the tool's exit code as soon as the tool ended. After a clean
+exit, the agent of a run without standard input then waits for its standard input to
+close before it exits: the container's teardown (about as much engine CPU as the run) is
+left to whoever ends it (the pool removes it once the result was sent) instead of landing
+on the run's last milliseconds. It is written on both streams because the engine
 copies them apart: only once each stream has brought its trailer has all of the tool's
 output on it arrived. Each run's trailer carries a fresh random nonce that only the agent
 shell holds (never exported, unset before the tool is ``exec``ed), so the tool's own output
@@ -103,9 +107,14 @@ def agent_line(
     working_dir: str | None = None,
     *,
     nonce: str,
+    stdin: bool = False,
 ) -> bytes:
     """The line that makes the agent run ``argv`` with ``environment`` in ``working_dir``,
     then write the end trailer with ``nonce`` (see :class:`EndScanner`).
+
+    With ``stdin`` the tool reads the agent's standard input (what follows the line) and
+    the agent exits right after the trailers. Without, the tool reads ``/dev/null`` and,
+    after a clean exit, the agent exits only once its standard input closes.
 
     Raises:
         ValueError: no command, a command starting with ``-``, a variable name that is
@@ -130,10 +139,14 @@ def agent_line(
     words.append("set -- " + " ".join(quote(arg) for arg in argv) + ";")
     # The subshell forgets the line and the nonce, and exec runs a program of the image
     # (never a built-in or a function): the tool cannot reach either.
-    words.append('(unset _oa_line _oa_k; exec "$@");')
+    redirect = "" if stdin else " </dev/null"
+    words.append(f'(unset _oa_line _oa_k; exec "$@"){redirect};')
     ended = AGENT_ENDED.decode()
     trailer = f'"{ended}$_oa_k $_oa_c"'
-    words.append(f'_oa_c=$?; echo {trailer}; echo {trailer} >&2; exit "$_oa_c"')
+    words.append(f"_oa_c=$?; echo {trailer}; echo {trailer} >&2;")
+    # A failed exit ends the container at once: the engine waits for that (an OOM kill is
+    # on record only then). A clean one waits for the end of the standard input.
+    words.append('[ "$_oa_c" != 0 ] || IFS= read -r _oa_line; exit "$_oa_c"')
     line = " ".join(words)
     if "\x00" in line:
         raise ValueError("a value contains a NUL byte")
@@ -152,7 +165,9 @@ def agent_input(ref: str, spec: ExecSpec, nonce: str) -> bytes:
     if spec.user:
         raise DockerError(f"cannot give {ref} its command: a pool agent runs it as its user")
     try:
-        return agent_line(spec.argv, spec.environment, spec.working_dir, nonce=nonce)
+        return agent_line(
+            spec.argv, spec.environment, spec.working_dir, nonce=nonce, stdin=bool(spec.stdin)
+        )
     except ValueError as exc:
         raise DockerError(f"cannot give {ref} its command: {exc}") from exc
 

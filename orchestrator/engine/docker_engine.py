@@ -63,6 +63,9 @@ STOPPED_SAMPLE_TIME = "0001-01-01T00:00:00Z"
 _EXIT_RECORD_SECONDS = 2.0
 #: How long a pool container may take to end after its agent's end trailers.
 _TRAILER_EXIT_SECONDS = 2.0
+#: How long, of that, a container whose agent waits for its standard input after a clean
+#: end is left to its caller (the pool removes it sooner) before that input is closed.
+_AGENT_LINGER_SECONDS = 1.5
 #: How long a pool agent may take to acknowledge its command (it reads one line).
 _AGENT_TAKES_SECONDS = 10.0
 #: Output held while waiting for that acknowledgement (the command's first output can
@@ -215,12 +218,15 @@ class _DockerAttached(_DockerExec):
     code (see :mod:`orchestrator.core.agent`).
 
     Once both streams brought their trailer the command has ended: a clean exit is
-    reported at once, and the container (whose agent exits right after the trailers) is
-    made sure to end in the background, killed if it still runs after
-    :data:`_TRAILER_EXIT_SECONDS` (a tool that forged the trailers ends its run early and
-    is killed). A failed exit waits for the container's own exit code, so that what the
-    engine knows about it (an OOM kill) is recorded by then. A stream that ended without
-    its trailers (killed, cut short) falls back to the container's exit code.
+    reported at once, and the container is made sure to end in the background. Its agent
+    waits for the end of its standard input (a run given none) or exits at once: the
+    attach socket is kept open, so that the caller may end (remove) the container when it
+    suits it, for :data:`_AGENT_LINGER_SECONDS`; then the socket is closed, and a container
+    still running at :data:`_TRAILER_EXIT_SECONDS` is killed (a tool that forged the
+    trailers ends its run early and is killed). A failed exit waits for the container's own
+    exit code, so that what the engine knows about it (an OOM kill) is recorded by then. A
+    stream that ended without its trailers (killed, cut short) falls back to the
+    container's exit code.
     """
 
     def __init__(
@@ -230,8 +236,10 @@ class _DockerAttached(_DockerExec):
         frames: Iterable[tuple[int, bytes]],
         sock: Any,
         nonce: str,
+        raw: Any,
     ):
         super().__init__(None, ref, frames, sock)
+        self._raw = raw  # the socket itself (the wrapper lets go of it when it is collected)
         self._engine = engine
         self._scanners = {1: EndScanner(nonce), 2: EndScanner(nonce)}
         self._reaping = False
@@ -249,6 +257,8 @@ class _DockerAttached(_DockerExec):
                 if output := scanner.feed(data):
                     yield stream, output
                 if self._ended:
+                    if self._clean:  # its agent waits for the socket: end it in any case
+                        self._reap()
                     break
         if not self._ended:
             for stream, scanner in self._scanners.items():
@@ -256,9 +266,12 @@ class _DockerAttached(_DockerExec):
                     yield stream, held
         self._drained = True
 
+    @property
+    def _clean(self) -> bool:
+        return all(scanner.exit_code == 0 for scanner in self._scanners.values())
+
     def exit_code(self) -> int | None:
-        codes = {scanner.exit_code for scanner in self._scanners.values()}
-        if self._ended and codes == {0}:
+        if self._clean:
             self._reap()
             return 0
         wait = self._engine.wait_container
@@ -272,23 +285,47 @@ class _DockerAttached(_DockerExec):
         # exit a moment later. Before the output ended: None, unless it has just stopped.
         return wait(self._id, _EXIT_RECORD_SECONDS if self._drained else 0.05)
 
+    def close(self) -> None:
+        if self._reaping:  # the socket is the reaper's to close
+            close = getattr(self._frames, "close", None)
+            if close is not None:
+                close()
+            return
+        super().close()
+
     def _reap(self) -> None:
-        """Make sure the container ends, in the background (once)."""
+        """Make sure the container ends, in the background (once); the attach socket goes
+        with it."""
         if self._reaping:
             return
         self._reaping = True
         threading.Thread(
-            target=_end_container, args=(self._engine, self._id), name="agent-reap", daemon=True
+            target=_end_container,
+            args=(self._engine, self._id, self._sock, self._raw),
+            name="agent-reap",
+            daemon=True,
         ).start()
 
 
-def _end_container(engine: DockerEngine, ref: str) -> None:
-    """Kill ``ref`` unless it ends within :data:`_TRAILER_EXIT_SECONDS` (errors: gone)."""
+def _end_container(engine: DockerEngine, ref: str, sock: Any, raw: Any) -> None:
+    """Close the attach socket of ``ref`` (``sock``, the wrapper of ``raw``) once it ended
+    or after :data:`_AGENT_LINGER_SECONDS` (its agent may be waiting for that), and kill it
+    unless it ended within :data:`_TRAILER_EXIT_SECONDS` (errors: it is gone)."""
     try:
-        if engine.wait_container(ref, _TRAILER_EXIT_SECONDS) is None:
-            engine.kill_container(ref)
+        ended = engine.wait_container(ref, _AGENT_LINGER_SECONDS) is not None
+        _shut(raw)
+        if not ended:
+            rest = _TRAILER_EXIT_SECONDS - _AGENT_LINGER_SECONDS
+            if engine.wait_container(ref, rest) is None:
+                engine.kill_container(ref)
     except OrchestratorError:  # removed already
         pass
+    finally:
+        _shut(raw)
+        try:
+            sock.close()
+        except Exception:  # noqa: BLE001, S110 - already closed
+            pass
 
 
 def _label_filter(label_filters: Iterable[str]) -> dict[str, Any]:
@@ -468,8 +505,8 @@ class DockerEngine(Engine):
             threading.Thread(
                 target=_feed_stdin, args=(raw, line + spec.stdin), name="agent-stdin", daemon=True
             ).start()
-        else:
-            _feed_stdin(raw, line)  # one short line: no thread
+        else:  # one short line: no thread; the input stays open (the agent waits for its end)
+            _send_line(raw, line)
         frames = docker.utils.socket.frames_iter(sock, tty=False)
         # docker-py's reads poll without a timeout: a timer shuts the socket instead, which
         # ends the stream, if the agent has not answered in time.
@@ -484,7 +521,7 @@ class DockerEngine(Engine):
             raise
         finally:
             watchdog.cancel()
-        return _DockerAttached(self, ref, itertools.chain(first, frames), sock, nonce)
+        return _DockerAttached(self, ref, itertools.chain(first, frames), sock, nonce, raw)
 
     def attach_stdin(self, ref: str, data: bytes) -> None:
         with docker_errors(f"attach to the standard input of {ref}"):
@@ -948,6 +985,15 @@ def _feed_and_close(raw: Any, sock: Any, data: bytes) -> None:
         pass
     finally:
         sock.close()
+
+
+def _send_line(raw: Any, line: bytes) -> None:
+    """Write an agent's line and leave its standard input open (errors: the agent is gone,
+    which reading its acknowledgement tells)."""
+    try:
+        raw.sendall(line)
+    except OSError:
+        pass
 
 
 def _feed_stdin(raw: Any, data: bytes) -> None:

@@ -300,7 +300,7 @@ class _Run:
                     if isinstance(exc, DockerUnavailable) or self.exec_started:
                         raise
                     log.info("pool container unusable (%s); running cold", exc)
-                    rt.pool.discard(pooled, used=False)
+                    rt.pool.discard(pooled)
                     self.container_id, self.pooled = None, False
             if first:
                 container = self._own(rt.engine.find_container(self.name))

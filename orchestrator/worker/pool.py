@@ -54,8 +54,6 @@ FAILURE_BACKOFF_SECONDS = 30.0
 LOCK_SECONDS = 120
 #: How often a sizing round looks for idle containers that died (one engine list call).
 DEAD_SWEEP_SECONDS = 10.0
-#: How long a used pool container may take to exit before it is removed anyway.
-USED_EXIT_SECONDS = 2.0
 #: Exit codes of a pool container whose agent could not run (no ``sh`` in the image, say):
 #: its pool then waits :data:`FAILURE_BACKOFF_SECONDS` before it makes more.
 NO_AGENT_EXIT_CODES = (126, 127)
@@ -111,7 +109,6 @@ class WarmPool:
         self._next_sweep = 0.0
         self.maintainer = Maintainer(
             self._remove,
-            self._remove_used,
             self.size_pools,
             self.gate,
             rt.settings.pool_refill_concurrency,
@@ -164,11 +161,13 @@ class WarmPool:
         self.maintainer.wake()
         return container_id
 
-    def discard(self, container_id: str, *, used: bool = True) -> None:
-        """A pool container taken by a run: removed in the background, behind runs (a
-        ``used`` one once it has exited; one whose agent never got the tool at once)."""
+    def discard(self, container_id: str) -> None:
+        """A pool container taken by a run: removed in the background, behind runs. A used
+        one is still running (its agent waits for the end of its input after a clean run,
+        see :mod:`orchestrator.core.agent`): removing it ends it, and its teardown with
+        it, once the result was sent."""
         self.gate.leave(container_id)
-        self.maintainer.remove_later(container_id, used=used)
+        self.maintainer.remove_later(container_id)
 
     def refill_soon(self) -> None:
         """Size the pools in the background from now on (the worker's housekeeping)."""
@@ -316,17 +315,6 @@ class WarmPool:
             self.rt.engine.remove_container(container_id)
         except OrchestratorError:
             log.warning("could not remove pool container %s; the janitor will", container_id)
-
-    def _remove_used(self, container_id: str) -> None:
-        """Remove a used container once it has exited (its agent exits right after the run's
-        end trailer; one still running after :data:`USED_EXIT_SECONDS` is removed anyway)
-        and no pooled run is in progress."""
-        try:
-            self.rt.engine.wait_container(container_id, USED_EXIT_SECONDS)
-        except OrchestratorError:  # gone already, or the engine away: removal says which
-            pass
-        self.gate.wait_clear()
-        self._remove(container_id)
 
     def drain(self, wait_seconds: float = 30) -> int:
         """At shutdown: stop the background work, remove the used containers and every idle

@@ -9,9 +9,10 @@ CPU as a cold run. Done while a pooled run executes, it slows that run down. So:
 - :class:`Maintainer` is one daemon thread that, once the worker's housekeeping asked for
   it, sizes the pools again whenever a run took a container (the engine work itself is
   spread over at most ``pool_refill_concurrency`` threads), and a second one that removes
-  each used container as soon as it has exited: a few milliseconds of the engine's time,
-  in the gap right after its run, beside the refill's start, rather than after that start,
-  where it would meet the next run.
+  each used container in the gap right after its run, beside the refill's start, rather
+  than after that start, where it would meet the next run. A used container is still
+  running then (its agent waits, see :mod:`orchestrator.core.agent`): its teardown too
+  comes after the result instead of during the run's last milliseconds.
 """
 
 from __future__ import annotations
@@ -89,8 +90,7 @@ class Maintainer:
     """One daemon thread doing a pool's background work.
 
     Args:
-        remove: removes one container (errors are its own to log).
-        remove_used: removes one container once it has exited (errors: its own).
+        remove: removes (and ends) one container (errors are its own to log).
         size_pools: one sizing round (shrink and refill); called only once :meth:`start`
             was asked for it with ``sizing=True``.
         gate: the pooled runs to stay behind.
@@ -100,18 +100,16 @@ class Maintainer:
     def __init__(
         self,
         remove: Callable[[str], None],
-        remove_used: Callable[[str], None],
         size_pools: Callable[[], Any],
         gate: HitGate,
         concurrency: int,
     ) -> None:
         self._remove = remove
-        self._remove_used = remove_used
         self._size_pools = size_pools
         self.gate = gate
         self.concurrency = concurrency
-        # (container id, whether its run ended it) | None (to wake the remover)
-        self._removals: queue.SimpleQueue[tuple[str, bool] | None] = queue.SimpleQueue()
+        # container ids | None (to wake the remover)
+        self._removals: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -143,11 +141,10 @@ class Maintainer:
         """Look at the pools again soon (a run took a container, or one was used)."""
         self._wake.set()
 
-    def remove_later(self, container_id: str, *, used: bool = True) -> None:
-        """Remove ``container_id`` in the background, behind the pooled runs in progress: a
-        ``used`` one once it has exited (a run that took a container and never gave its
-        agent the tool did not end it). Wakes the sizing: its pool may want another."""
-        self._removals.put((container_id, used))
+    def remove_later(self, container_id: str) -> None:
+        """Remove ``container_id`` in the background, behind the pooled runs in progress.
+        Wakes the sizing: its pool may want another."""
+        self._removals.put(container_id)
         self.start()
         self.wake()
 
@@ -173,7 +170,7 @@ class Maintainer:
             except queue.Empty:
                 break
             if item is not None:
-                pending.append(item[0])
+                pending.append(item)
         self.run_all(self._remove, pending, behind_hits=False)
         return len(pending)
 
@@ -207,15 +204,11 @@ class Maintainer:
 
     def _remove_loop(self) -> None:
         while not self._stop.is_set():
-            item = self._removals.get()
-            if item is None:
+            ref = self._removals.get()
+            if ref is None:
                 continue
-            ref, used = item
             try:
-                if used:
-                    self._remove_used(ref)
-                else:
-                    self.gate.wait_clear()
-                    self._remove(ref)
+                self.gate.wait_clear()
+                self._remove(ref)
             except Exception:  # noqa: BLE001 - the janitor reaps what is left
                 log.exception("could not remove used pool container %s", ref)

@@ -1,4 +1,8 @@
-"""A tool that forges its pool agent's end trailer, on the real engine.
+"""How a pool container ends after its run, on the real engine.
+
+After a clean run the agent waits for its standard input to close: the container is left
+to its caller (the pool removes it once the result was sent), and ends by itself shortly
+after if nobody does.
 
 The agent's trailer (``orchestrator.core.agent``) carries a nonce the tool is not given;
 a tool that gets it anyway (by reading its agent's memory, say) can write the trailers
@@ -71,3 +75,31 @@ def test_a_forged_trailer_ends_the_run_and_the_container_is_killed_soon(
     # the tool still runs (it forged the end): killed after the trailer's grace
     assert engine.wait_container(agent, 10) == 137
     assert time.monotonic() - started < 2 + docker_engine._TRAILER_EXIT_SECONDS
+
+
+def test_after_a_clean_run_the_container_waits_for_its_caller_then_ends_by_itself(
+    engine: DockerEngine, agent: str
+) -> None:
+    started = time.monotonic()
+    stream = engine.run_attached(agent, ExecSpec(argv=("sh", "-c", "cat; echo done")))
+    output = b"".join(data for number, data in stream if number == 1)
+    assert output == b"done\n"  # its standard input was /dev/null: cat did not wait
+    assert stream.exit_code() == 0
+    stream.close()
+    # the teardown is not on the run's path: the container still runs for its caller...
+    assert engine.wait_container(agent, 0.3) is None
+    # ...and, with none removing it, ends by itself (with the tool's code) soon after
+    assert engine.wait_container(agent, 10) == 0
+    assert time.monotonic() - started < 1 + docker_engine._TRAILER_EXIT_SECONDS
+
+
+def test_a_used_container_removed_by_its_caller_ends_at_once(
+    engine: DockerEngine, agent: str
+) -> None:
+    stream = engine.run_attached(agent, ExecSpec(argv=("true",)))
+    assert list(stream) == [] and stream.exit_code() == 0
+    stream.close()
+    started = time.monotonic()
+    assert engine.remove_container(agent)
+    assert time.monotonic() - started < 1
+    assert engine.find_container(agent) is None

@@ -37,8 +37,10 @@ HOSTILE = [
 NONCE = "0123456789abcdef" * 2
 
 
-def make_line(argv: list[str], env: dict[str, str], working_dir: str | None = None) -> bytes:
-    return agent_line(argv, env, working_dir, nonce=NONCE)
+def make_line(
+    argv: list[str], env: dict[str, str], working_dir: str | None = None, *, stdin: bool = False
+) -> bytes:
+    return agent_line(argv, env, working_dir, nonce=NONCE, stdin=stdin)
 
 
 def agent(shell: list[str], data: bytes, env: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -82,8 +84,60 @@ def test_the_tools_exit_code_is_the_trailers_and_the_agents(shell: list[str]) ->
 @pytest.mark.parametrize("shell", SHELLS)
 def test_what_follows_the_line_is_the_tools_standard_input(shell: list[str]) -> None:
     data = bytes(range(1, 256)) * 64 + b"\nno newline at the end"
-    code, out = agent(shell, make_line(["cat"], {}) + data)
+    code, out = agent(shell, make_line(["cat"], {}, stdin=True) + data)
     assert (code, out) == (0, data)
+    # a run given no standard input reads /dev/null, as in a cold container
+    code, out = agent(shell, make_line(["cat"], {}) + data)
+    assert (code, out) == (0, b"")
+
+
+def started_agent(shell: list[str], line: bytes) -> tuple[subprocess.Popen[bytes], int]:
+    """An agent given ``line`` and its standard input left open; returns it and the tool's
+    exit code once its stdout trailer came."""
+    process = subprocess.Popen(
+        [*shell, "-c", AGENT_SCRIPT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(line)
+    process.stdin.flush()
+    scanner = EndScanner(NONCE)
+    while not scanner.ended:
+        chunk = process.stdout.readline()
+        assert chunk, "the agent ended without its trailer"
+        scanner.feed(chunk)
+    assert scanner.exit_code is not None
+    return process, scanner.exit_code
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_after_a_clean_run_the_agent_ends_with_its_standard_input(shell: list[str]) -> None:
+    process, code = started_agent(shell, make_line(["true"], {}))
+    try:
+        assert code == 0
+        with pytest.raises(subprocess.TimeoutExpired):  # its container is left to the pool
+            process.wait(0.3)
+        assert process.stdin is not None
+        process.stdin.close()
+        assert process.wait(5) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_after_a_failed_run_the_agent_ends_at_once(shell: list[str]) -> None:
+    # the engine waits for the container's own end then (an OOM kill is on record only then)
+    process, code = started_agent(shell, make_line(["sh", "-c", "exit 3"], {}))
+    try:
+        assert code == 3
+        assert process.wait(5) == 3
+    finally:
+        process.kill()
+        process.wait()
 
 
 @pytest.mark.parametrize("shell", SHELLS)

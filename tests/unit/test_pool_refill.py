@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from orchestrator.worker.pool_refill import HitGate, Maintainer
 
@@ -41,23 +40,24 @@ class Recorder:
         return record
 
 
-def test_used_containers_go_to_remove_used_and_untouched_ones_to_remove() -> None:
+def test_a_removal_waits_behind_the_pooled_run_in_progress() -> None:
     seen = Recorder()
-    maintainer = Maintainer(seen.of("remove"), seen.of("used"), lambda: None, HitGate(0.0), 1)
+    gate = HitGate(0.0)
+    maintainer = Maintainer(seen.of("remove"), lambda: None, gate, 1)
     try:
-        maintainer.remove_later("a")
-        maintainer.remove_later("b", used=False)
-        deadline = time.monotonic() + 2
-        while len(seen.calls) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert seen.calls == [("used", "a"), ("remove", "b")]
+        gate.enter("running")
+        maintainer.remove_later("used")
+        assert not seen.done.wait(0.2)  # behind the run (the gate lets it pass after 1 s)
+        gate.leave("running")
+        assert seen.done.wait(2)
+        assert seen.calls == [("remove", "used")]
     finally:
         maintainer.stop(5)
 
 
 def test_stop_ends_both_threads_and_leaves_nothing_pending() -> None:
     seen = Recorder()
-    maintainer = Maintainer(seen.of("remove"), seen.of("used"), lambda: None, HitGate(0.0), 1)
+    maintainer = Maintainer(seen.of("remove"), lambda: None, HitGate(0.0), 1)
     maintainer.start(sizing=True)
     maintainer.stop(5)
     threads = [maintainer._thread, maintainer._remover]
