@@ -94,6 +94,12 @@ class Engine(abc.ABC):
         A container that vanishes while the list is being read is left out, never an error.
         """
 
+    def running_container_ids(self, label_filters: Iterable[str] = ()) -> set[str]:
+        """Ids of the running containers carrying every label given: what
+        ``list_containers(label_filters, include_stopped=False)`` lists, in one call where
+        the engine allows it (no inspect of each)."""
+        return {c.id for c in self.list_containers(label_filters, include_stopped=False)}
+
     @abc.abstractmethod
     def wait_container(self, ref: str, timeout_seconds: float) -> int | None:
         """Wait up to ``timeout_seconds`` for the container not to be running.

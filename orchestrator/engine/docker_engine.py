@@ -398,6 +398,12 @@ class DockerEngine(Engine):
                 found.append(item)
         return found
 
+    def running_container_ids(self, label_filters: Iterable[str] = ()) -> set[str]:
+        filters = {**_label_filter(label_filters), "status": ["running"]}
+        with docker_errors("list running containers"):
+            listed = self.api.containers(filters=filters)
+        return {summary["Id"] for summary in listed}
+
     def wait_container(self, ref: str, timeout_seconds: float) -> int | None:
         with docker_errors(f"wait for container {ref}"):
             try:

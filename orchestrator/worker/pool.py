@@ -52,7 +52,8 @@ REFILL_SMOOTHING = 0.3
 FAILURE_BACKOFF_SECONDS = 30.0
 #: How long one worker process may size a host's pools before another may.
 LOCK_SECONDS = 120
-#: How often a sizing round looks for idle containers that died (one engine list call).
+#: How often a sizing round looks for idle containers that died (one engine list call, of
+#: the running ones; an inspect for each one that died).
 DEAD_SWEEP_SECONDS = 10.0
 #: Exit codes of a pool container whose agent could not run (no ``sh`` in the image, say):
 #: its pool then waits :data:`FAILURE_BACKOFF_SECONDS` before it makes more.
@@ -251,16 +252,16 @@ class WarmPool:
         idle = {spec.key: self.rt.redis.smembers(self._key(spec)) for spec in specs}
         if not any(idle.values()):
             return 0
-        found = self.rt.engine.list_containers(label_filter(kind=Kind.POOL, host=self.rt.host_name))
-        containers = {c.id: c for c in found}
+        engine = self.rt.engine
+        running = engine.running_container_ids(label_filter(kind=Kind.POOL, host=self.rt.host_name))
         dropped = 0
         for spec in specs:
             for raw in idle[spec.key]:
                 container_id = text(raw) or ""
-                container = containers.get(container_id)
-                if container is not None and container.running:
+                if container_id in running:
                     continue
                 if self.rt.redis.srem(self._key(spec), raw):
+                    container = engine.find_container(container_id)
                     code = None if container is None else container.exit_code
                     log.warning(
                         "pool container %s of %s stopped while idle (exit code %s); dropped",

@@ -115,6 +115,8 @@ def test_list_by_label_key_value_and_bare_key(harness: Harness) -> None:
     assert ids(group, "role=x") == {running}
     assert ids(group, "role") == {running, created}
     assert ids(group, include_stopped=False) == {running}
+    assert engine.running_container_ids([group]) == {running}
+    assert engine.running_container_ids([group, "role=y"]) == set()
     assert ids(group, "role=z") == set()
     listed = {c.id: c for c in engine.list_containers([group])}
     assert listed[running].status == "running"
