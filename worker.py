@@ -21,6 +21,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from orchestrator.settings import Settings
 from orchestrator.worker import compat
+from orchestrator.worker.heap import freeze_startup_heap
 from tasks import TASK_MODULES
 
 settings = Settings.from_env()
@@ -157,6 +158,7 @@ def _start_housekeeping(**_: Any) -> None:
 
     runtime = get_runtime()
     runtime.start_housekeeping()
+    freeze_startup_heap()  # its full GC passes then skip what startup loaded
     log.info(
         "orchestrator worker ready on host %s (queues: celery, tools, relics, %s)",
         settings.host_name,
