@@ -311,11 +311,10 @@ def _end_container(engine: DockerEngine, ref: str, sock: Any, raw: Any) -> None:
     """Close the attach socket of ``ref`` (``sock``, the wrapper of ``raw``) once it ended
     or after :data:`_AGENT_LINGER_SECONDS` (its agent may be waiting for that), and kill it
     unless it ended within :data:`_TRAILER_EXIT_SECONDS` (errors: it is gone)."""
+    rest = _TRAILER_EXIT_SECONDS - _AGENT_LINGER_SECONDS
     try:
-        ended = engine.wait_container(ref, _AGENT_LINGER_SECONDS) is not None
-        _shut(raw)
-        if not ended:
-            rest = _TRAILER_EXIT_SECONDS - _AGENT_LINGER_SECONDS
+        if engine.wait_container(ref, _AGENT_LINGER_SECONDS) is None:
+            _shut(raw)  # EOF: an agent waiting for it exits
             if engine.wait_container(ref, rest) is None:
                 engine.kill_container(ref)
     except OrchestratorError:  # removed already

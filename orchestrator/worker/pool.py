@@ -109,10 +109,7 @@ class WarmPool:
         #: when the next sizing round looks for dead idle containers (monotonic)
         self._next_sweep = 0.0
         self.maintainer = Maintainer(
-            self._remove,
-            self.size_pools,
-            self.gate,
-            rt.settings.pool_refill_concurrency,
+            self._remove, self.size_pools, self.gate, rt.settings.pool_refill_concurrency
         )
 
     @property

@@ -121,21 +121,12 @@ class Maintainer:
         """Run the threads (idempotent); ``sizing`` also sizes the pools from now on."""
         with self._lock:
             self._sizing = self._sizing or sizing
-            running = [t for t in (self._thread, self._remover) if t is not None and t.is_alive()]
-            if len(running) == 2:
-                return
-            if not running:  # (one still running may be stopping: stop() decides)
-                self._stop.clear()
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._loop, name="pool-maintainer", daemon=True
-                )
-                self._thread.start()
-            if self._remover is None or not self._remover.is_alive():
-                self._remover = threading.Thread(
-                    target=self._remove_loop, name="pool-remover", daemon=True
-                )
-                self._remover.start()
+            if not (_alive(self._thread) or _alive(self._remover)):
+                self._stop.clear()  # (one still running may be stopping: stop() decides)
+            if not _alive(self._thread):
+                self._thread = _started(self._loop, "pool-maintainer")
+            if not _alive(self._remover):
+                self._remover = _started(self._remove_loop, "pool-remover")
 
     def wake(self) -> None:
         """Look at the pools again soon (a run took a container, or one was used)."""
@@ -149,7 +140,7 @@ class Maintainer:
         self.wake()
 
     def stop(self, wait_seconds: float = 30) -> None:
-        """Stop the thread (the round in progress finishes) and stop sizing."""
+        """Stop the threads (the round or removal in progress finishes) and stop sizing."""
         with self._lock:
             self._sizing = False
             threads = [self._thread, self._remover]
@@ -211,4 +202,15 @@ class Maintainer:
                 self.gate.wait_clear()
                 self._remove(ref)
             except Exception:  # noqa: BLE001 - the janitor reaps what is left
-                log.exception("could not remove used pool container %s", ref)
+                log.exception("could not remove pool container %s", ref)
+
+
+def _alive(thread: threading.Thread | None) -> bool:
+    return thread is not None and thread.is_alive()
+
+
+def _started(target: Callable[[], None], name: str) -> threading.Thread:
+    """A daemon thread running ``target``, started."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
