@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     limits = {"memory_mb": 128, "cpu_limit": 1.0}
-    env = {}
+    env = {"ORCHESTRATOR_POOL_MEMORY_MB": "0"}  # no pool learnt from these runs' demand
     if args.pool:
         env["ORCHESTRATOR_POOL"] = json.dumps([{"image": TEST_IMAGE, "size": 3, **limits}])
     settings = Settings.from_env(env, host_name=f"profile-{uuid.uuid4().hex[:4]}")

@@ -59,6 +59,15 @@ class Engine(abc.ABC):
             DockerError: the name is invalid, or the engine refused the spec.
         """
 
+    def create_container_id(self, spec: ContainerSpec) -> str:
+        """Create (not start) a container and return only its id: one round trip where
+        the engine allows it, as its state is known (``created``) without an inspect.
+
+        Raises:
+            As :meth:`create_container`.
+        """
+        return self.create_container(spec).id
+
     @abc.abstractmethod
     def start_container(self, ref: str) -> None:
         """Start a created container; an exited one runs again (a running one is left).

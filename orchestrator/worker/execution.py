@@ -27,7 +27,7 @@ from orchestrator.core.specs import (
     tool_spec,
 )
 from orchestrator.core.specs import tool_container_name as container_name
-from orchestrator.core.types import Container, Image
+from orchestrator.core.types import Container, ContainerSpec, Image
 from orchestrator.errors import (
     ContainerConflict,
     ContainerNotFound,
@@ -40,6 +40,7 @@ from orchestrator.errors import (
 )
 from orchestrator.models import ToolExecutionRequest, ToolExecutionResult, ToolRunStats
 from orchestrator.protocol import Kind, parse_labels
+from orchestrator.state.images import record_use
 from orchestrator.state.logs import LiveLog
 from orchestrator.state.quotas import Quotas
 from orchestrator.state.registry import ExecutionEntry
@@ -272,8 +273,9 @@ class _Run:
                 error="its worker died during a warm-pool run, whose output cannot be "
                 "recovered; it is not run again (at most once): submit it again",
             )
-        # A first delivery (the registry knows no attempt of it) looks for its container
-        # only when no pool container serves it: a pool hit saves the look-up.
+        # A first delivery (the registry knows no attempt of it) does not look for its
+        # container: its create finds one of that name (a conflict) if there is one, and
+        # the look-up's round trip is saved on every run.
         first = not (self.previous.known or self.requeued)
         container = None if first else self._own(rt.engine.find_container(self.name))
         if container is None:
@@ -302,13 +304,7 @@ class _Run:
                     log.info("pool container unusable (%s); running cold", exc)
                     rt.pool.discard(pooled)
                     self.container_id, self.pooled = None, False
-            if first:
-                container = self._own(rt.engine.find_container(self.name))
-        if container is None:
             container = self._create()
-        else:
-            log.info("execution %s: attaching to existing container", self.execution_id)
-        self.container_id = container.id
         return self._supervise(container)
 
     def _run_pooled(self, container_id: str) -> ToolExecutionResult:
@@ -380,18 +376,21 @@ class _Run:
             secrets=self._secrets(),
         )
 
-    def _create(self) -> Container:
+    def _create(self) -> Container | None:
+        """Create the run's container (its id becomes ``container_id``).
+
+        Returns:
+            None when it was created here (it is in state ``created``); the container
+            found instead when one of its name is this execution's already (an earlier
+            delivery made it).
+
+        Raises:
+            Forbidden: the name is taken by a container that is not this execution's.
+        """
         rt = self.rt
         request = self.request
-        image = resolve_image(
-            rt.engine,
-            rt.redis,
-            rt.settings,
-            request.image,
-            request.build,
-            request.tool_name,
-            lambda state: self.progress(state, {"host": rt.host_name}),
-        )
+        recent = self._recent_image()
+        image = recent or self._resolve_image()
         network = None
         if request.network_mode == "session":
             network = networks.join_session_network(rt, request.session_id)
@@ -409,12 +408,48 @@ class _Run:
         if request.stdin is not None:  # attached (then closed) right before the start
             spec = replace(spec, stdin_open=True)
         try:
-            return rt.engine.create_container(spec)
+            return self._create_named(spec)
+        except ImageNotFound:
+            if recent is None:
+                raise
+            # Removed since this worker last saw it: pulled again, as on a first use.
+            rt.images.forget(image)
+            return self._create_named(replace(spec, image=self._resolve_image()))
+
+    def _create_named(self, spec: ContainerSpec) -> Container | None:
+        rt = self.rt
+        try:
+            self.container_id = rt.engine.create_container_id(spec)
         except ContainerConflict:  # another delivery created it first: run that one
             found = self._own(rt.engine.find_container(self.name))
             if found is None:
                 raise
             return found
+        if self.request.build is None:
+            rt.images.saw(spec.image)
+        return None
+
+    def _recent_image(self) -> str | None:
+        """The request's image if this worker saw it on its host lately (its use is
+        recorded then): the create goes ahead without checking for it first."""
+        rt, image = self.rt, self.request.image
+        if self.request.build is not None or image is None or not rt.images.recent(image):
+            return None
+        record_use(rt.redis, rt.host_name, image, time.time())
+        return image
+
+    def _resolve_image(self) -> str:
+        """The run's image, built or pulled if this host does not have it."""
+        rt, request = self.rt, self.request
+        return resolve_image(
+            rt.engine,
+            rt.redis,
+            rt.settings,
+            request.image,
+            request.build,
+            request.tool_name,
+            lambda state: self.progress(state, {"host": rt.host_name}),
+        )
 
     def _own(self, found: Container | None) -> Container | None:
         """``found`` if it is this execution's tool container; never anyone else's.
@@ -436,11 +471,23 @@ class _Run:
             "send the run under another task id"
         )
 
-    def _supervise(self, container: Container) -> ToolExecutionResult:
+    def _supervise(self, container: Container | None) -> ToolExecutionResult:
+        """Start the run's container and follow it to its end.
+
+        Args:
+            container: None for the container just created here; else the existing one
+                (an earlier delivery's), which is started if it never was and otherwise
+                followed from where it is.
+        """
         rt, engine = self.rt, self.rt.engine
+        if container is not None:
+            log.info("execution %s: attaching to existing container", self.execution_id)
+            self.container_id = container.id
+        container_id = self.container_id
+        assert container_id is not None, "created (or found) before it is supervised"
         # Engine calls name the container (not its id): their errors read as they always did.
-        rt.executions.update(self.execution_id, container_id=container.id)
-        if container.status == "created":
+        rt.executions.update(self.execution_id, container_id=container_id)
+        if container is None or container.status == "created":
             # Binds are mounted at start: check them once more, as late as possible.
             volumes.recheck_binds(rt, self.request.volumes)
             files.prepare_run(engine, self.name, self.request, rt.settings, rt.redis)
@@ -454,7 +501,7 @@ class _Run:
             "RUNNING",
             {
                 "host": rt.host_name,
-                "container_id": container.id,
+                "container_id": container_id,
                 "tool_name": self.request.tool_name,
             },
         )
@@ -462,7 +509,7 @@ class _Run:
         self.follower = LogFollower(
             engine, self.name, rt.settings.log_cap_bytes, self._live_log()
         ).start()
-        if container.finished:  # a takeover after the tool finished
+        if container is not None and container.finished:  # a takeover after the tool finished
             exit_code = container.exit_code
             outcome = Exit(exit_code if exit_code is not None else -1)
         else:

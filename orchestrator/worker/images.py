@@ -34,6 +34,7 @@ import os
 import re
 import stat
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ from orchestrator.state.quotas import Quotas
 
 __all__ = [
     "BUILD_NAMESPACE",
+    "RecentImages",
     "ensure_image",
     "build_image",
     "build_tag",
@@ -81,10 +83,54 @@ MIB = 1024 * 1024
 BUILD_NAMESPACE = "orchestrator-build"
 #: A build's entry in its host's memory quota outlives its time limit by this much.
 BUILD_QUOTA_MARGIN_SECONDS = 120
+#: How long a worker trusts that an image it created a container from is still there.
+RECENT_IMAGE_SECONDS = 60.0
 #: Version of the build key: bump it when what goes into :func:`build_tag` changes.
 _KEY_VERSION = 1
 #: The largest ``.dockerignore`` read (the file is the request's).
 _IGNORE_FILE_BYTES = 1024 * 1024
+
+
+class RecentImages:
+    """The image references a worker saw on its host lately (a create from one worked).
+
+    A run of one of them creates its container without asking the engine for the image
+    first, a round trip saved. Seen is not a promise: a create that finds the image gone
+    (removed meanwhile) forgets it and takes the usual path, which pulls it.
+
+    Args:
+        ttl_seconds: how long a sighting counts.
+        clock: monotonic seconds (a fake one in tests).
+    """
+
+    def __init__(
+        self, ttl_seconds: float = RECENT_IMAGE_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def saw(self, ref: str) -> None:
+        """``ref`` is on the host now."""
+        with self._lock:
+            self._seen[ref] = self._clock()
+
+    def recent(self, ref: str) -> bool:
+        """True if ``ref`` was seen within the last ``ttl_seconds``."""
+        with self._lock:
+            seen = self._seen.get(ref)
+            if seen is None:
+                return False
+            if self._clock() - seen < self.ttl_seconds:
+                return True
+            del self._seen[ref]  # stale: the map holds only what counts
+            return False
+
+    def forget(self, ref: str) -> None:
+        """``ref`` turned out not to be on the host."""
+        with self._lock:
+            self._seen.pop(ref, None)
 
 
 def _has_image(engine: Engine, image: str) -> bool:

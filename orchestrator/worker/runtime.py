@@ -21,6 +21,7 @@ from orchestrator.protocol import RELICS_QUEUE, TOOLS_QUEUE, Task, host_queue
 from orchestrator.settings import Settings
 from orchestrator.state.leases import LeaseKeeper
 from orchestrator.state.registry import ExecutionEntry, ExecutionRegistry, HostRegistry
+from orchestrator.worker.images import RecentImages
 from orchestrator.worker.pool import WarmPool
 
 __all__ = ["Runtime", "Enqueue"]
@@ -60,6 +61,8 @@ class Runtime:
         self.executions = ExecutionRegistry(redis, settings.result_ttl_seconds)
         self.hosts = HostRegistry(redis, settings.host_ttl_seconds)
         self.pool = WarmPool(self)
+        #: images this worker created containers from lately (their check is skipped)
+        self.images = RecentImages()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import docker
 import docker.errors
 import pytest
 import requests.exceptions
 import urllib3.exceptions
 
 from orchestrator import errors
+from orchestrator.engine.docker_engine import DockerEngine
 from orchestrator.engine.translate import docker_errors, is_read_timeout
 
 
@@ -211,3 +213,15 @@ def read_timeout_error() -> urllib3.exceptions.ReadTimeoutError:
 )
 def test_a_read_timeout_is_told_apart_from_an_unreachable_engine(exc, expected):
     assert is_read_timeout(exc) is expected
+
+
+@pytest.mark.parametrize(
+    ("base_url", "reads_proxy_variables"),
+    [("unix:///var/run/docker.sock", False), ("tcp://127.0.0.1:2375", True)],
+)
+def test_only_an_engine_over_tcp_reads_the_proxy_variables(base_url, reads_proxy_variables):
+    engine = DockerEngine(docker.DockerClient(base_url=base_url, version="1.41"))
+    try:
+        assert engine.api.trust_env is reads_proxy_variables
+    finally:
+        engine.close()

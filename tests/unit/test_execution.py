@@ -22,9 +22,11 @@ from orchestrator.errors import ContainerNotFound, DockerError, DockerUnavailabl
 from orchestrator.models import FileContent, ResourceLimits, ToolExecutionRequest, ToolRunStats
 from orchestrator.settings import Settings
 from orchestrator.state import keys
+from orchestrator.state.images import last_used
 from orchestrator.state.logs import read_live
 from orchestrator.worker.exec_run import exec_command
 from orchestrator.worker.execution import DuplicateDelivery, run_execution
+from orchestrator.worker.images import RecentImages
 from orchestrator.worker.runtime import Runtime
 
 SETTINGS = Settings.from_env({}, host_name="h1", wait_slice_seconds=0.05, lease_seconds=5)
@@ -380,13 +382,14 @@ def test_a_redelivery_attaches_to_the_running_container_of_a_dead_worker(rt, eng
 
 
 def test_a_redelivery_starts_a_container_that_was_created_but_never_started(rt, engine):
-    left_behind(engine, program=FakeProgram(stdout=b"ok\n"))
+    existing = left_behind(engine, program=FakeProgram(stdout=b"ok\n"))
 
     result = run_execution(rt, make_request(), "e1")
 
     assert result.status == "succeeded"
     assert result.stdout == "ok\n"
-    assert engine.called("create_container") == []
+    assert result.container_id == existing
+    assert list(engine.containers) == []  # the one container, run and removed
     assert engine.called("start_container") == [(NAME,)]
 
 
@@ -497,6 +500,48 @@ def test_a_missing_image_is_pulled_once_then_run(rt, engine):
     assert engine.called("pull_image") == [("alpine:3.20",)]
     assert created_specs(engine)[0].image == "alpine:3.20"
     assert [state for state, _ in progress.calls] == ["PULLING", "RUNNING"]
+
+
+def test_an_image_created_from_lately_is_not_looked_up_again(rt, engine):
+    runs(engine, stdout=b"hi\n")
+
+    first = run_execution(rt, make_request(), "e1")
+    second = run_execution(rt, make_request(), "e2")
+
+    assert first.status == second.status == "succeeded"
+    assert engine.called("inspect_image") == [("busybox:latest",)]  # the first run's only
+    used = last_used(rt.redis, rt.host_name)["busybox:latest"]
+    assert used >= time.time() - 5  # each use still recorded
+
+
+def test_an_image_removed_since_it_was_seen_is_pulled_again_then_run(rt, engine):
+    runs(engine, stdout=b"hi\n")
+    assert run_execution(rt, make_request(), "e1").status == "succeeded"
+    engine.remove_image("busybox:latest")
+    engine.registry["busybox:latest"] = FakeProgram(stdout=b"pulled\n")
+    progress = Recorder()
+
+    result = run_execution(rt, make_request(), "e2", progress=progress)
+
+    assert result.status == "succeeded"
+    assert result.stdout == "pulled\n"
+    assert engine.called("pull_image") == [("busybox:latest",)]
+    assert [state for state, _ in progress.calls] == ["PULLING", "RUNNING"]
+    assert list(engine.containers) == []
+
+
+def test_an_image_seen_long_ago_is_looked_up_again(rt, engine):
+    runs(engine, stdout=b"hi\n")
+    now = [0.0]
+    rt.images = RecentImages(ttl_seconds=60, clock=lambda: now[0])
+
+    run_execution(rt, make_request(), "e1")
+    now[0] = 59.0
+    run_execution(rt, make_request(), "e2")
+    now[0] = 119.5  # 60.5 s after e2's create, which counted as a sighting
+    run_execution(rt, make_request(), "e3")
+
+    assert len(engine.called("inspect_image")) == 2  # e1's and e3's
 
 
 def test_an_unreachable_engine_raises_for_a_retry_and_frees_the_lease(rt, engine):
