@@ -27,6 +27,7 @@ from orchestrator.core.archive import TarStream
 from orchestrator.core.types import (
     ArchiveStat,
     BuildSpec,
+    Chunk,
     Container,
     ContainerSpec,
     ExecSpec,
@@ -176,6 +177,17 @@ class Engine(abc.ABC):
         ``stderr`` pick among them (as Docker does): the last line being on stderr,
         ``tail=1`` of stdout alone is empty. The order of stdout and stderr lines written
         at nearly the same moment is not guaranteed.
+
+        Raises:
+            ContainerNotFound: no such container.
+        """
+
+    @abc.abstractmethod
+    def follow_output(self, ref: str) -> Stream[Chunk]:
+        """Both output streams of a container (never given a TTY), in one, until it exits.
+
+        As ``container_logs(ref, follow=True)``, from the start of its log, with each chunk
+        tagged with its stream: ``(1, data)`` for stdout, ``(2, data)`` for stderr.
 
         Raises:
             ContainerNotFound: no such container.

@@ -12,6 +12,7 @@ import json
 import re
 import shlex
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -19,6 +20,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.transport
 import docker.types
 import docker.utils.socket
 
@@ -61,6 +63,8 @@ STOPPED_SAMPLE_TIME = "0001-01-01T00:00:00Z"
 
 #: How long a drained exec may take to have its exit code recorded.
 _EXIT_RECORD_SECONDS = 2.0
+#: The key of the one connection pool a local engine socket's calls share.
+_ONE_POOL_URL = "http+docker://localhost"
 #: How long a pool container may take to end after its agent's end trailers.
 _TRAILER_EXIT_SECONDS = 2.0
 #: How long, of that, a container whose agent waits for its standard input after a clean
@@ -149,6 +153,37 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     if spec.aliases and spec.network not in ("none", "bridge", "host", "default"):
         networking = {"EndpointsConfig": {spec.network: {"Aliases": list(spec.aliases)}}}
     return {"config": config, "networking_config": networking}
+
+
+def _response_frames(response: Any) -> Iterator[Chunk]:
+    """The frames of a multiplexed (no TTY) stream reply: (stream, data), stream 1 or 2."""
+    reader = response.raw
+    while True:
+        header = reader.read(8)
+        if len(header) < 8:
+            return
+        stream, length = struct.unpack(">BxxxL", header)
+        if not length:
+            continue
+        data = reader.read(length)
+        if not data:
+            return
+        yield stream, data
+
+
+def _one_connection_pool(adapter: Any) -> None:
+    """Make docker-py's unix-socket adapter keep one connection pool for every URL.
+
+    It keeps one per URL, and a URL names its container: every call about a new container
+    opened a new connection to the engine and dropped another URL's pool (and its idle
+    connections) from its 25. All its pools connect to the same socket, so one serves all.
+    """
+    get_connection = adapter.get_connection
+
+    def shared(url: str, proxies: Any = None) -> Any:
+        return get_connection(_ONE_POOL_URL, proxies)
+
+    adapter.get_connection = shared
 
 
 class _ClosingStream:
@@ -346,6 +381,9 @@ class DockerEngine(Engine):
             # A local socket (or ssh): no HTTP proxy applies, so requests' reading of the
             # proxy variables (a quarter of a millisecond per call) is skipped.
             self.api.trust_env = False
+        adapter = getattr(self.api, "_custom_adapter", None)
+        if isinstance(adapter, docker.transport.UnixHTTPAdapter):
+            _one_connection_pool(adapter)
 
     @classmethod
     def from_env(
@@ -462,6 +500,19 @@ class DockerEngine(Engine):
             )
         return _ClosingStream(_translated(stream, f"read logs of {ref}"), [stream])
 
+    def follow_output(self, ref: str) -> Stream[Chunk]:
+        # docker-py's logs() inspects the container first (for its TTY) and merges the
+        # two streams: one request here, its frames read with their stream kept.
+        api = self.api
+        params = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 0, "tail": "all"}
+        with docker_errors(f"follow output of {ref}"):
+            response = api._get(api._url("/containers/{0}/logs", ref), params=params, stream=True)
+            api._raise_for_status(response)
+        api._disable_socket_timeout(response)  # a silent tool is no read timeout
+        # Closing it shuts the socket, which ends a read blocked in another thread.
+        frames = docker.types.CancellableStream(_response_frames(response), response)
+        return _ClosingStream(_translated(frames, f"follow output of {ref}"), [frames])
+
     def container_stats(self, ref: str) -> dict[str, Any]:
         with docker_errors(f"read stats of {ref}"):
             try:
@@ -474,11 +525,15 @@ class DockerEngine(Engine):
                 return {"read": STOPPED_SAMPLE_TIME, "memory_stats": {}, "cpu_stats": {}}
 
     def stream_stats(self, ref: str) -> Stream[dict[str, Any]]:
-        # docker-py reads the reply lazily: a missing container would only show when
-        # iterating, so look it up first.
-        self.inspect_container(ref)
+        # docker-py's stats() raises for a missing container only once iterated: the
+        # reply's status is checked here instead (no inspect first, a round trip saved).
+        api = self.api
         with docker_errors(f"follow stats of {ref}"):
-            items = self.api.stats(ref, stream=True, decode=True)
+            response = api._get(
+                api._url("/containers/{0}/stats", ref), stream=True, params={"stream": True}
+            )
+            api._raise_for_status(response)
+        items = api._stream_helper(response, decode=True)
         return _ClosingStream(_translated(items, f"follow stats of {ref}"), [items])
 
     def exec_start(self, ref: str, spec: ExecSpec) -> _DockerExec:

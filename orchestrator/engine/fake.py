@@ -681,6 +681,14 @@ class FakeEngine(Engine):
             return _FollowStream(chunks, box, lambda: self._tick(box))
         return _ListStream(chunks)
 
+    def follow_output(self, ref: str) -> Stream[Chunk]:
+        self._call("follow_output", ref)
+        box = self._box(ref)
+        lines = self._log_lines(box)
+        if box.status == "running":
+            return _FollowStream(lines, box, lambda: self._tick(box))
+        return _ListStream(lines)
+
     def _stats_sample(self, box: _FakeContainer) -> dict[str, Any]:
         with self._lock:
             self._tick(box)

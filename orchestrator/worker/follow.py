@@ -1,8 +1,8 @@
-"""A tool's output while it runs: both streams followed from the engine, capped, published.
+"""A tool's output while it runs: followed from the engine, capped, published.
 
-Two follow streams (stdout and stderr, kept apart) are read on daemon threads from the
-moment the container starts, so the head of a large output is kept even after the
-engine's json-file log rotates. Each chunk goes into a
+One follow stream (stdout and stderr, each chunk tagged with its stream) is read on a
+daemon thread from the moment the container starts, so the head of a large output is
+kept even after the engine's json-file log rotates. Each chunk goes into its stream's
 :class:`~orchestrator.core.output.CappedBuffer` and, through a
 :class:`~orchestrator.state.logs.LiveLog`, into the execution's live Redis stream.
 """
@@ -13,7 +13,7 @@ import logging
 import threading
 
 from orchestrator.core.output import CappedBuffer
-from orchestrator.core.types import Stream
+from orchestrator.core.types import Chunk, Stream
 from orchestrator.engine.base import Engine
 from orchestrator.state.logs import LiveLog
 
@@ -21,9 +21,12 @@ __all__ = ["LogFollower"]
 
 log = logging.getLogger(__name__)
 
+#: The engine's stream numbers, by name.
+_STREAMS = {1: "stdout", 2: "stderr"}
+
 
 class LogFollower:
-    """Follow a started container's stdout and stderr on two daemon threads.
+    """Follow a started container's stdout and stderr on a daemon thread.
 
     Args:
         engine: the engine running the container.
@@ -40,50 +43,47 @@ class LogFollower:
         self.stdout = CappedBuffer(cap_bytes)
         self.stderr = CappedBuffer(cap_bytes)
         self.live = live
-        self._streams: list[Stream[bytes]] = []
-        self._errors: list[BaseException] = []
-        self._threads = [
-            threading.Thread(target=self._follow, args=("stdout", self.stdout), daemon=True),
-            threading.Thread(target=self._follow, args=("stderr", self.stderr), daemon=True),
-        ]
+        self._stream: Stream[Chunk] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._follow, name="log-follower", daemon=True)
 
     def start(self) -> LogFollower:
-        """Start both followers.
+        """Start following.
 
         Returns:
             This follower.
         """
-        for thread in self._threads:
-            thread.start()
+        self._thread.start()
         return self
 
-    def _follow(self, name: str, buffer: CappedBuffer) -> None:
+    def _follow(self) -> None:
+        buffers = {1: self.stdout, 2: self.stderr}
         try:
-            stream = self.engine.container_logs(
-                self.ref, stdout=name == "stdout", stderr=name == "stderr", follow=True
-            )
-            self._streams.append(stream)
-            for chunk in stream:
+            self._stream = self.engine.follow_output(self.ref)
+            for number, chunk in self._stream:
+                buffer = buffers.get(number)
+                if buffer is None:  # stdin's number: never written to a log
+                    continue
                 buffer.write(chunk)
                 if self.live is not None:
-                    self.live.append(name, chunk)
+                    self.live.append(_STREAMS[number], chunk)
         except Exception as exc:  # noqa: BLE001 - reported by finish()
-            log.debug("following the %s of %s ended: %s", name, self.ref, exc)
-            self._errors.append(exc)
+            log.debug("following the output of %s ended: %s", self.ref, exc)
+            self._error = exc
 
     def finish(self, timeout_seconds: float = 10.0) -> bool:
-        """Wait for both streams to drain after the container stopped.
+        """Wait for the stream to drain after the container stopped.
 
         Args:
-            timeout_seconds: how long to wait for each stream to end by itself.
+            timeout_seconds: how long to wait for the stream to end by itself.
 
         Returns:
-            True when both ended by themselves (the output is complete).
+            True when it ended by itself (the output is complete).
         """
-        for thread in self._threads:
-            thread.join(timeout_seconds)
-        complete = not any(t.is_alive() for t in self._threads) and not self._errors
-        for stream in self._streams:
+        self._thread.join(timeout_seconds)
+        complete = not self._thread.is_alive() and self._error is None
+        stream = self._stream
+        if stream is not None:
             try:
                 stream.close()
             except Exception:  # noqa: BLE001, S110 - already closed

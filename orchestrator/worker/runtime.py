@@ -100,7 +100,9 @@ class Runtime:
                 if self._engine is None:
                     self._engine = DockerEngine.from_env(
                         timeout_seconds=self.settings.docker_timeout_seconds,
-                        max_pool_size=self.settings.worker_concurrency + 8,
+                        # A cold run holds up to four connections at once (its wait,
+                        # two log streams, its stats stream).
+                        max_pool_size=4 * self.settings.worker_concurrency + 8,
                     )
         return self._engine
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -74,6 +76,52 @@ def test_a_created_container_has_no_logs(harness: Harness) -> None:
 def test_logs_of_a_missing_container(harness: Harness) -> None:
     with pytest.raises(ContainerNotFound):
         harness.engine.container_logs(harness.name("missing"))
+
+
+def joined(chunks: list[tuple[int, bytes]], number: int) -> bytes:
+    return b"".join(data for n, data in chunks if n == number)
+
+
+def test_follow_output_tags_each_stream_and_ends_with_the_container(harness: Harness) -> None:
+    engine = harness.engine
+    ref = harness.run(WRITES_LINES)
+
+    started = time.monotonic()
+    chunks = list(engine.follow_output(ref))
+
+    assert joined(chunks, 1) == b"one\ntwo\nthree\n"
+    assert joined(chunks, 2) == b"oops\n"
+    assert {n for n, _ in chunks} == {1, 2}
+    assert time.monotonic() - started < 5
+    assert engine.inspect_container(ref).status == "exited"
+    assert joined(list(engine.follow_output(ref)), 1) == b"one\ntwo\nthree\n"  # exited
+
+
+def test_closing_a_followed_output_ends_a_reader_blocked_on_it(harness: Harness) -> None:
+    engine = harness.engine
+    ref = harness.run(SLEEPS)
+    stream = engine.follow_output(ref)
+    reader = threading.Thread(target=lambda: list_quietly(stream), daemon=True)
+    reader.start()
+    time.sleep(0.2)
+
+    stream.close()
+
+    reader.join(5)
+    assert not reader.is_alive()
+    assert engine.inspect_container(ref).running
+
+
+def list_quietly(stream: Any) -> None:
+    try:
+        list(stream)
+    except Exception:  # noqa: BLE001, S110 - a closed stream may end with an error
+        pass
+
+
+def test_follow_output_of_a_missing_container(harness: Harness) -> None:
+    with pytest.raises(ContainerNotFound):
+        harness.engine.follow_output(harness.name("missing"))
 
 
 def test_one_stats_sample_running_and_stopped(harness: Harness) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from orchestrator.core.agent import AGENT_ENTRYPOINT
 from orchestrator.core.specs import tool_spec
-from orchestrator.core.types import ContainerSpec, ExecSpec, Stream
+from orchestrator.core.types import Chunk, ContainerSpec, ExecSpec, Stream
 from orchestrator.engine.fake import FakeEngine, FakeExec, FakeProgram
 from orchestrator.errors import ContainerNotFound, DockerError, DockerUnavailable, LimitExceeded
 from orchestrator.models import FileContent, ResourceLimits, ToolExecutionRequest, ToolRunStats
@@ -582,12 +582,12 @@ def test_limits_above_the_server_maximum_are_refused_before_anything_starts(rt, 
 class BrokenStream:
     """A follow stream whose connection breaks after the first line of output."""
 
-    def __init__(self, inner: Stream[bytes]) -> None:
+    def __init__(self, inner: Stream[Chunk]) -> None:
         self.inner = inner
 
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self.inner:
-            yield chunk.splitlines(keepends=True)[0]
+    def __iter__(self) -> Iterator[Chunk]:
+        for number, chunk in self.inner:
+            yield number, chunk.splitlines(keepends=True)[0]
             raise DockerUnavailable(f"read logs of {NAME}: Connection broken: IncompleteRead")
 
     def close(self) -> None:
@@ -595,13 +595,8 @@ class BrokenStream:
 
 
 def break_follow_streams(engine: FakeEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    logs = engine.container_logs
-
-    def container_logs(ref: str, **kwargs: Any) -> Stream[bytes]:
-        stream = logs(ref, **kwargs)
-        return BrokenStream(stream) if kwargs.get("follow") else stream
-
-    monkeypatch.setattr(engine, "container_logs", container_logs)
+    follow = engine.follow_output
+    monkeypatch.setattr(engine, "follow_output", lambda ref: BrokenStream(follow(ref)))
 
 
 def test_when_a_follow_stream_breaks_the_output_is_read_from_the_engine_log(

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from orchestrator.core.redaction import redact_bytes
-from orchestrator.core.types import ContainerSpec, Stream
+from orchestrator.core.types import Chunk, ContainerSpec, Stream
 from orchestrator.engine.fake import FakeEngine, FakeProgram
 from orchestrator.errors import DockerUnavailable
 from orchestrator.state import keys
@@ -247,7 +247,8 @@ def test_the_follower_collects_both_streams_apart_and_reports_complete(redis, en
     assert follower.stderr.text() == "err 1\n"
     assert read_live(redis, "e1") == {"stdout": "out 1\nout 2\n", "stderr": "err 1\n"}
     assert entries(redis)[-1].get(EOF_FIELD.encode()) == b"1"
-    assert sorted(engine.called("container_logs")) == [(name, True), (name, True)]  # followed
+    assert engine.called("follow_output") == [(name,)]  # one stream, both followed
+    assert engine.called("container_logs") == []
 
 
 def test_the_follower_keeps_head_and_tail_of_output_above_the_cap(engine):
@@ -268,12 +269,12 @@ def test_the_follower_keeps_head_and_tail_of_output_above_the_cap(engine):
 class BrokenStream:
     """A follow stream whose connection breaks after the first line of output."""
 
-    def __init__(self, inner: Stream[bytes]) -> None:
+    def __init__(self, inner: Stream[Chunk]) -> None:
         self.inner = inner
 
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self.inner:
-            yield chunk.splitlines(keepends=True)[0]
+    def __iter__(self) -> Iterator[Chunk]:
+        for number, chunk in self.inner:
+            yield number, chunk.splitlines(keepends=True)[0]
             raise DockerUnavailable("read logs: Connection broken: IncompleteRead")
 
     def close(self) -> None:
@@ -282,8 +283,8 @@ class BrokenStream:
 
 def test_a_broken_follow_stream_reports_the_output_incomplete(engine, monkeypatch):
     name = started(engine, stdout=b"a\nb\nc\n", run_seconds=0.02)
-    logs = engine.container_logs
-    monkeypatch.setattr(engine, "container_logs", lambda *a, **kw: BrokenStream(logs(*a, **kw)))
+    follow = engine.follow_output
+    monkeypatch.setattr(engine, "follow_output", lambda *a: BrokenStream(follow(*a)))
 
     follower = LogFollower(engine, name, cap_bytes=1024).start()
 
@@ -293,7 +294,7 @@ def test_a_broken_follow_stream_reports_the_output_incomplete(engine, monkeypatc
 
 def test_a_follow_that_cannot_start_reports_the_output_incomplete(engine):
     name = started(engine, stdout=b"a\n", run_seconds=0.02)
-    engine.fail_next("container_logs", DockerUnavailable("read logs: engine unreachable"))
+    engine.fail_next("follow_output", DockerUnavailable("read logs: engine unreachable"))
 
     follower = LogFollower(engine, name, cap_bytes=1024).start()
 
@@ -309,6 +310,5 @@ def test_finish_gives_up_on_a_container_that_keeps_running_and_closes_its_stream
 
     assert time.monotonic() - begin < 1.0
     assert follower.stdout.text() == "tick\n"
-    for thread in follower._threads:
-        thread.join(1)
-        assert not thread.is_alive()  # closing the streams ended the readers
+    follower._thread.join(1)
+    assert not follower._thread.is_alive()  # closing the stream ended the reader
