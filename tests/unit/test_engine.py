@@ -225,3 +225,16 @@ def test_only_an_engine_over_tcp_reads_the_proxy_variables(base_url, reads_proxy
         assert engine.api.trust_env is reads_proxy_variables
     finally:
         engine.close()
+
+
+def test_a_local_engine_socket_keeps_one_connection_pool_for_every_url():
+    engine = DockerEngine(
+        docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
+    )
+    try:
+        adapter = engine.api.get_adapter(engine.api.base_url)
+        first = adapter.get_connection(engine.api._url("/containers/{0}/json", "a"))
+        second = adapter.get_connection(engine.api._url("/containers/{0}/wait", "b"))
+        assert first is second  # docker-py alone makes one per URL, each connecting anew
+    finally:
+        engine.close()

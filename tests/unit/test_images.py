@@ -38,6 +38,7 @@ from orchestrator.state import images as tracking
 from orchestrator.state.quotas import Quotas
 from orchestrator.worker import janitor
 from orchestrator.worker.images import (
+    RecentImages,
     build_tag,
     check_build_request,
     context_tar,
@@ -956,3 +957,32 @@ def test_a_janitor_pass_reports_an_image_step_that_failed_and_goes_on(engine, re
 
     assert report["images_removed"] == []
     assert report["errors"] == ["h1: images: list images: engine unreachable"]
+
+
+# -- the images a worker saw lately ---------------------------------------------------------
+
+
+def test_a_sighting_counts_for_its_time_then_is_dropped():
+    now = [100.0]
+    recent = RecentImages(ttl_seconds=60, clock=lambda: now[0])
+
+    assert recent.recent("busybox:1") is False
+    recent.saw("busybox:1")
+    now[0] = 159.9
+    assert recent.recent("busybox:1") is True
+    assert recent.recent("busybox:2") is False  # each reference on its own
+    now[0] = 160.0
+    assert recent.recent("busybox:1") is False
+    assert recent._seen == {}  # a stale sighting does not stay behind
+
+
+def test_a_forgotten_image_is_checked_again_until_seen_again():
+    recent = RecentImages()
+    recent.saw("busybox:1")
+
+    recent.forget("busybox:1")
+    recent.forget("never-seen:1")  # nothing to forget: no error
+
+    assert recent.recent("busybox:1") is False
+    recent.saw("busybox:1")
+    assert recent.recent("busybox:1") is True
