@@ -298,15 +298,15 @@ class WarmPool:
         started = time.monotonic()
         suffix = uuid.uuid4().hex[:10]
         made = pool_spec(spec, settings=self.rt.settings, now=time.time(), suffix=suffix)
-        container = engine.create_container(made)
+        container_id = engine.create_container_id(made)
         try:
-            engine.start_container(container.id)
+            engine.start_container(container_id)
         except OrchestratorError:
-            self._remove(container.id)
+            self._remove(container_id)
             raise
         took = time.monotonic() - started
         self.refill_seconds += REFILL_SMOOTHING * (took - self.refill_seconds)
-        return container.id
+        return container_id
 
     def _remove(self, container_id: str) -> None:
         try:
