@@ -503,12 +503,9 @@ class DockerEngine(Engine):
     def follow_output(self, ref: str) -> Stream[Chunk]:
         # docker-py's logs() inspects the container first (for its TTY) and merges the
         # two streams: one request here, its frames read with their stream kept.
-        api = self.api
         params = {"stdout": 1, "stderr": 1, "follow": 1, "timestamps": 0, "tail": "all"}
-        with docker_errors(f"follow output of {ref}"):
-            response = api._get(api._url("/containers/{0}/logs", ref), params=params, stream=True)
-            api._raise_for_status(response)
-        api._disable_socket_timeout(response)  # a silent tool is no read timeout
+        response = self._open_stream("logs", ref, params, f"follow output of {ref}")
+        self.api._disable_socket_timeout(response)  # a silent tool is no read timeout
         # Closing it shuts the socket, which ends a read blocked in another thread.
         frames = docker.types.CancellableStream(_response_frames(response), response)
         return _ClosingStream(_translated(frames, f"follow output of {ref}"), [frames])
@@ -527,14 +524,19 @@ class DockerEngine(Engine):
     def stream_stats(self, ref: str) -> Stream[dict[str, Any]]:
         # docker-py's stats() raises for a missing container only once iterated: the
         # reply's status is checked here instead (no inspect first, a round trip saved).
-        api = self.api
-        with docker_errors(f"follow stats of {ref}"):
-            response = api._get(
-                api._url("/containers/{0}/stats", ref), stream=True, params={"stream": True}
-            )
-            api._raise_for_status(response)
-        items = api._stream_helper(response, decode=True)
+        response = self._open_stream("stats", ref, {"stream": True}, f"follow stats of {ref}")
+        items = self.api._stream_helper(response, decode=True)
         return _ClosingStream(_translated(items, f"follow stats of {ref}"), [items])
+
+    def _open_stream(self, endpoint: str, ref: str, params: dict[str, Any], action: str) -> Any:
+        """GET ``/containers/{ref}/{endpoint}`` as a stream, its status checked at once
+        (a missing container raises here, not while the stream is read)."""
+        api = self.api
+        with docker_errors(action):
+            url = api._url("/containers/{0}/" + endpoint, ref)
+            response = api._get(url, params=params, stream=True)
+            api._raise_for_status(response)
+        return response
 
     def exec_start(self, ref: str, spec: ExecSpec) -> _DockerExec:
         with docker_errors(f"exec in {ref}", conflict=DockerError):

@@ -677,17 +677,18 @@ class FakeEngine(Engine):
         wanted = {1} if stdout else set()
         wanted |= {2} if stderr else set()
         chunks = [line for stream, line in lines if stream in wanted]
-        if follow and box.status == "running":
-            return _FollowStream(chunks, box, lambda: self._tick(box))
-        return _ListStream(chunks)
+        return self._log_stream(box, chunks, follow)
 
     def follow_output(self, ref: str) -> Stream[Chunk]:
         self._call("follow_output", ref)
         box = self._box(ref)
-        lines = self._log_lines(box)
-        if box.status == "running":
-            return _FollowStream(lines, box, lambda: self._tick(box))
-        return _ListStream(lines)
+        return self._log_stream(box, self._log_lines(box), follow=True)
+
+    def _log_stream(self, box: _FakeContainer, items: list[Any], follow: bool) -> Stream[Any]:
+        """``items``, then (followed, while ``box`` runs) a wait for its exit."""
+        if follow and box.status == "running":
+            return _FollowStream(items, box, lambda: self._tick(box))
+        return _ListStream(items)
 
     def _stats_sample(self, box: _FakeContainer) -> dict[str, Any]:
         with self._lock:
