@@ -114,6 +114,20 @@ def wait_answering(flower: Flower, proc: subprocess.Popen[bytes], seconds: float
     raise RuntimeError(f"flower did not answer within {seconds} s; log:\n{flower.log()}")
 
 
+def wait_listening(flower: Flower, seconds: float = 30) -> None:
+    """Until Flower's event receiver has seen a worker's event (its heartbeat comes every 2 s).
+
+    Answering HTTP comes first: the receiver subscribes to the broker's events a moment later,
+    and an event sent before that is never Flower's (a task page without its arguments)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        reply = flower.call("GET", "/api/workers?status=true")
+        if reply.status == 200 and any(reply.json().values()):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"flower saw no worker event within {seconds} s; log:\n{flower.log()}")
+
+
 @pytest.fixture(scope="module")
 def flower(worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flower]:
     """`celery -A worker flower` as an operator starts it: credentials only in ORCHESTRATOR_*."""
@@ -135,6 +149,7 @@ def flower(worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> I
         )
     try:
         wait_answering(instance, proc)
+        wait_listening(instance)
         yield instance
     finally:
         if proc.poll() is None:
