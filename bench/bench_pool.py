@@ -5,8 +5,11 @@
   and limits, interleaved, N times each, paced by ``--gap`` seconds of think time (the
   pool refills in it, as between an agent's calls): p50 and p99 of each, their ratio
   and the pool hit rate.
-- ``tail``: many paced pooled calls while the pool refills behind them: p50, p99, p99/p50,
-  and p99 against cold raw docker-py runs (create, start, wait, logs, remove).
+- ``tail``: many paced pooled calls while the pool refills behind them, at each think time
+  of ``--tail-gaps``: p50, p99, p99/p50, p99 against cold raw docker-py runs (create,
+  start, wait, logs, remove), and the refill load: how much of the time between calls the
+  engine spends replacing the used container (raw create and start, plus remove, timed in
+  the same run). Every call uses up a container; near 100% the refill meets the next call.
 - ``burst``: 20 concurrent calls with a pool of 5 against 20 concurrent raw
   ``exec_run`` calls: wall time of each, ratio, and how many failed or timed out.
 - ``trace``: how long making a pool container takes on this engine right now, then the
@@ -15,7 +18,8 @@
   with the same hit rate.
 
 Needs Redis and the Docker engine (``scripts/setup.sh``); starts its own worker.
-Usage: ``python bench/bench_pool.py [latency] [tail] [burst] [trace] [--runs 40] [--gap 0.3]``.
+Usage: ``python bench/bench_pool.py [latency] [tail] [burst] [trace] [--runs 40] [--gap 0.3]
+[--tail-gaps 0.5,0.3]``.
 """
 
 from __future__ import annotations
@@ -193,23 +197,32 @@ def latency(bench: Bench, runs: int, gap: float) -> None:
     print(f"  ratio pooled/raw exec_run p50 = {ratio:.3f} (target <= 1.25)")
 
 
-def tail(bench: Bench, runs: int, gap: float, cold_runs: int) -> None:
-    """Many paced pooled calls while the pool refills; compared with cold raw runs."""
-    pooled, hits = [], 0
-    for _ in range(runs):
-        elapsed, hit = bench.pooled()
-        pooled.append(elapsed)
-        hits += hit
-        time.sleep(gap)
+def tail(bench: Bench, runs: int, gaps: list[float], cold_runs: int) -> None:
+    """Many paced pooled calls while the pool refills, at each think time of ``gaps``;
+    compared with cold raw runs, with the refill's share of the engine's time."""
     cold = [raw_run(bench.engine) for _ in range(cold_runs)]
-    p50, p99 = statistics.median(pooled), percentile(pooled, 0.99)
+    makes, removes = refill_samples(bench.engine)
+    make, remove = statistics.median(makes), statistics.median(removes)
     cold_p50 = statistics.median(cold)
-    print(f"tail, {runs} pooled calls {gap} s apart while the pool refills")
-    print(describe("orchestrator pooled call", pooled))
-    print(describe("raw docker-py cold run", cold))
-    print(f"  pool hits {hits}/{runs}")
-    print(f"  pooled p99/p50 = {p99 / p50:.3f} (target <= 1.5)")
-    print(f"  pooled p99 / cold raw p50 = {p99 / cold_p50:.3f} (target <= 0.3)")
+    for gap in gaps:
+        pooled, hits = [], 0
+        for _ in range(runs):
+            elapsed, hit = bench.pooled()
+            pooled.append(elapsed)
+            hits += hit
+            time.sleep(gap)
+        p50, p99 = statistics.median(pooled), percentile(pooled, 0.99)
+        load = (make + remove) / (p50 + gap)
+        print(f"tail, {runs} pooled calls {gap} s apart while the pool refills")
+        print(describe("orchestrator pooled call", pooled))
+        print(describe("raw docker-py cold run", cold))
+        print(
+            f"  refill per call: create+start {make * 1000:.0f} ms + remove {remove * 1000:.0f} ms"
+            f" = {load:.0%} of the time between calls"
+        )
+        print(f"  pool hits {hits}/{runs}")
+        print(f"  pooled p99/p50 = {p99 / p50:.3f} (target <= 1.5)")
+        print(f"  pooled p99 / cold raw p50 = {p99 / cold_p50:.3f} (target <= 0.3)")
 
 
 def concurrently(call: Callable[[], Any], count: int) -> tuple[float, list[Any]]:
@@ -251,9 +264,10 @@ def burst(bench: Bench, count: int, rounds: int, pool_size: int, adaptive: bool)
     print(f"  ratio orchestrator/raw = {orch_p50 / raw_p50:.3f} (target <= 1.3)")
 
 
-def refill_seconds(engine: Any, samples: int = 5) -> float:
-    """Median time to create and start one idle container like a pool's (no network)."""
-    took = []
+def refill_samples(engine: Any, samples: int = 5) -> tuple[list[float], list[float]]:
+    """Times to create and start one idle container like a pool's (no network), and to
+    remove it while it runs: ``samples`` of each."""
+    makes, removes = [], []
     for _ in range(samples):
         started = time.perf_counter()
         container = engine.containers.run(
@@ -265,9 +279,16 @@ def refill_seconds(engine: Any, samples: int = 5) -> float:
             cap_drop=["ALL"],
             labels={"orchestrator.bench": "refill"},
         )
-        took.append(time.perf_counter() - started)
+        made = time.perf_counter()
         container.remove(force=True)
-    return statistics.median(took)
+        makes.append(made - started)
+        removes.append(time.perf_counter() - made)
+    return makes, removes
+
+
+def refill_seconds(engine: Any, samples: int = 5) -> float:
+    """Median time to create and start one idle container like a pool's (no network)."""
+    return statistics.median(refill_samples(engine, samples)[0])
 
 
 def trace(bench: Bench) -> None:
@@ -341,6 +362,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=40, help="latency: calls of each kind")
     parser.add_argument("--gap", type=float, default=0.3, help="think time between calls (s)")
     parser.add_argument("--tail-runs", type=int, default=500)
+    parser.add_argument(
+        "--tail-gaps",
+        type=lambda text: [float(g) for g in text.split(",")],
+        default=[0.5, 0.3],
+        help="tail: think times between calls (s), one run of --tail-runs each",
+    )
     parser.add_argument("--cold-runs", type=int, default=20)
     parser.add_argument("--burst", type=int, default=20, help="calls in one burst")
     parser.add_argument("--burst-rounds", type=int, default=3)
@@ -363,7 +390,7 @@ def main() -> int:
         if "latency" in args.phases:
             latency(bench, args.runs, args.gap)
         if "tail" in args.phases:
-            tail(bench, args.tail_runs, args.gap, args.cold_runs)
+            tail(bench, args.tail_runs, args.tail_gaps, args.cold_runs)
         if "burst" in args.phases:
             burst(bench, args.burst, args.burst_rounds, args.pool, args.adaptive)
         if "trace" in args.phases:
