@@ -100,30 +100,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_answering(flower: Flower, proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"flower exited with {proc.returncode}; log:\n{flower.log()}")
-        try:
-            if flower.call("GET", "/healthcheck", auth=None).body == b"OK":
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"flower did not answer within {seconds} s; log:\n{flower.log()}")
-
-
-def wait_listening(flower: Flower, seconds: float = 30) -> None:
-    """Until Flower's event receiver has seen a worker's event (its heartbeat comes every 2 s).
+def wait_ready(flower: Flower, proc: subprocess.Popen[bytes], seconds: float = 60) -> None:
+    """Until Flower answers and its event receiver has seen a worker's event (a heartbeat
+    comes every 2 s).
 
     Answering HTTP comes first: the receiver subscribes to the broker's events a moment later,
     and an event sent before that is never Flower's (a task page without its arguments)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        reply = flower.call("GET", "/api/workers?status=true")
-        if reply.status == 200 and any(reply.json().values()):
-            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"flower exited with {proc.returncode}; log:\n{flower.log()}")
+        try:
+            reply = flower.call("GET", "/api/workers?status=true")
+            if reply.status == 200 and any(reply.json().values()):
+                return
+        except OSError:
+            pass
         time.sleep(0.2)
     raise RuntimeError(f"flower saw no worker event within {seconds} s; log:\n{flower.log()}")
 
@@ -148,8 +140,7 @@ def flower(worker: WorkerProcess, tmp_path_factory: pytest.TempPathFactory) -> I
             start_new_session=True,
         )
     try:
-        wait_answering(instance, proc)
-        wait_listening(instance)
+        wait_ready(instance, proc)
         yield instance
     finally:
         if proc.poll() is None:
