@@ -193,7 +193,11 @@ def test_worker_killed_during_a_relic_start_ends_with_a_healthy_relic(
         )
         name = f"orch-relic-{len(session_id)}-{session_id}-slow"
         deadline = time.monotonic() + 30
-        while not docker_client.containers.list(all=True, filters={"name": name}):
+        # ignore_removed: Docker lists a container being created a moment before its
+        # inspect finds it (docker-py's list inspects each one; that 404 is no failure).
+        while not docker_client.containers.list(
+            all=True, filters={"name": name}, ignore_removed=True
+        ):
             assert time.monotonic() < deadline, "the relic container never appeared"
             time.sleep(0.1)
         first.kill()  # mid-start: the container exists, the health wait is under way
