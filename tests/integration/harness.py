@@ -177,6 +177,34 @@ class WorkerProcess:
 NOTHING_LEFT: dict[str, list[str]] = {"containers": [], "networks": [], "volumes": []}
 
 
+@dataclass(frozen=True)
+class Listed:
+    """A container as the engine's list endpoint shows it."""
+
+    id: str
+    name: str
+    labels: dict[str, str]
+    state: str
+
+
+def listed(client: Any, filters: dict[str, Any], *, all: bool = True) -> list[Listed]:
+    """The containers matching ``filters``, read from the engine's list endpoint alone.
+
+    docker-py's ``containers.list()`` inspects each container it lists, and Docker lists a
+    container a moment before its inspect finds it (being created) and after it is gone
+    (being removed): that inspect's 404 would fail a test that only asked what exists.
+    """
+    return [
+        Listed(
+            id=entry["Id"],
+            name=(entry.get("Names") or ["/"])[0].lstrip("/"),
+            labels=entry.get("Labels") or {},
+            state=entry.get("State", ""),
+        )
+        for entry in client.api.containers(all=all, filters=filters)
+    ]
+
+
 def managed_leftovers(
     client: Any, host_label: str | None = None, *, idle_pool: bool = True
 ) -> dict[str, list[str]]:
@@ -186,7 +214,7 @@ def managed_leftovers(
     host's state (sized from demand), and removes them when it stops.
     """
     filters = [MANAGED] + ([f"orchestrator.host={host_label}"] if host_label else [])
-    containers = client.containers.list(all=True, filters={"label": filters})
+    containers = listed(client, {"label": filters})
     if not idle_pool:
         containers = [c for c in containers if c.labels.get(label("kind")) != Kind.POOL]
     networks = client.networks.list(filters={"label": filters})

@@ -38,6 +38,7 @@ from tests.integration.harness import (
     TEST_IMAGE,
     force_remove_managed,
     have,
+    listed,
     managed_leftovers,
     remove_built_images,
     require,
@@ -532,7 +533,7 @@ def test_flower_forgets_a_worker_replica_that_went_away(
 def test_down_leaves_nothing(stack: Stack, docker_client: docker.DockerClient) -> None:
     stack.down(docker_client)
     label = {"label": f"{COMPOSE_LABEL}={stack.project}"}
-    assert docker_client.containers.list(all=True, filters=label) == []
+    assert listed(docker_client, label) == []
     assert docker_client.networks.list(filters=label) == []
     assert docker_client.volumes.list(filters=label) == []
     tags = [t for i in docker_client.images.list() for t in i.tags]

@@ -39,6 +39,7 @@ from tests.integration.harness import (
     bridge_gateway,
     force_remove_managed,
     gateway_listener,
+    listed,
     settings_env,
     tool,
 )
@@ -62,7 +63,7 @@ def relic(session_id: str, name: str, **extra: Any) -> dict[str, Any]:
 
 def session_containers(docker_client: docker.DockerClient, session_id: str) -> list[str]:
     label = {"label": f"orchestrator.session={session_id}"}
-    return [c.name for c in docker_client.containers.list(all=True, filters=label)]
+    return [c.name for c in listed(docker_client, label)]
 
 
 def new_session() -> str:
@@ -306,7 +307,7 @@ def sender(client: OrchestratorClient, quota_worker: WorkerProcess) -> Iterator[
 def wait_running(docker_client: docker.DockerClient, session_id: str, count: int) -> None:
     label = {"label": f"orchestrator.session={session_id}", "status": "running"}
     deadline = time.monotonic() + 60
-    while len(docker_client.containers.list(filters=label)) < count:
+    while len(listed(docker_client, label, all=False)) < count:
         assert time.monotonic() < deadline, f"{count} containers of {session_id} never ran"
         time.sleep(0.2)
 

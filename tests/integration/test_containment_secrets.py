@@ -40,6 +40,7 @@ from tests.integration.harness import (
     WorkerProcess,
     force_remove_managed,
     have,
+    listed,
     require,
     settings_env,
     tool,
@@ -238,7 +239,7 @@ def test_a_relic_gets_its_secret_and_redis_never_holds_it(
     thread.start()
     try:
         name_filter = {"label": [f"orchestrator.session={session_id}", "orchestrator.kind=relic"]}
-        wait_for(lambda: bool(docker_client.containers.list(filters=name_filter)), 30, "relic")
+        wait_for(lambda: bool(listed(docker_client, name_filter, all=False)), 30, "relic")
         assert leaking_keys(r, secret) == []  # while it starts: message, registry, state
         thread.join(60)
         info = started["info"]

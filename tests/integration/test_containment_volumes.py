@@ -24,6 +24,7 @@ from tests.integration.harness import (
     TEST_IMAGE,
     WorkerProcess,
     force_remove_managed,
+    listed,
     settings_env,
     tool,
 )
@@ -315,9 +316,7 @@ def test_a_directory_swapped_for_a_symlink_during_a_build_is_refused(
         with pytest.raises(Forbidden, match="outside the allowed roots") as caught:
             sent.get(timeout=120)
         assert SECRET not in str(caught.value)
-        created = docker_client.containers.list(
-            all=True, filters={"label": f"orchestrator.execution={sent.id}"}
-        )
+        created = listed(docker_client, {"label": f"orchestrator.execution={sent.id}"})
         assert created == []
     finally:
         sent.get(timeout=120, propagate=False)  # the build is over: its image can go

@@ -22,6 +22,7 @@ from tests.integration.harness import (
     WorkerProcess,
     deliveries,
     force_remove_managed,
+    listed,
     wait_log,
     wait_running,
 )
@@ -59,7 +60,7 @@ def test_worker_killed_mid_run_resumes_and_runs_the_tool_once(
         first.kill()
     run.assert_ran_once(result)
     label = {"label": f"orchestrator.execution={run.sent.id}"}
-    assert docker_client.containers.list(all=True, filters=label) == []
+    assert listed(docker_client, label) == []
 
 
 def test_a_worker_frozen_past_its_lease_keeps_its_run_and_nothing_runs_beside_it(
@@ -193,11 +194,7 @@ def test_worker_killed_during_a_relic_start_ends_with_a_healthy_relic(
         )
         name = f"orch-relic-{len(session_id)}-{session_id}-slow"
         deadline = time.monotonic() + 30
-        # ignore_removed: Docker lists a container being created a moment before its
-        # inspect finds it (docker-py's list inspects each one; that 404 is no failure).
-        while not docker_client.containers.list(
-            all=True, filters={"name": name}, ignore_removed=True
-        ):
+        while not listed(docker_client, {"name": name}):
             assert time.monotonic() < deadline, "the relic container never appeared"
             time.sleep(0.1)
         first.kill()  # mid-start: the container exists, the health wait is under way

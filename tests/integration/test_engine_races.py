@@ -30,6 +30,7 @@ from tests.integration.harness import (
     REDIS_URL,
     TEST_IMAGE,
     force_remove_managed,
+    listed,
     remove_labelled,
     settings_env,
 )
@@ -150,7 +151,7 @@ def start(
 
 def still_there(client: docker.DockerClient, host: str) -> list[str]:
     label = {"label": [MANAGED, f"orchestrator.host={host}"]}
-    return sorted(c.name for c in client.containers.list(all=True, filters=label))
+    return sorted(c.name for c in listed(client, label))
 
 
 def test_a_janitor_pass_completes_when_a_container_vanishes_while_it_lists(

@@ -33,6 +33,7 @@ from tests.integration.harness import (
     TEST_IMAGE,
     WorkerProcess,
     force_remove_managed,
+    listed,
     settings_env,
 )
 
@@ -534,7 +535,7 @@ def test_tool_files_over_the_caps_are_refused_before_anything_runs(
     with pytest.raises(LimitExceeded, match="ORCHESTRATOR_FILES_MAX_REQUEST_BYTES"):
         fclient.run_tool(request, timeout=60)
     label = {"label": [f"orchestrator.session={session}", "orchestrator.kind=tool"]}
-    assert docker_client.containers.list(all=True, filters=label) == []
+    assert listed(docker_client, label) == []
 
 
 # -- the command line -------------------------------------------------------------------------

@@ -15,7 +15,14 @@ import redis
 
 from orchestrator import OrchestratorClient
 from orchestrator.errors import HostUnavailable
-from tests.integration.harness import REDIS_URL, ROOT, TEST_IMAGE, WorkerProcess, settings_env
+from tests.integration.harness import (
+    REDIS_URL,
+    ROOT,
+    TEST_IMAGE,
+    WorkerProcess,
+    listed,
+    settings_env,
+)
 from tests.integration.test_relics import relic
 
 
@@ -93,7 +100,7 @@ def test_session_past_its_ttl_is_cleaned_and_the_report_says_which_limit(
     assert report["sessions_ended"][session_id] == "ttl"
     assert any(c["name"] == info.container_name for c in report["containers_removed"])
     label = {"label": f"orchestrator.session={session_id}"}
-    assert docker_client.containers.list(all=True, filters=label) == []
+    assert listed(docker_client, label) == []
     assert docker_client.networks.list(filters=label) == []
     assert client.list_relics(session_id) == []
 

@@ -21,6 +21,7 @@ from tests.integration.harness import (
     REDIS_URL,
     WorkerProcess,
     force_remove_managed,
+    listed,
     managed_leftovers,
     tool,
 )
@@ -93,7 +94,7 @@ def test_300_runs_on_two_workers_none_lost_none_duplicated_nothing_leaked(
     assert set(written) == {str(n) for n in range(RUNS)}
 
     session = {"label": f"orchestrator.session={session_id}"}
-    assert docker_client.containers.list(all=True, filters=session) == []  # nothing leaked
+    assert listed(docker_client, session) == []  # nothing leaked
     inflight = {m.decode() for m in redis.Redis.from_url(REDIS_URL).smembers("orch:inflight")}
     assert inflight.isdisjoint(h.id for h in handles)
     assert elapsed < 780, f"{RUNS} runs took {elapsed:.0f} s"

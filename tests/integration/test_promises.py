@@ -27,6 +27,7 @@ from tests.integration.harness import (
     CountedRun,
     WorkerProcess,
     force_remove_managed,
+    listed,
     managed_leftovers,
     tool,
     wait_running,
@@ -92,7 +93,7 @@ def test_cancel_sent_to_another_host_stops_the_run(
     assert result["host"] == a.host_name
     assert time.monotonic() - started < 10
     label = {"label": f"orchestrator.execution={sent.id}"}
-    assert docker_client.containers.list(all=True, filters=label) == []
+    assert listed(docker_client, label) == []
 
 
 def test_a_run_cancelled_before_any_worker_took_it_never_starts(
@@ -185,10 +186,7 @@ def test_two_starts_racing_for_a_new_session_end_on_one_host(
         assert owner is not None
         assert {i["host"] for i in infos} == {owner.decode()}, infos
         label = {"label": f"orchestrator.session={session_id}"}
-        hosts = {
-            c.labels.get("orchestrator.host")
-            for c in docker_client.containers.list(all=True, filters=label)
-        }
+        hosts = {c.labels.get("orchestrator.host") for c in listed(docker_client, label)}
         assert hosts == {owner.decode()}
         assert all(i["healthy"] for i in infos), infos
     finally:

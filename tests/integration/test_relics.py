@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator import OrchestratorClient
 from orchestrator.errors import RelicConflict, RelicExited, RelicNotFound, RelicUnhealthy
-from tests.integration.harness import TEST_IMAGE
+from tests.integration.harness import TEST_IMAGE, listed
 
 HTTPD = (
     'mkdir -p /www && echo ok > /www/health && echo "hello from $RELIC" > /www/index.html'
@@ -34,7 +34,7 @@ def relic(session_id: str, name: str, **extra: Any) -> dict[str, Any]:
 def session_objects(docker_client: docker.DockerClient, session_id: str) -> dict[str, list[str]]:
     label = {"label": f"orchestrator.session={session_id}"}
     return {
-        "containers": [c.name for c in docker_client.containers.list(all=True, filters=label)],
+        "containers": [c.name for c in listed(docker_client, label)],
         "networks": [n.name for n in docker_client.networks.list(filters=label)],
         "volumes": [v.name for v in docker_client.volumes.list(filters=label)],
     }

@@ -40,6 +40,7 @@ from tests.integration.harness import (
     WorkerProcess,
     force_remove_managed,
     have,
+    listed,
     managed_leftovers,
     private_redis,
     require,
@@ -256,7 +257,7 @@ def test_redis_restarted_under_load_loses_and_duplicates_nothing(
         again = client.run_tool(tool(session_id, "echo again"), timeout=60)
         assert again.stdout == "again\n" and again.host == name
         assert redis.Redis.from_url(own_redis.url).exists(f"orch:host:{name}")
-        assert docker_client.containers.list(all=True, filters=session_filter) == []
+        assert listed(docker_client, session_filter) == []
         # A delivery whose ack was lost with the connection stays unacknowledged until the
         # visibility timeout; redelivered then, it finds its stored result and runs nothing.
         for task_id in unacked_task_ids(own_redis.url):

@@ -23,6 +23,7 @@ from tests.integration.harness import (
     TEST_IMAGE,
     WorkerProcess,
     force_remove_managed,
+    listed,
     remove_built_images,
 )
 from tests.integration.test_relics import relic
@@ -116,7 +117,7 @@ def managed_count(engine: docker.DockerClient, host_name: str) -> int:
     """Managed containers of one worker's host, its warm pool's idle ones left out (the
     engine is shared with other tests, and a pool refills on its own)."""
     labels = ["orchestrator.managed=true", f"orchestrator.host={host_name}"]
-    found = engine.containers.list(all=True, filters={"label": labels})
+    found = listed(engine, {"label": labels})
     return sum(c.labels.get("orchestrator.kind") != "pool" for c in found)
 
 
@@ -388,7 +389,7 @@ def test_a_build_where_builds_are_off_creates_and_charges_nothing(
     assert store.hlen(f"orch:quota:host:{worker.host_name}") == 0
     label = {"label": f"orchestrator.session={session_id}"}
     assert docker_client.networks.list(filters=label) == []
-    assert docker_client.containers.list(all=True, filters=label) == []
+    assert listed(docker_client, label) == []
     assert (
         docker_client.images.list(filters={"label": f"orchestrator.requested-tag={session_id}"})
         == []

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator import ContainerStats, ExecutionHandle, OrchestratorClient
 from orchestrator.errors import ContainerNotFound, InvalidRequest
-from tests.integration.harness import MANAGED, TEST_IMAGE, have, require, tool
+from tests.integration.harness import MANAGED, TEST_IMAGE, have, listed, require, tool
 
 HTTPD = "mkdir -p /www && echo ok > /www/health && exec httpd -f -p 8000 -h /www"
 BUSY_LOOP = "while :; do :; done"
@@ -47,7 +47,7 @@ def probe(session_id: str, script: str, **limits: Any) -> dict[str, Any]:
 def nothing_left_behind(docker_client: docker.DockerClient, session_id: str) -> Iterator[None]:
     yield
     label = {"label": [MANAGED, f"orchestrator.session={session_id}"]}
-    assert docker_client.containers.list(all=True, filters=label) == []
+    assert listed(docker_client, label) == []
     assert docker_client.networks.list(filters=label) == []
     assert docker_client.volumes.list(filters=label) == []
 

@@ -19,8 +19,10 @@ from tests.integration.harness import (
     REDIS_URL,
     TEST_IMAGE,
     ContainerEvents,
+    Listed,
     WorkerProcess,
     deliveries,
+    listed,
     remove_built_images,
     tool,
     wait_log,
@@ -37,10 +39,8 @@ def wait_state(handle: Any, states: set[str], timeout: float = 30) -> str:
     raise AssertionError(f"state never reached {states}; last {handle.state}")
 
 
-def containers_of(docker_client: docker.DockerClient, execution_id: str) -> list[Any]:
-    return docker_client.containers.list(
-        all=True, filters={"label": f"orchestrator.execution={execution_id}"}
-    )
+def containers_of(docker_client: docker.DockerClient, execution_id: str) -> list[Listed]:
+    return listed(docker_client, {"label": f"orchestrator.execution={execution_id}"})
 
 
 def test_json_result_stdout_and_stderr_come_back_apart(
@@ -176,7 +176,7 @@ def test_cleanup_false_keeps_the_container(
         assert kept[0].labels["orchestrator.session"] == session_id
     finally:
         for container in kept:
-            container.remove(force=True)
+            docker_client.api.remove_container(container.id, force=True)
 
 
 def test_redelivery_of_the_same_execution_runs_the_tool_once(
