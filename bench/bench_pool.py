@@ -8,8 +8,9 @@
 - ``tail``: many paced pooled calls while the pool refills behind them, at each think time
   of ``--tail-gaps``: p50, p99, p99/p50, p99 against cold raw docker-py runs (create,
   start, wait, logs, remove), and the refill load: how much of the time between calls the
-  engine spends replacing the used container (raw create and start, plus remove, timed in
-  the same run). Every call uses up a container; near 100% the refill meets the next call.
+  engine spends replacing the used container (create and start as the pool makes it,
+  plus remove, timed in the same run). Every call uses up a container; near 100% the
+  refill meets the next call.
 - ``burst``: 20 concurrent calls with a pool of 5 against 20 concurrent raw
   ``exec_run`` calls: wall time of each, ratio, and how many failed or timed out.
 - ``trace``: how long making a pool container takes on this engine right now, then the
@@ -45,6 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import pool_trace  # noqa: E402
 from bench.run_overhead import raw_run  # noqa: E402
 from orchestrator import OrchestratorClient, Settings  # noqa: E402
+from orchestrator.core.types import ContainerSpec  # noqa: E402
+from orchestrator.engine.docker_engine import DockerEngine  # noqa: E402
 from orchestrator.state import keys  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     REDIS_URL,
@@ -265,29 +268,32 @@ def burst(bench: Bench, count: int, rounds: int, pool_size: int, adaptive: bool)
 
 
 def refill_samples(engine: Any, samples: int = 5) -> tuple[list[float], list[float]]:
-    """Times to create and start one idle container like a pool's (no network), and to
-    remove it while it runs: ``samples`` of each."""
+    """Times to make one idle container as the pool makes it (its spec, no network,
+    through the orchestrator's engine calls: create, then start), and to remove it while it
+    runs: ``samples`` of each."""
+    made_by = DockerEngine(engine)
     makes, removes = [], []
     for _ in range(samples):
-        started = time.perf_counter()
-        container = engine.containers.run(
-            TEST_IMAGE,
-            ["sh", "-c", "sleep 3600"],
-            detach=True,
-            mem_limit=f"{MEMORY_MB}m",
-            network_mode="none",
-            cap_drop=["ALL"],
+        spec = ContainerSpec(
+            name=f"bench-refill-{uuid.uuid4().hex[:10]}",
+            image=TEST_IMAGE,
             labels={"orchestrator.bench": "refill"},
+            command=("sh", "-c", "sleep 3600"),
+            memory_mb=MEMORY_MB,
+            cpu_limit=CPU,
         )
+        started = time.perf_counter()
+        container_id = made_by.create_container_id(spec)
+        made_by.start_container(container_id)
         made = time.perf_counter()
-        container.remove(force=True)
+        made_by.remove_container(container_id)
         makes.append(made - started)
         removes.append(time.perf_counter() - made)
     return makes, removes
 
 
 def refill_seconds(engine: Any, samples: int = 5) -> float:
-    """Median time to create and start one idle container like a pool's (no network)."""
+    """Median time to make one idle container as the pool makes it (create and start)."""
     return statistics.median(refill_samples(engine, samples)[0])
 
 

@@ -7,12 +7,16 @@ docker. Every method translates engine errors itself (through
 
 from __future__ import annotations
 
+import functools
+import io
 import itertools
 import json
+import logging
 import re
 import shlex
 import socket
 import struct
+import tarfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -56,7 +60,15 @@ from orchestrator.errors import (
     VolumeNotFound,
 )
 
-__all__ = ["DockerEngine", "build_params", "create_kwargs"]
+__all__ = [
+    "LOOPBACK_HOSTS",
+    "DockerEngine",
+    "build_params",
+    "create_kwargs",
+    "network_disabled",
+]
+
+log = logging.getLogger(__name__)
 
 #: Go's zero time: what the engine sends as the ``read`` time of a stopped container.
 STOPPED_SAMPLE_TIME = "0001-01-01T00:00:00Z"
@@ -121,6 +133,44 @@ def _mount(mount: Mount) -> dict[str, Any]:
     return entry
 
 
+#: The ``/etc/hosts`` of a container without a network (the engine writes the same one for
+#: ``network_mode="none"``): its loopback answers to ``localhost``.
+LOOPBACK_HOSTS = (
+    "127.0.0.1\tlocalhost\n"
+    "::1\tlocalhost ip6-localhost ip6-loopback\n"
+    "fe00::0\tip6-localnet\n"
+    "ff00::0\tip6-mcastprefix\n"
+    "ff02::1\tip6-allnodes\n"
+    "ff02::2\tip6-allrouters\n"
+)
+
+
+def network_disabled(spec: ContainerSpec) -> bool:
+    """Whether a container without a network gets it as ``NetworkDisabled`` (pure).
+
+    A ``network_mode="none"`` container has the engine make a network sandbox for it: a
+    namespace through libnetwork and, on Docker 20.10, a prestart hook that runs the
+    daemon's binary again; about 110 ms of a 200 ms start on a 2-core host. With
+    ``NetworkDisabled`` the runtime (runc) makes the container's own empty network namespace
+    itself, with only its loopback up: the same isolation without the sandbox. The engine
+    then writes no ``/etc/hosts``; :meth:`DockerEngine.create_container_id` writes
+    :data:`LOOPBACK_HOSTS` before the start, which a read-only root cannot take: such a
+    container keeps the engine's sandbox.
+    """
+    return spec.network == "none" and not spec.read_only
+
+
+@functools.lru_cache(maxsize=1)
+def _loopback_hosts_tar() -> bytes:
+    data = LOOPBACK_HOSTS.encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        entry = tarfile.TarInfo("etc/hosts")
+        entry.size, entry.mode = len(data), 0o644
+        tar.addfile(entry, io.BytesIO(data))
+    return buffer.getvalue()
+
+
 def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     """The engine's ``POST /containers/create`` body for a spec (pure).
 
@@ -149,6 +199,8 @@ def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         config["WorkingDir"] = spec.working_dir
     if spec.user:
         config["User"] = spec.user
+    if network_disabled(spec):
+        config["NetworkDisabled"] = True
     networking = None
     if spec.aliases and spec.network not in ("none", "bridge", "host", "default"):
         networking = {"EndpointsConfig": {spec.network: {"Aliases": list(spec.aliases)}}}
@@ -414,7 +466,18 @@ class DockerEngine(Engine):
         config = {**kwargs["config"], "NetworkingConfig": kwargs["networking_config"]}
         with docker_errors(f"create container {spec.name}", not_found=ImageNotFound):
             created = self.api.create_container_from_config(config, name=spec.name)
-        return str(created["Id"])
+        container_id = str(created["Id"])
+        if config.get("NetworkDisabled"):
+            self._write_loopback_hosts(container_id)
+        return container_id
+
+    def _write_loopback_hosts(self, container_id: str) -> None:
+        """Give a container made with ``NetworkDisabled`` the ``/etc/hosts`` the engine
+        writes for ``network_mode="none"`` (it writes none then): ``localhost`` resolves."""
+        try:
+            self.put_archive(container_id, "/", _loopback_hosts_tar())
+        except OrchestratorError as exc:  # an image whose /etc takes no file: its loss only
+            log.warning("container %s has no /etc/hosts: %s", container_id, exc)
 
     def start_container(self, ref: str) -> None:
         with docker_errors(f"start container {ref}"):

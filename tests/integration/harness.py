@@ -648,3 +648,23 @@ def gateway_listener(client: Any) -> Iterator[Listener]:
         yield listener
     finally:
         listener.close()
+
+
+def no_network_probe(victims: list[Listener], marker: str) -> str:
+    """A tool's shell script run without a network: it lists its interfaces, serves and
+    reaches its own loopback by the name ``localhost``, then sends ``marker`` to each
+    victim (this host's services: a container whose network namespace were the host's
+    would reach one on ``127.0.0.1``). Its stdout: ``lo``, ``own-loopback``, then one
+    ``unreachable`` per victim; the victims must receive nothing."""
+    attacks = "".join(
+        f"echo {marker} | nc -w 2 {v.address} {v.port} && echo reached || echo unreachable\n"
+        for v in victims
+    )
+    return (
+        "ls /sys/class/net\n"
+        "nc -ll -p 7777 -e echo own-loopback & server=$!\n"
+        "sleep 0.3\n"
+        "echo hi | nc -w 2 localhost 7777 || echo no-localhost\n"
+        f"{attacks}"
+        'kill "$server"\n'
+    )

@@ -40,6 +40,7 @@ from tests.integration.harness import (
     force_remove_managed,
     gateway_listener,
     listed,
+    no_network_probe,
     settings_env,
     tool,
 )
@@ -128,6 +129,50 @@ def test_a_tool_asking_the_default_bridge_is_refused_and_reaches_nothing(
     time.sleep(1)
     assert b"attack-tool\n" not in gateway.received
     assert session_containers(docker_client, session_id) == []  # nothing started
+
+
+def test_a_tool_without_a_network_has_only_its_own_loopback(
+    client: OrchestratorClient, gateway: Listener
+) -> None:
+    """The default ``network_mode="none"``: a namespace of its own (made by the runtime,
+    without the engine's network sandbox) holding only a loopback, where ``localhost``
+    resolves. The victims: this host's service on the bridge gateway and one on the host's
+    loopback (which a container in the host's namespace would reach)."""
+    host_loopback = Listener("127.0.0.1")
+    try:
+        # Limits no other test asks: a pool of its own, so this first run is a cold one.
+        limits = {"memory_mb": 88, "cpu_limit": 0.3}
+        request = tool(
+            new_session(),
+            no_network_probe([gateway, host_loopback], "attack-none"),
+            resource_limits=limits,
+        )
+        result = client.run_tool(request, timeout=60)
+        assert result.stdout == "lo\nown-loopback\nunreachable\nunreachable\n", result
+        time.sleep(1)
+        assert not gateway.got(b"attack-none", wait=0)
+        assert not host_loopback.got(b"attack-none", wait=0)
+    finally:
+        host_loopback.close()
+
+
+def test_two_tools_without_a_network_cannot_reach_each_others_loopback(
+    client: OrchestratorClient,
+) -> None:
+    """The victim serves a secret on its loopback for a few seconds; the attacker, running
+    at the same time, connects to the same port on its own ``localhost``."""
+    victim = tool(
+        new_session(),
+        "nc -ll -p 7788 -e echo victim-secret & server=$!; sleep 5; "
+        "echo | nc -w 2 localhost 7788; kill $server",  # the control: it was serving
+    )
+    attacker = tool(new_session(), "sleep 1; echo x | nc -w 2 localhost 7788 || echo refused")
+    with ThreadPoolExecutor(2) as running:
+        served = running.submit(client.run_tool, victim, timeout=60)
+        time.sleep(0.5)
+        attacked = running.submit(client.run_tool, attacker, timeout=60)
+        assert served.result().stdout == "victim-secret\n"
+        assert attacked.result().stdout == "refused\n"
 
 
 def test_a_relic_without_its_private_network_is_refused_and_reaches_nothing(

@@ -21,8 +21,11 @@ from tests.integration.conftest import USED_HOSTS, make_client
 from tests.integration.harness import (
     REDIS_URL,
     TEST_IMAGE,
+    Listener,
     WorkerProcess,
     force_remove_managed,
+    gateway_listener,
+    no_network_probe,
     wait_running,
 )
 
@@ -113,6 +116,29 @@ def test_a_matching_run_uses_a_pool_container_once_and_the_pool_refills(
         assert time.monotonic() < deadline, "used pool containers were not discarded"
         time.sleep(0.2)
     wait_for_pool(docker_client, host, POOL_SIZE)
+
+
+def test_a_pooled_run_has_only_its_own_loopback(
+    pooled: tuple[OrchestratorClient, str], docker_client: docker.DockerClient
+) -> None:
+    """A pool container is made without the engine's network sandbox: its run sees a
+    loopback of its own, where ``localhost`` resolves, and reaches none of this host's
+    services (on the bridge gateway, or on the host's loopback)."""
+    client, host = pooled
+    idle = full_pool(docker_client, host)
+    with gateway_listener(docker_client) as gateway:
+        host_loopback = Listener("127.0.0.1")
+        try:
+            done = send(
+                client, host, pooled_tool(no_network_probe([gateway, host_loopback], "pooled"))
+            )
+            assert done["container_id"] in idle  # it ran in the pool
+            assert done["stdout"] == "lo\nown-loopback\nunreachable\nunreachable\n", done
+            time.sleep(1)
+            assert not gateway.got(b"pooled", wait=0)
+            assert not host_loopback.got(b"pooled", wait=0)
+        finally:
+            host_loopback.close()
 
 
 def test_pooled_runs_report_failures_and_timeouts_like_cold_runs(

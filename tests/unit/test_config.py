@@ -207,6 +207,35 @@ def test_network_mode_maps_to_none_bridge_or_the_session_network(mode, network, 
     assert spec.network == expected
 
 
+@pytest.mark.parametrize(
+    ("mode", "read_only", "disabled"),
+    [
+        ("none", False, True),  # the runtime makes its empty namespace: no engine sandbox
+        ("none", True, False),  # a read-only root takes no /etc/hosts: the engine's sandbox
+        ("bridge", False, False),
+        ("session", False, False),
+    ],
+)
+def test_a_container_without_a_network_is_made_with_networking_disabled(mode, read_only, disabled):
+    every_mode = make_settings(
+        allowed_network_modes=["none", "bridge", "session"], read_only_root=read_only
+    )
+    spec = build(make_request(network_mode=mode), every_mode, network="orch-net-sess-1")
+
+    config = create_kwargs(spec)["config"]
+
+    assert config.get("NetworkDisabled", False) is disabled
+    assert config["HostConfig"]["NetworkMode"] == spec.network  # "none" stays on record
+
+
+def test_a_pool_container_is_made_with_networking_disabled():
+    pool = PoolSpec(image="tool:1", memory_mb=96, cpu_limit=0.5, max_age_seconds=600)
+    spec = pool_spec(pool, settings=make_settings(), now=NOW, suffix="abc")
+
+    assert create_kwargs(spec)["config"]["NetworkDisabled"] is True
+    assert create_kwargs(relic())["config"].get("NetworkDisabled") is None
+
+
 def test_session_network_mode_without_a_network_is_rejected():
     with pytest.raises(InvalidRequest, match=r"^network_mode: 'session' needs the session network"):
         build(make_request(network_mode="session"))
