@@ -668,3 +668,21 @@ def no_network_probe(victims: list[Listener], marker: str) -> str:
         f"{attacks}"
         'kill "$server"\n'
     )
+
+
+def assert_only_its_loopback(stdout: str, victims: list[Listener], marker: str) -> None:
+    """What a :func:`no_network_probe` run must show: its own loopback, ``localhost``, and
+    no victim reached (given a second for a late connection to land)."""
+    assert stdout == "lo\nown-loopback\n" + "unreachable\n" * len(victims), stdout
+    time.sleep(1)
+    assert not any(v.got(marker.encode(), wait=0) for v in victims)
+
+
+@contextmanager
+def loopback_listener() -> Iterator[Listener]:
+    """A :class:`Listener` on this host's loopback, closed after."""
+    listener = Listener("127.0.0.1")
+    try:
+        yield listener
+    finally:
+        listener.close()

@@ -36,10 +36,12 @@ from tests.integration.harness import (
     TEST_IMAGE,
     Listener,
     WorkerProcess,
+    assert_only_its_loopback,
     bridge_gateway,
     force_remove_managed,
     gateway_listener,
     listed,
+    loopback_listener,
     no_network_probe,
     settings_env,
     tool,
@@ -138,22 +140,13 @@ def test_a_tool_without_a_network_has_only_its_own_loopback(
     without the engine's network sandbox) holding only a loopback, where ``localhost``
     resolves. The victims: this host's service on the bridge gateway and one on the host's
     loopback (which a container in the host's namespace would reach)."""
-    host_loopback = Listener("127.0.0.1")
-    try:
+    with loopback_listener() as host_loopback:
         # Limits no other test asks: a pool of its own, so this first run is a cold one.
         limits = {"memory_mb": 88, "cpu_limit": 0.3}
-        request = tool(
-            new_session(),
-            no_network_probe([gateway, host_loopback], "attack-none"),
-            resource_limits=limits,
-        )
+        victims = [gateway, host_loopback]
+        request = tool(new_session(), no_network_probe(victims, "cold"), resource_limits=limits)
         result = client.run_tool(request, timeout=60)
-        assert result.stdout == "lo\nown-loopback\nunreachable\nunreachable\n", result
-        time.sleep(1)
-        assert not gateway.got(b"attack-none", wait=0)
-        assert not host_loopback.got(b"attack-none", wait=0)
-    finally:
-        host_loopback.close()
+        assert_only_its_loopback(result.stdout, victims, "cold")
 
 
 def test_two_tools_without_a_network_cannot_reach_each_others_loopback(

@@ -21,10 +21,11 @@ from tests.integration.conftest import USED_HOSTS, make_client
 from tests.integration.harness import (
     REDIS_URL,
     TEST_IMAGE,
-    Listener,
     WorkerProcess,
+    assert_only_its_loopback,
     force_remove_managed,
     gateway_listener,
+    loopback_listener,
     no_network_probe,
     wait_running,
 )
@@ -126,19 +127,11 @@ def test_a_pooled_run_has_only_its_own_loopback(
     services (on the bridge gateway, or on the host's loopback)."""
     client, host = pooled
     idle = full_pool(docker_client, host)
-    with gateway_listener(docker_client) as gateway:
-        host_loopback = Listener("127.0.0.1")
-        try:
-            done = send(
-                client, host, pooled_tool(no_network_probe([gateway, host_loopback], "pooled"))
-            )
-            assert done["container_id"] in idle  # it ran in the pool
-            assert done["stdout"] == "lo\nown-loopback\nunreachable\nunreachable\n", done
-            time.sleep(1)
-            assert not gateway.got(b"pooled", wait=0)
-            assert not host_loopback.got(b"pooled", wait=0)
-        finally:
-            host_loopback.close()
+    with gateway_listener(docker_client) as gateway, loopback_listener() as host_loopback:
+        victims = [gateway, host_loopback]
+        done = send(client, host, pooled_tool(no_network_probe(victims, "pooled")))
+        assert done["container_id"] in idle  # it ran in the pool
+        assert_only_its_loopback(done["stdout"], victims, "pooled")
 
 
 def test_pooled_runs_report_failures_and_timeouts_like_cold_runs(
