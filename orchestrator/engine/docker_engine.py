@@ -7,8 +7,6 @@ docker. Every method translates engine errors itself (through
 
 from __future__ import annotations
 
-import functools
-import io
 import itertools
 import json
 import logging
@@ -16,7 +14,6 @@ import re
 import shlex
 import socket
 import struct
-import tarfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -46,6 +43,7 @@ from orchestrator.core.types import (
 )
 from orchestrator.engine import parse
 from orchestrator.engine.base import Engine
+from orchestrator.engine.hosts_file import LoopbackHosts, hosts_tar
 from orchestrator.engine.translate import docker_errors, is_read_timeout
 from orchestrator.errors import (
     ContainerNotFound,
@@ -61,7 +59,6 @@ from orchestrator.errors import (
 )
 
 __all__ = [
-    "LOOPBACK_HOSTS",
     "DockerEngine",
     "build_params",
     "create_kwargs",
@@ -133,18 +130,6 @@ def _mount(mount: Mount) -> dict[str, Any]:
     return entry
 
 
-#: The ``/etc/hosts`` of a container without a network (the engine writes the same one for
-#: ``network_mode="none"``): its loopback answers to ``localhost``.
-LOOPBACK_HOSTS = (
-    "127.0.0.1\tlocalhost\n"
-    "::1\tlocalhost ip6-localhost ip6-loopback\n"
-    "fe00::0\tip6-localnet\n"
-    "ff00::0\tip6-mcastprefix\n"
-    "ff02::1\tip6-allnodes\n"
-    "ff02::2\tip6-allrouters\n"
-)
-
-
 def network_disabled(spec: ContainerSpec) -> bool:
     """Whether a container without a network gets it as ``NetworkDisabled`` (pure).
 
@@ -153,22 +138,20 @@ def network_disabled(spec: ContainerSpec) -> bool:
     daemon's binary again; about 110 ms of a 200 ms start on a 2-core host. With
     ``NetworkDisabled`` the runtime (runc) makes the container's own empty network namespace
     itself, with only its loopback up: the same isolation without the sandbox. The engine
-    then writes no ``/etc/hosts``; :meth:`DockerEngine.create_container_id` writes
-    :data:`LOOPBACK_HOSTS` before the start, which a read-only root cannot take: such a
-    container keeps the engine's sandbox.
+    then writes no ``/etc/hosts``; :meth:`DockerEngine.create_container_id` gives it one
+    (:mod:`orchestrator.engine.hosts_file`), whose fallback upload a read-only root cannot
+    take: such a container keeps the engine's sandbox.
     """
     return spec.network == "none" and not spec.read_only
 
 
-@functools.lru_cache(maxsize=1)
-def _loopback_hosts_tar() -> bytes:
-    data = LOOPBACK_HOSTS.encode()
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        entry = tarfile.TarInfo("etc/hosts")
-        entry.size, entry.mode = len(data), 0o644
-        tar.addfile(entry, io.BytesIO(data))
-    return buffer.getvalue()
+def _with_hosts_mount(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """``config`` with ``source`` (a file on the engine's host) mounted read-only at
+    ``/etc/hosts``."""
+    host = dict(config["HostConfig"])
+    bind = {"Type": "bind", "Source": source, "Target": "/etc/hosts", "ReadOnly": True}
+    host["Mounts"] = [*host.get("Mounts", ()), bind]
+    return {**config, "HostConfig": host}
 
 
 def create_kwargs(spec: ContainerSpec) -> dict[str, Any]:
@@ -429,6 +412,7 @@ class DockerEngine(Engine):
     def __init__(self, client: Any) -> None:
         self.client = client
         self.api = client.api
+        self.loopback_hosts = LoopbackHosts(self.api, self.put_archive)
         if not str(self.api.base_url).startswith(("http://", "https://")):
             # A local socket (or ssh): no HTTP proxy applies, so requests' reading of the
             # proxy variables (a quarter of a millisecond per call) is skipped.
@@ -464,18 +448,33 @@ class DockerEngine(Engine):
     def create_container_id(self, spec: ContainerSpec) -> str:
         kwargs = create_kwargs(spec)
         config = {**kwargs["config"], "NetworkingConfig": kwargs["networking_config"]}
-        with docker_errors(f"create container {spec.name}", not_found=ImageNotFound):
-            created = self.api.create_container_from_config(config, name=spec.name)
-        container_id = str(created["Id"])
-        if config.get("NetworkDisabled"):
-            self._write_loopback_hosts(container_id)
+        if not config.get("NetworkDisabled"):
+            return self._create(spec, config)
+        if any(m.target.rstrip("/") == "/etc/hosts" for m in spec.mounts):
+            return self._create(spec, config)  # the run brings its own
+        hosts = self.loopback_hosts.source(spec.image)
+        if hosts is not None:
+            mounted = _with_hosts_mount(config, hosts)
+            try:
+                return self._create(spec, mounted)
+            except DockerError as exc:
+                if hosts not in str(exc):
+                    raise
+                self.loopback_hosts.forget(hosts)  # removed since: uploaded this time
+        container_id = self._create(spec, config)
+        self._upload_loopback_hosts(container_id)
         return container_id
 
-    def _write_loopback_hosts(self, container_id: str) -> None:
-        """Give a container made with ``NetworkDisabled`` the ``/etc/hosts`` the engine
-        writes for ``network_mode="none"`` (it writes none then): ``localhost`` resolves."""
+    def _create(self, spec: ContainerSpec, config: dict[str, Any]) -> str:
+        with docker_errors(f"create container {spec.name}", not_found=ImageNotFound):
+            created = self.api.create_container_from_config(config, name=spec.name)
+        return str(created["Id"])
+
+    def _upload_loopback_hosts(self, container_id: str) -> None:
+        """Upload the ``/etc/hosts`` of a container without a network into it (where the
+        shared file cannot be mounted)."""
         try:
-            self.put_archive(container_id, "/", _loopback_hosts_tar())
+            self.put_archive(container_id, "/", hosts_tar("etc/hosts"))
         except OrchestratorError as exc:  # an image whose /etc takes no file: its loss only
             log.warning("container %s has no /etc/hosts: %s", container_id, exc)
 

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from orchestrator import OrchestratorClient, Settings
+from orchestrator.engine.hosts_file import VOLUME
 from tests.integration.harness import (
     LEDGER,
     REDIS_URL,
@@ -70,6 +71,10 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def docker_client(services: None) -> Iterator[docker.DockerClient]:
     client = docker.from_env()
     yield client
+    # The engine-wide /etc/hosts of containers without a network, which the workers made.
+    for volume in client.volumes.list(filters={"name": VOLUME}):
+        if volume.name == VOLUME:
+            volume.remove(force=True)
     client.close()
 
 

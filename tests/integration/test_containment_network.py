@@ -26,6 +26,7 @@ import pytest
 import redis
 
 from orchestrator import OrchestratorClient
+from orchestrator.engine.hosts_file import LOOPBACK_HOSTS, VOLUME
 from orchestrator.errors import Forbidden, LimitExceeded, QuotaExceeded
 from orchestrator.settings import Settings
 from orchestrator.state.quotas import Quotas, release_session
@@ -166,6 +167,33 @@ def test_two_tools_without_a_network_cannot_reach_each_others_loopback(
         attacked = running.submit(client.run_tool, attacker, timeout=60)
         assert served.result().stdout == "victim-secret\n"
         assert attacked.result().stdout == "refused\n"
+
+
+def test_a_tool_cannot_change_the_hosts_file_the_others_get(client: OrchestratorClient) -> None:
+    """Containers without a network share one ``/etc/hosts`` of the engine's host, mounted
+    read-only: the attacker (root in its container) tries to point ``localhost`` elsewhere
+    for every later tool; the victim, run after it, still reaches its own loopback."""
+    poison = "echo '10.9.9.9 localhost' >> /etc/hosts || echo refused; cat /etc/hosts"
+    attacked = client.run_tool(tool(new_session(), poison), timeout=60)
+    assert attacked.stdout.startswith("refused\n127.0.0.1\tlocalhost\n"), attacked
+    assert "10.9.9.9" not in attacked.stdout
+    victim = client.run_tool(tool(new_session(), "cat /etc/hosts"), timeout=60)
+    assert victim.stdout == LOOPBACK_HOSTS
+
+
+def test_a_pruned_hosts_volume_leaves_runs_their_localhost(
+    client: OrchestratorClient, docker_client: docker.DockerClient
+) -> None:
+    """``docker volume prune`` removes the shared file's volume (no container uses it as a
+    volume): the next run gets the file uploaded, and the one after it writes it again."""
+    probe = "nc -ll -p 7777 -e echo up & s=$!; sleep 0.3; "
+    probe += "echo hi | nc -w 2 localhost 7777; kill $s; cat /etc/hosts"
+    client.run_tool(tool(new_session(), "true"), timeout=60)  # the volume is there
+    docker_client.volumes.get(VOLUME).remove()
+    for _ in range(2):
+        result = client.run_tool(tool(new_session(), probe), timeout=60)
+        assert result.stdout == "up\n" + LOOPBACK_HOSTS, result
+    assert docker_client.volumes.get(VOLUME).name == VOLUME  # written again
 
 
 def test_a_relic_without_its_private_network_is_refused_and_reaches_nothing(

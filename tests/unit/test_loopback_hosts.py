@@ -1,7 +1,8 @@
 """A container without a network is made with ``NetworkDisabled`` (no engine sandbox), and
 :class:`~orchestrator.engine.docker_engine.DockerEngine` gives it the ``/etc/hosts`` the
-engine would have written, before anything can start it. The engine's HTTP calls are
-recorded, not sent."""
+engine would have written, before anything can start it: the engine-wide file of
+:mod:`orchestrator.engine.hosts_file` mounted read-only, else an upload. The engine's HTTP
+calls are recorded and answered here, not sent."""
 
 from __future__ import annotations
 
@@ -10,32 +11,62 @@ import tarfile
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
 import requests
 
-from orchestrator.core.types import ContainerSpec
-from orchestrator.engine.docker_engine import LOOPBACK_HOSTS, DockerEngine
+from orchestrator.core.types import ContainerSpec, Mount
+from orchestrator.engine import hosts_file
+from orchestrator.engine.docker_engine import DockerEngine
+from orchestrator.engine.hosts_file import LOOPBACK_HOSTS, VOLUME
+
+MOUNTPOINT = "/var/lib/docker/volumes/orchestrator-loopback-hosts/_data"
+SHARED = f"{MOUNTPOINT}/hosts"
 
 
 class RecordingApi:
-    """Stands in for the engine's answers to a create and an archive upload."""
+    """Stands in for the engine's answers to the calls a create makes."""
 
-    def __init__(self, engine: DockerEngine, put_status: int = 200) -> None:
+    def __init__(self, engine: DockerEngine, mountpoint: str = MOUNTPOINT) -> None:
         self.calls: list[tuple[str, Any]] = []
-        self.put_status = put_status
-        engine.api.create_container_from_config = self.create  # type: ignore[method-assign]
-        engine.api._put = self.put  # type: ignore[method-assign]
+        self.mountpoint = mountpoint
+        self.put_status = 200
+        self.pruned = False  # the volume's file is gone: a mount of it is refused
+        api = engine.api
+        api.create_volume = self.create_volume  # type: ignore[method-assign]
+        api.create_container_from_config = self.create  # type: ignore[method-assign]
+        api.remove_container = self.remove  # type: ignore[method-assign]
+        api._put = self.put  # type: ignore[method-assign]
 
-    def create(self, config: dict[str, Any], name: str) -> dict[str, str]:
-        self.calls.append(("create", config))
-        return {"Id": "c0ffee"}
+    def create_volume(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
+        self.calls.append(("volume", (name, labels)))
+        self.pruned = False
+        return {"Name": name, "Mountpoint": self.mountpoint}
+
+    def create(self, config: dict[str, Any], name: str | None) -> dict[str, str]:
+        mounts = config["HostConfig"].get("Mounts", [])
+        if self.pruned and any(m["Source"] == SHARED for m in mounts):
+            missing = f"invalid mount config: bind source path does not exist: {SHARED}"
+            raise docker.errors.APIError("400", explanation=missing)
+        self.calls.append(("create", (name, config)))
+        return {"Id": "seed" if name is None else f"id-{name}"}
+
+    def remove(self, container: str, v: bool, force: bool) -> None:
+        self.calls.append(("remove", container))
 
     def put(self, url: str, params: dict[str, str], data: bytes) -> Any:
-        self.calls.append(("put", (url, params, data)))
+        container = url.split("/containers/")[1].split("/")[0]
+        self.calls.append(("put", (container, params["path"], data)))
         reply = requests.Response()
         reply.status_code, reply.url = self.put_status, url
         reply.reason, reply._content = "Bad Request", b'{"message": "not a directory"}'
         return reply
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.calls]
+
+    def created(self, name: str) -> dict[str, Any]:
+        return next(c[1] for k, c in self.calls if k == "create" and c[0] == name)
 
 
 @pytest.fixture
@@ -43,6 +74,10 @@ def engine() -> Any:
     made = DockerEngine(docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41"))
     yield made
     made.close()
+
+
+def spec(name: str = "t", **extra: Any) -> ContainerSpec:
+    return ContainerSpec(name=name, image="img:1", labels={}, **extra)
 
 
 def files_of(tar_bytes: bytes) -> dict[str, tuple[bytes, int]]:
@@ -55,47 +90,118 @@ def files_of(tar_bytes: bytes) -> dict[str, tuple[bytes, int]]:
         return found
 
 
-def test_a_container_without_a_network_gets_a_hosts_file_with_localhost(engine: Any) -> None:
+def hosts_mounts(config: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in config["HostConfig"].get("Mounts", []) if m["Target"] == "/etc/hosts"]
+
+
+def test_the_first_container_writes_the_shared_file_and_mounts_it_read_only(engine: Any) -> None:
     api = RecordingApi(engine)
 
-    made = engine.create_container_id(ContainerSpec(name="t", image="img:1", labels={}))
+    made = engine.create_container_id(spec())
 
-    assert made == "c0ffee"
-    (kind, config), (put, (url, params, data)) = api.calls
-    assert (kind, put) == ("create", "put")  # the hosts file is there before any start
+    assert made == "id-t"
+    assert api.kinds() == ["volume", "create", "put", "remove", "create"]
+    (_, (volume, labels)), (_, (_, seed)), (_, (into, path, data)), (_, removed) = api.calls[:4]
+    assert volume == VOLUME and "orchestrator.managed" not in labels  # no cleanup takes it
+    assert seed["HostConfig"]["Mounts"] == [
+        {"Type": "volume", "Source": VOLUME, "Target": path}
+    ]  # written through a container that is never started, then removed
+    assert (into, removed) == ("seed", "seed")
+    assert files_of(data) == {"hosts": (LOOPBACK_HOSTS.encode(), 0o644)}
+    config = api.created("t")
     assert config["NetworkDisabled"] is True and config["HostConfig"]["NetworkMode"] == "none"
-    assert url.endswith("/containers/c0ffee/archive") and params["path"] == "/"
-    assert files_of(data) == {"etc/hosts": (LOOPBACK_HOSTS.encode(), 0o644)}
+    assert hosts_mounts(config) == [
+        {"Type": "bind", "Source": SHARED, "Target": "/etc/hosts", "ReadOnly": True}
+    ]
     assert LOOPBACK_HOSTS.startswith("127.0.0.1\tlocalhost\n")
 
 
+def test_later_containers_only_mount_it(engine: Any) -> None:
+    api = RecordingApi(engine)
+    engine.create_container_id(spec("a"))
+    api.calls.clear()
+
+    engine.create_container_id(spec("b"))
+
+    assert api.kinds() == ["create"]
+    assert hosts_mounts(api.created("b"))[0]["Source"] == SHARED
+
+
+def test_a_pruned_volume_gets_an_upload_then_is_written_again(engine: Any) -> None:
+    api = RecordingApi(engine)
+    engine.create_container_id(spec("a"))
+    api.pruned, api.calls = True, []
+
+    engine.create_container_id(spec("b"))  # the mount is refused: made without it
+
+    assert api.kinds() == ["create", "put"]
+    assert hosts_mounts(api.created("b")) == []
+    (_, (into, path, data)) = api.calls[1]
+    assert (into, path) == ("id-b", "/")
+    assert files_of(data) == {"etc/hosts": (LOOPBACK_HOSTS.encode(), 0o644)}
+    api.calls.clear()
+
+    engine.create_container_id(spec("c"))
+
+    assert api.kinds() == ["volume", "create", "put", "remove", "create"]
+    assert hosts_mounts(api.created("c"))[0]["Source"] == SHARED
+
+
+def test_without_a_mountpoint_each_container_gets_an_upload_for_a_while(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = RecordingApi(engine, mountpoint="")
+    engine.create_container_id(spec("a"))
+    api.calls.clear()
+
+    engine.create_container_id(spec("b"))
+
+    assert api.kinds() == ["create", "put"]  # not asked again at once
+    clock = hosts_file.time.monotonic() + 61
+    monkeypatch.setattr(hosts_file.time, "monotonic", lambda: clock)
+    api.mountpoint, api.calls = MOUNTPOINT, []
+    engine.create_container_id(spec("c"))
+    assert hosts_mounts(api.created("c"))[0]["Source"] == SHARED
+
+
 @pytest.mark.parametrize(
-    "spec",
+    "made",
     [
-        ContainerSpec(name="b", image="img:1", labels={}, network="bridge"),
-        ContainerSpec(name="s", image="img:1", labels={}, network="orch-net-s1"),
-        ContainerSpec(name="r", image="img:1", labels={}, read_only=True),
+        spec("b", network="bridge"),
+        spec("s", network="orch-net-s1"),
+        spec("r", read_only=True),
     ],
     ids=["bridge", "session-network", "read-only-root"],
 )
-def test_a_container_the_engine_makes_a_sandbox_for_gets_no_upload(
-    engine: Any, spec: ContainerSpec
+def test_a_container_the_engine_makes_a_sandbox_for_gets_nothing_more(
+    engine: Any, made: ContainerSpec
 ) -> None:
     api = RecordingApi(engine)
 
-    engine.create_container_id(spec)
+    engine.create_container_id(made)
 
-    assert [kind for kind, _ in api.calls] == ["create"]
-    assert "NetworkDisabled" not in api.calls[0][1]
+    assert api.kinds() == ["create"]
+    assert "NetworkDisabled" not in api.created(made.name)
+
+
+def test_a_run_that_mounts_its_own_hosts_file_keeps_it(engine: Any) -> None:
+    api = RecordingApi(engine)
+    own = Mount(source="/srv/allowed/hosts", target="/etc/hosts", read_only=True)
+
+    engine.create_container_id(spec(mounts=(own,)))
+
+    assert api.kinds() == ["create"]  # nothing written over the run's own file
+    assert [m["Source"] for m in hosts_mounts(api.created("t"))] == ["/srv/allowed/hosts"]
 
 
 def test_an_image_whose_etc_takes_no_file_still_gets_its_container(
     engine: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    api = RecordingApi(engine, put_status=400)
+    api = RecordingApi(engine, mountpoint="")
+    api.put_status = 400
 
-    made = engine.create_container_id(ContainerSpec(name="t", image="img:1", labels={}))
+    made = engine.create_container_id(spec())
 
-    assert made == "c0ffee"  # its tool finds no localhost: that image's own loss
-    assert [kind for kind, _ in api.calls] == ["create", "put"]
+    assert made == "id-t"  # its tool finds no localhost: that image's own loss
+    assert api.kinds() == ["volume", "create", "put"]
     assert "has no /etc/hosts" in caplog.text
