@@ -6,8 +6,10 @@ for ``network_mode="none"`` (:data:`LOOPBACK_HOSTS`) is kept once per engine in 
 named volume (:data:`VOLUME`) and bind-mounted read-only at ``/etc/hosts`` of each such
 container: a mount costs its start next to nothing, where uploading the file into every
 container (an archive upload: on Docker 20.10 the daemon runs its own binary again for it)
-costs about 60 ms of CPU. Where the volume's file cannot be had (a volume driver without
-a mountpoint on the engine's host, an image that cannot write it), the file is uploaded.
+costs about 60 ms of CPU. A worker process uses the volume it finds, or makes it; it
+writes the file again when the engine refuses to mount it (the volume was pruned). Where
+the file cannot be had (a volume driver without a mountpoint on the engine's host, a
+container that could not write it), the file is uploaded into the container instead.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from typing import Any
 
 from orchestrator.engine.translate import docker_errors
-from orchestrator.errors import DockerError, OrchestratorError
+from orchestrator.errors import DockerError, OrchestratorError, VolumeNotFound
 
 __all__ = ["LOOPBACK_HOSTS", "VOLUME", "LoopbackHosts", "hosts_tar"]
 
@@ -72,13 +74,16 @@ class LoopbackHosts:
         self.upload = upload
         self._source: str | None = None
         self._failed_at: float | None = None
+        self._rewrite = False
         self._lock = threading.Lock()
 
     def source(self, image: str) -> str | None:
         """The file's path on the engine's host, or None where it cannot be had now.
 
-        The first call of a process writes it (again: the volume may have been pruned),
-        through a container of ``image`` that is created, never started, and removed.
+        The first call of a process finds the volume (another worker of the engine, or an
+        earlier process, wrote it) or makes it, writing the file through a container of
+        ``image`` that is created, never started, and removed; so does the first call after
+        :meth:`forget`.
         """
         with self._lock:
             if self._source is not None:
@@ -86,31 +91,45 @@ class LoopbackHosts:
             if self._failed_at is not None and time.monotonic() - self._failed_at < _RETRY_SECONDS:
                 return None
             try:
-                self._source = self._write(image)
+                self._source = self._find_or_write(image)
             except OrchestratorError as exc:
                 self._failed_at = time.monotonic()
                 log.warning("no shared /etc/hosts for containers without a network: %s", exc)
             return self._source
 
     def forget(self, source: str) -> None:
-        """The engine refused ``source`` (the volume was removed): write it again next."""
+        """The engine refused to mount ``source`` (its volume was pruned, or never got its
+        file): the next call writes it again."""
         with self._lock:
             if self._source == source:
                 self._source = None
+                self._rewrite = True
 
-    def _write(self, image: str) -> str:
+    def _find_or_write(self, image: str) -> str:
+        if not self._rewrite:
+            try:
+                with docker_errors(f"inspect volume {VOLUME}", not_found=VolumeNotFound):
+                    return _hosts_path(self.api.inspect_volume(VOLUME))
+            except VolumeNotFound:
+                pass
         with docker_errors(f"create volume {VOLUME}"):
             volume = self.api.create_volume(VOLUME, labels={LABEL: "true"})
-        mountpoint = str(volume.get("Mountpoint") or "")
-        if not mountpoint.startswith("/"):
-            raise DockerError(f"volume {VOLUME} has no mountpoint on the engine's host")
+        path = _hosts_path(volume)
         config = {
             "Image": image,
             "Labels": {LABEL: "true"},
             "NetworkDisabled": True,
             "HostConfig": {
                 "NetworkMode": "none",
-                "Mounts": [{"Type": "volume", "Source": VOLUME, "Target": _SEED_TARGET}],
+                # NoCopy: nothing of the image at that path is copied into the volume.
+                "Mounts": [
+                    {
+                        "Type": "volume",
+                        "Source": VOLUME,
+                        "Target": _SEED_TARGET,
+                        "VolumeOptions": {"NoCopy": True},
+                    }
+                ],
             },
         }
         with docker_errors(f"create a container to write {VOLUME}"):
@@ -120,4 +139,12 @@ class LoopbackHosts:
         finally:
             with docker_errors(f"remove container {seed}"):
                 self.api.remove_container(seed, v=False, force=True)
-        return f"{mountpoint}/hosts"
+        self._rewrite = False
+        return path
+
+
+def _hosts_path(volume: dict[str, Any]) -> str:
+    mountpoint = str(volume.get("Mountpoint") or "")
+    if not mountpoint.startswith("/"):
+        raise DockerError(f"volume {VOLUME} has no mountpoint on the engine's host")
+    return f"{mountpoint}/hosts"

@@ -32,15 +32,23 @@ class RecordingApi:
         self.mountpoint = mountpoint
         self.put_status = 200
         self.pruned = False  # the volume's file is gone: a mount of it is refused
+        self.volume_exists = False
         api = engine.api
+        api.inspect_volume = self.inspect_volume  # type: ignore[method-assign]
         api.create_volume = self.create_volume  # type: ignore[method-assign]
         api.create_container_from_config = self.create  # type: ignore[method-assign]
         api.remove_container = self.remove  # type: ignore[method-assign]
         api._put = self.put  # type: ignore[method-assign]
 
+    def inspect_volume(self, name: str) -> dict[str, Any]:
+        self.calls.append(("inspect", name))
+        if not self.volume_exists:
+            raise docker.errors.NotFound("404", explanation=f"get {name}: no such volume")
+        return {"Name": name, "Mountpoint": self.mountpoint}
+
     def create_volume(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
         self.calls.append(("volume", (name, labels)))
-        self.pruned = False
+        self.pruned, self.volume_exists = False, True
         return {"Name": name, "Mountpoint": self.mountpoint}
 
     def create(self, config: dict[str, Any], name: str | None) -> dict[str, str]:
@@ -100,12 +108,12 @@ def test_the_first_container_writes_the_shared_file_and_mounts_it_read_only(engi
     made = engine.create_container_id(spec())
 
     assert made == "id-t"
-    assert api.kinds() == ["volume", "create", "put", "remove", "create"]
-    (_, (volume, labels)), (_, (_, seed)), (_, (into, path, data)), (_, removed) = api.calls[:4]
+    assert api.kinds() == ["inspect", "volume", "create", "put", "remove", "create"]
+    (_, (volume, labels)), (_, (_, seed)), (_, (into, path, data)), (_, removed) = api.calls[1:5]
     assert volume == VOLUME and "orchestrator.managed" not in labels  # no cleanup takes it
     assert seed["HostConfig"]["Mounts"] == [
-        {"Type": "volume", "Source": VOLUME, "Target": path}
-    ]  # written through a container that is never started, then removed
+        {"Type": "volume", "Source": VOLUME, "Target": path, "VolumeOptions": {"NoCopy": True}}
+    ]  # written through a container that is never started (nothing of its image copied in)
     assert (into, removed) == ("seed", "seed")
     assert files_of(data) == {"hosts": (LOOPBACK_HOSTS.encode(), 0o644)}
     config = api.created("t")
@@ -114,6 +122,16 @@ def test_the_first_container_writes_the_shared_file_and_mounts_it_read_only(engi
         {"Type": "bind", "Source": SHARED, "Target": "/etc/hosts", "ReadOnly": True}
     ]
     assert LOOPBACK_HOSTS.startswith("127.0.0.1\tlocalhost\n")
+
+
+def test_a_volume_another_worker_wrote_is_mounted_as_it_is(engine: Any) -> None:
+    api = RecordingApi(engine)
+    api.volume_exists = True
+
+    engine.create_container_id(spec())
+
+    assert api.kinds() == ["inspect", "create"]
+    assert hosts_mounts(api.created("t"))[0]["Source"] == SHARED
 
 
 def test_later_containers_only_mount_it(engine: Any) -> None:
@@ -130,7 +148,7 @@ def test_later_containers_only_mount_it(engine: Any) -> None:
 def test_a_pruned_volume_gets_an_upload_then_is_written_again(engine: Any) -> None:
     api = RecordingApi(engine)
     engine.create_container_id(spec("a"))
-    api.pruned, api.calls = True, []
+    api.pruned, api.volume_exists, api.calls = True, False, []
 
     engine.create_container_id(spec("b"))  # the mount is refused: made without it
 
@@ -143,7 +161,7 @@ def test_a_pruned_volume_gets_an_upload_then_is_written_again(engine: Any) -> No
 
     engine.create_container_id(spec("c"))
 
-    assert api.kinds() == ["volume", "create", "put", "remove", "create"]
+    assert api.kinds() == ["volume", "create", "put", "remove", "create"]  # written again
     assert hosts_mounts(api.created("c"))[0]["Source"] == SHARED
 
 
@@ -203,5 +221,5 @@ def test_an_image_whose_etc_takes_no_file_still_gets_its_container(
     made = engine.create_container_id(spec())
 
     assert made == "id-t"  # its tool finds no localhost: that image's own loss
-    assert api.kinds() == ["volume", "create", "put"]
+    assert api.kinds() == ["inspect", "volume", "create", "put"]
     assert "has no /etc/hosts" in caplog.text
