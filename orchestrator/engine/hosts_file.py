@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from orchestrator.engine.translate import docker_errors
-from orchestrator.errors import DockerError, OrchestratorError, VolumeNotFound
+from orchestrator.errors import DockerError, ImageNotFound, OrchestratorError, VolumeNotFound
 
 __all__ = ["LOOPBACK_HOSTS", "VOLUME", "LoopbackHosts", "hosts_tar"]
 
@@ -92,6 +92,8 @@ class LoopbackHosts:
                 return None
             try:
                 self._source = self._find_or_write(image)
+            except ImageNotFound:
+                pass  # not pulled yet: neither can the container be made; tried again after
             except OrchestratorError as exc:
                 self._failed_at = time.monotonic()
                 log.warning("no shared /etc/hosts for containers without a network: %s", exc)
@@ -112,6 +114,7 @@ class LoopbackHosts:
                     return _hosts_path(self.api.inspect_volume(VOLUME))
             except VolumeNotFound:
                 pass
+        self._rewrite = True  # until the file is written: the volume alone has none
         with docker_errors(f"create volume {VOLUME}"):
             volume = self.api.create_volume(VOLUME, labels={LABEL: "true"})
         path = _hosts_path(volume)
@@ -132,13 +135,14 @@ class LoopbackHosts:
                 ],
             },
         }
-        with docker_errors(f"create a container to write {VOLUME}"):
+        with docker_errors(f"create a container to write {VOLUME}", not_found=ImageNotFound):
             seed = str(self.api.create_container_from_config(config, name=None)["Id"])
         try:
             self.upload(seed, _SEED_TARGET, hosts_tar("hosts"))
         finally:
             with docker_errors(f"remove container {seed}"):
-                self.api.remove_container(seed, v=False, force=True)
+                # v: the anonymous volumes its image declares go too (never the named one).
+                self.api.remove_container(seed, v=True, force=True)
         self._rewrite = False
         return path
 

@@ -15,6 +15,7 @@ import docker.errors
 import pytest
 import requests
 
+from orchestrator import errors
 from orchestrator.core.types import ContainerSpec, Mount
 from orchestrator.engine import hosts_file
 from orchestrator.engine.docker_engine import DockerEngine
@@ -33,6 +34,7 @@ class RecordingApi:
         self.put_status = 200
         self.pruned = False  # the volume's file is gone: a mount of it is refused
         self.volume_exists = False
+        self.missing_images: set[str] = set()
         api = engine.api
         api.inspect_volume = self.inspect_volume  # type: ignore[method-assign]
         api.create_volume = self.create_volume  # type: ignore[method-assign]
@@ -56,10 +58,14 @@ class RecordingApi:
         if self.pruned and any(m["Source"] == SHARED for m in mounts):
             missing = f"invalid mount config: bind source path does not exist: {SHARED}"
             raise docker.errors.APIError("400", explanation=missing)
+        if config["Image"] in self.missing_images:
+            absent = f"no such image: {config['Image']}"
+            raise docker.errors.ImageNotFound("404", explanation=absent)
         self.calls.append(("create", (name, config)))
         return {"Id": "seed" if name is None else f"id-{name}"}
 
     def remove(self, container: str, v: bool, force: bool) -> None:
+        assert v and force  # the anonymous volumes its image declares go with it
         self.calls.append(("remove", container))
 
     def put(self, url: str, params: dict[str, str], data: bytes) -> Any:
@@ -223,3 +229,17 @@ def test_an_image_whose_etc_takes_no_file_still_gets_its_container(
     assert made == "id-t"  # its tool finds no localhost: that image's own loss
     assert api.kinds() == ["inspect", "volume", "create", "put"]
     assert "has no /etc/hosts" in caplog.text
+
+
+def test_an_image_not_pulled_yet_is_no_reason_to_stop_trying(engine: Any) -> None:
+    api = RecordingApi(engine)
+    api.missing_images.add("img:1")
+    with pytest.raises(errors.ImageNotFound):
+        engine.create_container_id(spec("a"))  # the worker pulls it, then creates again
+    api.missing_images.clear()
+    api.calls.clear()
+
+    engine.create_container_id(spec("b"))
+
+    assert api.kinds() == ["volume", "create", "put", "remove", "create"]
+    assert hosts_mounts(api.created("b"))[0]["Source"] == SHARED
