@@ -749,6 +749,13 @@ class DockerEngine(Engine):
     def connect_network(self, network: str, container: str, aliases: Iterable[str] = ()) -> None:
         if self._attached(network, container):
             return
+        if self._networking_disabled(container):
+            # The engine would record an endpoint the container never gets, and that
+            # endpoint would keep the network from being removed.
+            raise DockerError(
+                f"connect {container} to {network}: the container was made without "
+                "networking, so it cannot join a network"
+            )
         with docker_errors(f"connect {container} to {network}", not_found=NetworkNotFound):
             try:
                 self.api.connect_container_to_network(
@@ -771,6 +778,16 @@ class DockerEngine(Engine):
                 if exc.status_code != 404 and not self._attached(network, container):
                     return  # a concurrent disconnect won the race
                 raise
+
+    def _networking_disabled(self, container: str) -> bool:
+        """True when ``container`` was created with ``NetworkDisabled`` (see
+        :func:`network_disabled`); False when it is not there (the connect says so)."""
+        try:
+            with docker_errors(f"inspect container {container}"):
+                raw = self.api.inspect_container(container)
+        except ContainerNotFound:
+            return False
+        return bool((raw.get("Config") or {}).get("NetworkDisabled"))
 
     def _missing_of_two(self, network: str, container: str, exc: Any) -> Exception:
         """A 404 while connecting: say which of the two is missing."""

@@ -32,6 +32,8 @@ def container(raw: Mapping[str, Any]) -> Container:
         str(name): str((endpoint or {}).get("IPAddress") or "")
         for name, endpoint in (settings.get("Networks") or {}).items()
     }
+    if config.get("NetworkDisabled") and not networks:
+        networks = {"none": ""}  # made without networking: as the engine shows "none"
     ports = {
         str(port): tuple(
             (str(b.get("HostIp", "")), str(b.get("HostPort", ""))) for b in (bindings or [])

@@ -17,7 +17,7 @@ import requests
 
 from orchestrator import errors
 from orchestrator.core.types import ContainerSpec, Mount
-from orchestrator.engine import hosts_file
+from orchestrator.engine import hosts_file, parse
 from orchestrator.engine.docker_engine import DockerEngine
 from orchestrator.engine.hosts_file import LOOPBACK_HOSTS, VOLUME
 
@@ -243,3 +243,9 @@ def test_an_image_not_pulled_yet_is_no_reason_to_stop_trying(engine: Any) -> Non
 
     assert api.kinds() == ["volume", "create", "put", "remove", "create"]
     assert hosts_mounts(api.created("b"))[0]["Source"] == SHARED
+
+
+def test_a_container_made_without_networking_reads_as_on_network_none() -> None:
+    raw = {"Id": "c1", "Config": {"NetworkDisabled": True}, "NetworkSettings": {"Networks": {}}}
+
+    assert dict(parse.container(raw).networks) == {"none": ""}  # as the fake shows it
