@@ -448,10 +448,9 @@ class DockerEngine(Engine):
     def create_container_id(self, spec: ContainerSpec) -> str:
         kwargs = create_kwargs(spec)
         config = {**kwargs["config"], "NetworkingConfig": kwargs["networking_config"]}
-        if not config.get("NetworkDisabled"):
+        brings_its_own = any(m.target.rstrip("/") == "/etc/hosts" for m in spec.mounts)
+        if not config.get("NetworkDisabled") or brings_its_own:
             return self._create(spec, config)
-        if any(m.target.rstrip("/") == "/etc/hosts" for m in spec.mounts):
-            return self._create(spec, config)  # the run brings its own
         hosts = self.loopback_hosts.source(spec.image)
         if hosts is not None:
             mounted = _with_hosts_mount(config, hosts)
@@ -747,14 +746,15 @@ class DockerEngine(Engine):
                 raise NetworkInUse(f"remove network {name}: {explanation}") from exc
 
     def connect_network(self, network: str, container: str, aliases: Iterable[str] = ()) -> None:
-        if self._attached(network, container):
+        target = self.find_container(container)
+        if self._attached_to(network, target):
             return
-        if self._networking_disabled(container):
-            # The engine would record an endpoint the container never gets, and that
-            # endpoint would keep the network from being removed.
+        if target is not None and "none" in target.networks:
+            # Refused here for one made with networking disabled too: the engine would
+            # record an endpoint it never gets, which keeps the network from being removed.
             raise DockerError(
-                f"connect {container} to {network}: the container was made without "
-                "networking, so it cannot join a network"
+                f"connect {container} to {network}: the container has no networking, so "
+                "it cannot join a network"
             )
         with docker_errors(f"connect {container} to {network}", not_found=NetworkNotFound):
             try:
@@ -779,16 +779,6 @@ class DockerEngine(Engine):
                     return  # a concurrent disconnect won the race
                 raise
 
-    def _networking_disabled(self, container: str) -> bool:
-        """True when ``container`` was created with ``NetworkDisabled`` (see
-        :func:`network_disabled`); False when it is not there (the connect says so)."""
-        try:
-            with docker_errors(f"inspect container {container}"):
-                raw = self.api.inspect_container(container)
-        except ContainerNotFound:
-            return False
-        return bool((raw.get("Config") or {}).get("NetworkDisabled"))
-
     def _missing_of_two(self, network: str, container: str, exc: Any) -> Exception:
         """A 404 while connecting: say which of the two is missing."""
         action = f"connect {container} to {network}"
@@ -802,9 +792,11 @@ class DockerEngine(Engine):
         The container's own list is what counts: the network lists only the containers
         running in it, while a created or stopped one stays attached too.
         """
-        found = self.inspect_network(network)
-        target = self.find_container(container)
-        return target is not None and found.name in target.networks
+        return self._attached_to(network, self.find_container(container))
+
+    def _attached_to(self, network: str, target: Container | None) -> bool:
+        """:meth:`_attached` for a container already inspected (None: not there)."""
+        return target is not None and self.inspect_network(network).name in target.networks
 
     # -- volumes ------------------------------------------------------------------------
 

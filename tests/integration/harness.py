@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -641,13 +641,18 @@ def bridge_gateway(client: Any) -> str:
 
 
 @contextmanager
-def gateway_listener(client: Any) -> Iterator[Listener]:
-    """A :class:`Listener` on the default bridge's gateway address, closed after."""
-    listener = Listener(bridge_gateway(client))
+def listener_on(address: str) -> Iterator[Listener]:
+    """A :class:`Listener` on ``address``, closed after."""
+    listener = Listener(address)
     try:
         yield listener
     finally:
         listener.close()
+
+
+def gateway_listener(client: Any) -> AbstractContextManager[Listener]:
+    """A :class:`Listener` on the default bridge's gateway address, closed after."""
+    return listener_on(bridge_gateway(client))
 
 
 def no_network_probe(victims: list[Listener], marker: str) -> str:
@@ -676,13 +681,3 @@ def assert_only_its_loopback(stdout: str, victims: list[Listener], marker: str) 
     assert stdout == "lo\nown-loopback\n" + "unreachable\n" * len(victims), stdout
     time.sleep(1)
     assert not any(v.got(marker.encode(), wait=0) for v in victims)
-
-
-@contextmanager
-def loopback_listener() -> Iterator[Listener]:
-    """A :class:`Listener` on this host's loopback, closed after."""
-    listener = Listener("127.0.0.1")
-    try:
-        yield listener
-    finally:
-        listener.close()

@@ -42,7 +42,7 @@ from tests.integration.harness import (
     force_remove_managed,
     gateway_listener,
     listed,
-    loopback_listener,
+    listener_on,
     no_network_probe,
     settings_env,
     tool,
@@ -141,7 +141,7 @@ def test_a_tool_without_a_network_has_only_its_own_loopback(
     without the engine's network sandbox) holding only a loopback, where ``localhost``
     resolves. The victims: this host's service on the bridge gateway and one on the host's
     loopback (which a container in the host's namespace would reach)."""
-    with loopback_listener() as host_loopback:
+    with listener_on("127.0.0.1") as host_loopback:
         # Limits no other test asks: a pool of its own, so this first run is a cold one.
         limits = {"memory_mb": 88, "cpu_limit": 0.3}
         victims = [gateway, host_loopback]

@@ -25,7 +25,7 @@ from tests.integration.harness import (
     assert_only_its_loopback,
     force_remove_managed,
     gateway_listener,
-    loopback_listener,
+    listener_on,
     no_network_probe,
     wait_running,
 )
@@ -127,7 +127,7 @@ def test_a_pooled_run_has_only_its_own_loopback(
     services (on the bridge gateway, or on the host's loopback)."""
     client, host = pooled
     idle = full_pool(docker_client, host)
-    with gateway_listener(docker_client) as gateway, loopback_listener() as host_loopback:
+    with gateway_listener(docker_client) as gateway, listener_on("127.0.0.1") as host_loopback:
         victims = [gateway, host_loopback]
         done = send(client, host, pooled_tool(no_network_probe(victims, "pooled")))
         assert done["container_id"] in idle  # it ran in the pool
