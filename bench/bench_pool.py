@@ -122,6 +122,18 @@ class Bench:
         found = self.registry.keys(f"{keys.PREFIX}pool:{self.host}:*")
         return sum(int(self.registry.scard(k)) for k in found)
 
+    def wait_settled(self, timeout: float = 30) -> None:
+        """Wait until the host holds no used container (each removed behind its run): only
+        the idle pool."""
+        deadline = time.monotonic() + timeout
+        host = f"orchestrator.host={self.host}"
+        while time.monotonic() < deadline:
+            found = len(self.engine.api.containers(all=True, filters={"label": host}))
+            if found <= self.pool_size():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.host} still removes used containers after {timeout} s")
+
     def wait_pool(self, size: int, timeout: float = 60, steady: float = 0.0) -> None:
         """Wait until the pool holds ``size`` idle containers (and, with ``steady``, has not
         changed for that many seconds)."""
@@ -248,7 +260,10 @@ def burst(bench: Bench, count: int, rounds: int, pool_size: int, adaptive: bool)
     ``adaptive``, the pool may have grown after the first burst)."""
     raw_times, orch_times, failures, hits = [], [], 0, 0
     for _ in range(rounds):
+        # Each burst, raw or not, meets an idle host: the pool refilled and the last
+        # burst's containers removed.
         bench.wait_pool(pool_size, steady=3.0 if adaptive else 0.0)
+        bench.wait_settled()
         seconds, _ = concurrently(bench.raw_exec, count)
         raw_times.append(seconds)
         seconds, outcomes = concurrently(bench.pooled, count)

@@ -3,11 +3,14 @@
 A pool is one image and one set of limits on one host. Its demand is the list of times
 at which runs that could use it arrived (hits and misses alike). From those times:
 
-- **size**: the most arrivals seen within any window as long as a refill takes (at least
-  :attr:`PolicyConfig.burst_window_seconds`) over the remembered demand (the caller keeps
-  ``horizon_seconds`` of it). A pool that size serves the largest burst it has seen from
-  idle containers, and a steady stream of calls gets as many containers as arrive while
-  one is being made;
+- **size**: the fewest idle containers that would have served
+  :attr:`PolicyConfig.served_fraction` of the remembered demand (the caller keeps
+  ``horizon_seconds`` of it). An arrival is served when it is among the first ``size``
+  arrivals of the window as long as a refill takes (at least
+  :attr:`PolicyConfig.burst_window_seconds`) that ends with it. A pool that size serves
+  the bursts it has seen from idle containers, but for their rarest peaks (a burst seen
+  once in a long demand does not hold its size for half an hour), and a steady stream of
+  calls gets as many containers as arrive while one is being made;
 - **keep-warm period**: how long a pool outlives its last arrival. It follows the idle
   gaps seen between bursts (``keep_warm_factor`` times their 90th percentile, within
   ``keep_warm_min_seconds`` .. ``keep_warm_max_seconds``): an agent that thinks 10 s
@@ -32,6 +35,7 @@ __all__ = [
     "burst_size",
     "idle_gaps",
     "keep_warm_seconds",
+    "served_size",
     "wanted_size",
 ]
 
@@ -42,6 +46,9 @@ class PolicyConfig:
 
     #: arrivals closer together than this (or than a refill takes) count as one burst
     burst_window_seconds: float = 1.0
+    #: the share of the remembered arrivals a pool's size would have served from idle
+    #: containers (1.0: the largest burst seen)
+    served_fraction: float = 0.95
     #: the keep-warm period is this many times the 90th percentile of the idle gaps...
     keep_warm_factor: float = 2.0
     #: ...within these bounds
@@ -71,6 +78,29 @@ def burst_size(arrivals: Sequence[float], window: float) -> int:
     return best
 
 
+def served_size(arrivals: Sequence[float], window: float, fraction: float) -> int:
+    """The fewest idle containers that would have served ``fraction`` of ``arrivals``.
+
+    An arrival is served when at most that many arrivals (itself included) fall within
+    the ``window`` seconds that end with it. ``fraction`` 1.0 gives :func:`burst_size`; a
+    demand of fewer than ``1 / (1 - fraction)`` arrivals too.
+
+    Args:
+        arrivals: arrival times, in ascending order.
+        window: the window's length in seconds.
+        fraction: the share of the arrivals to serve, in (0, 1].
+    """
+    ranks, first = [], 0
+    for last, at in enumerate(arrivals):
+        while at - arrivals[first] > window:
+            first += 1
+        ranks.append(last - first + 1)
+    if not ranks:
+        return 0
+    ranks.sort()
+    return ranks[max(1, math.ceil(fraction * len(ranks) - 1e-9)) - 1]
+
+
 def idle_gaps(arrivals: Sequence[float], window: float) -> list[float]:
     """The gaps between consecutive arrivals longer than ``window`` (between bursts)."""
     return [b - a for a, b in zip(arrivals, arrivals[1:], strict=False) if b - a > window]
@@ -98,13 +128,14 @@ def wanted_size(
         config: the policy's constants.
 
     Returns:
-        0 when the pool has had no arrival for its keep-warm period, else the largest
-        burst among ``arrivals`` (at most ``config.max_size``).
+        0 when the pool has had no arrival for its keep-warm period, else the size that
+        would have served ``config.served_fraction`` of ``arrivals`` (at most
+        ``config.max_size``).
     """
     if not arrivals or now - arrivals[-1] > keep_warm_seconds(arrivals, config):
         return 0
     window = max(config.burst_window_seconds, refill_seconds)
-    return min(config.max_size, burst_size(arrivals, window))
+    return min(config.max_size, served_size(arrivals, window, config.served_fraction))
 
 
 @dataclass(frozen=True)

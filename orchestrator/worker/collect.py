@@ -19,6 +19,7 @@ runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -195,17 +196,29 @@ def _managed(rt: Runtime, name_or_id: str, what: str) -> Container:
 def _execution_container(rt: Runtime, execution_id: str, entry: ExecutionEntry) -> Container:
     what = f"execution {execution_id}"
     rt.require_local(entry.host, what)
+    gone = ContainerNotFound(
+        f"{what} finished ({entry.status or 'unknown'}) and its container was "
+        "removed; its usage is in the result's stats"
+    )
+    if entry.finished and _removed_when_done(entry):
+        raise gone  # (its removal may still be on its way, behind the worker's runs)
     try:
         return _managed(rt, entry.container_id or tool_container_name(execution_id), what)
     except ContainerNotFound:
         if entry.finished:
-            raise ContainerNotFound(
-                f"{what} finished ({entry.status or 'unknown'}) and its container was "
-                "removed; its usage is in the result's stats"
-            ) from None
+            raise gone from None
         if not entry.container_id:
             raise ContainerNotFound(f"{what} has no container yet (image pull or build)") from None
         raise
+
+
+def _removed_when_done(entry: ExecutionEntry) -> bool:
+    """True when the execution's container is removed once it is over (``cleanup``)."""
+    try:
+        request = json.loads(entry.request) if entry.request else {}
+    except ValueError:
+        return False
+    return isinstance(request, dict) and request.get("cleanup", True) is not False
 
 
 def _relic_entry(rt: Runtime, relic_id: str) -> RelicEntry | None:

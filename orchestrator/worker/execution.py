@@ -137,9 +137,10 @@ def _masking(request: ToolExecutionRequest) -> Iterator[None]:
 
 #: Added to a run's timeout in its quota entry's expiry: time to pull or build its image.
 QUOTA_IMAGE_SECONDS = 900
-#: A pooled run samples its usage only once it has run this long: the engine's stats
-#: stream costs CPU that a short run would otherwise share with it.
-POOLED_USAGE_DELAY_SECONDS = 0.2
+#: A run samples its usage only once it has run this long: the engine's stats stream
+#: costs CPU that a short run would otherwise share with it (and the engine's first
+#: sample of a container takes longer than that to come anyway).
+USAGE_DELAY_SECONDS = 0.2
 
 
 def _quota(
@@ -214,6 +215,13 @@ class _Run:
                 "started": str(time.time()),
             },
         )
+        rt.pool.run_started(self.name)
+        try:
+            return self._run()
+        finally:
+            rt.pool.run_ended(self.name)
+
+    def _run(self) -> ToolExecutionResult:
         try:
             result = self._attempt()
         except (ImageNotFound, DockerError, SessionError, ContainerNotFound) as exc:
@@ -231,8 +239,9 @@ class _Run:
             self._cleanup()
             raise
         result = self._finish(self._redact(result))
-        # Removed only once the result is stored: a worker killed in between leaves a
-        # container the janitor reaps, not a run that a later delivery would start again.
+        # Removed only once the result is stored (in the background, behind the runs in
+        # progress): a worker killed in between leaves a container the janitor reaps, not a
+        # run that a later delivery would start again.
         self._cleanup()
         return result
 
@@ -321,7 +330,7 @@ class _Run:
         # file system is mounted already: cheaper than a cold run's write).
         files.write_run_files(rt.engine, container_id, request, rt.settings, rt.redis)
         started = datetime.now(UTC)
-        sampler = UsageSampler(rt.engine, container_id, POOLED_USAGE_DELAY_SECONDS).start()
+        sampler = UsageSampler(rt.engine, container_id, USAGE_DELAY_SECONDS).start()
         outcome = run_exec(
             rt.engine,
             container_id,
@@ -505,7 +514,7 @@ class _Run:
                 "tool_name": self.request.tool_name,
             },
         )
-        sampler = UsageSampler(engine, self.name).start()
+        sampler = UsageSampler(engine, self.name, USAGE_DELAY_SECONDS).start()
         self.follower = LogFollower(
             engine, self.name, rt.settings.log_cap_bytes, self._live_log()
         ).start()
@@ -597,12 +606,8 @@ class _Run:
         if self.pooled:  # a pool container serves one run: discard it, off the hot path
             self.rt.pool.discard(self.container_id)
             return
-        if not self.request.cleanup:
-            return
-        try:
-            self.rt.engine.remove_container(self.name)
-        except OrchestratorError:
-            log.exception("could not remove %s; the janitor will", self.name)
+        if self.request.cleanup:
+            self.rt.pool.remove_later(self.name)
 
     def _secrets(self) -> list[str]:
         return redaction.secret_values(self.request)

@@ -35,7 +35,7 @@ from orchestrator.models import PoolSpec, ToolExecutionRequest
 from orchestrator.protocol import Kind, label_filter
 from orchestrator.state import keys
 from orchestrator.state.registry import text
-from orchestrator.worker.pool_refill import HitGate, Maintainer
+from orchestrator.worker.pool_refill import Maintainer, RunGate
 
 if TYPE_CHECKING:
     from orchestrator.worker.runtime import Runtime
@@ -103,7 +103,7 @@ class WarmPool:
         self.config = PolicyConfig(max_size=rt.settings.pool_max_size)
         #: running estimate of how long making one container takes here
         self.refill_seconds = 0.5
-        self.gate = HitGate()
+        self.gate = RunGate()
         #: pool key -> when making its containers may be tried again (after a failure)
         self._backoff: dict[str, float] = {}
         #: when the next sizing round looks for dead idle containers (monotonic)
@@ -166,6 +166,21 @@ class WarmPool:
         it, once the result was sent."""
         self.gate.leave(container_id)
         self.maintainer.remove_later(container_id)
+
+    def run_started(self, name: str) -> None:
+        """A run named ``name`` (its cold container's name) is in progress on this worker:
+        background work waits behind it, so that a burst's cold runs do not share the
+        engine with the pool's refill or with removals."""
+        self.gate.enter(name)
+
+    def run_ended(self, name: str) -> None:
+        """The run named ``name`` is over (whatever became of it)."""
+        self.gate.leave(name)
+
+    def remove_later(self, ref: str) -> None:
+        """Remove a used cold container (its id or name) in the background, behind the
+        runs in progress: its removal comes after its result instead of before it."""
+        self.maintainer.remove_later(ref, wake=False)
 
     def refill_soon(self) -> None:
         """Size the pools in the background from now on (the worker's housekeeping)."""
@@ -312,7 +327,7 @@ class WarmPool:
         try:
             self.rt.engine.remove_container(container_id)
         except OrchestratorError:
-            log.warning("could not remove pool container %s; the janitor will", container_id)
+            log.warning("could not remove container %s; the janitor will", container_id)
 
     def drain(self, wait_seconds: float = 30) -> int:
         """At shutdown: stop the background work, remove the used containers and every idle

@@ -1,18 +1,20 @@
-"""The warm pool's background work, kept behind the runs it serves.
+"""Background work kept behind the runs it serves: the warm pool's refill, and the
+removal of used containers, pooled or cold.
 
 Making a container (create and start) or removing one costs the engine about as much
-CPU as a cold run. Done while a pooled run executes, it slows that run down. So:
+CPU as a cold run. Done while a run executes, it slows that run down. So:
 
-- :class:`HitGate` counts the pooled runs in progress on this worker; background work
-  waits until none is (and a moment more, for the result to reach its client), or at most
-  :data:`MAX_DEFER_SECONDS`, so that a steady stream of runs never starves the refill;
+- :class:`RunGate` counts the runs in progress on this worker (pooled and cold);
+  background work waits until none is (and a moment more, for the result to reach its
+  client), or at most :data:`MAX_DEFER_SECONDS`, so that a steady stream of runs never
+  starves it;
 - :class:`Maintainer` is one daemon thread that, once the worker's housekeeping asked for
   it, sizes the pools again whenever a run took a container (the engine work itself is
   spread over at most ``pool_refill_concurrency`` threads), and a second one that removes
-  each used container in the gap right after its run, beside the refill's start, rather
-  than after that start, where it would meet the next run. A used container is still
-  running then (its agent waits, see :mod:`orchestrator.core.agent`): its teardown too
-  comes after the result instead of during the run's last milliseconds.
+  used containers in the gap right after the runs, everything queued at once. A used pool
+  container is still running then (its agent waits, see :mod:`orchestrator.core.agent`):
+  its teardown too comes after the result instead of during the run's last milliseconds.
+  A cold run's container has exited: its removal comes after the result, not before it.
 """
 
 from __future__ import annotations
@@ -25,20 +27,22 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["HitGate", "Maintainer", "MAX_DEFER_SECONDS", "SETTLE_SECONDS"]
+__all__ = ["RunGate", "Maintainer", "MAX_DEFER_SECONDS", "SETTLE_SECONDS"]
 
 log = logging.getLogger(__name__)
 
-#: Longest a piece of background work waits behind pooled runs.
-MAX_DEFER_SECONDS = 1.0
-#: Quiet time after the last pooled run ended before background work starts.
+#: Longest a piece of background work waits behind runs in progress (a burst of cold runs
+#: on a 2-core host takes about a second: its pool's refill comes after it).
+MAX_DEFER_SECONDS = 2.0
+#: Quiet time after the last run ended before background work starts.
 SETTLE_SECONDS = 0.01
 #: How often the maintainer looks at the pools without being woken.
 PERIOD_SECONDS = 1.0
 
 
-class HitGate:
-    """The pooled runs in progress on this worker, which background work waits behind."""
+class RunGate:
+    """The runs in progress on this worker (pooled or cold), which background work waits
+    behind."""
 
     def __init__(self, settle_seconds: float = SETTLE_SECONDS) -> None:
         self.settle_seconds = settle_seconds
@@ -48,12 +52,12 @@ class HitGate:
 
     @property
     def active(self) -> int:
-        """Pooled runs in progress."""
+        """Runs in progress."""
         with self._changed:
             return len(self._active)
 
     def enter(self, container_id: str) -> None:
-        """A pooled run took ``container_id``."""
+        """A run uses ``container_id`` (a pool container it took, or its cold one's name)."""
         with self._changed:
             self._active.add(container_id)
 
@@ -65,13 +69,15 @@ class HitGate:
                 self._quiet_since = time.monotonic()
                 self._changed.notify_all()
 
-    def wait_clear(self, max_seconds: float = MAX_DEFER_SECONDS) -> bool:
-        """Wait until no pooled run is in progress (and has not been for the settle time).
+    def wait_clear(self, max_seconds: float | None = None) -> bool:
+        """Wait until no run is in progress (and has not been for the settle time), at
+        most ``max_seconds`` (:data:`MAX_DEFER_SECONDS` when None).
 
         Returns:
             True when it is clear, False when ``max_seconds`` passed first.
         """
-        deadline = time.monotonic() + max_seconds
+        longest = MAX_DEFER_SECONDS if max_seconds is None else max_seconds
+        deadline = time.monotonic() + longest
         with self._changed:
             while True:
                 now = time.monotonic()
@@ -93,7 +99,7 @@ class Maintainer:
         remove: removes (and ends) one container (errors are its own to log).
         size_pools: one sizing round (shrink and refill); called only once :meth:`start`
             was asked for it with ``sizing=True``.
-        gate: the pooled runs to stay behind.
+        gate: the runs to stay behind.
         concurrency: engine calls in flight at once.
     """
 
@@ -101,7 +107,7 @@ class Maintainer:
         self,
         remove: Callable[[str], None],
         size_pools: Callable[[], Any],
-        gate: HitGate,
+        gate: RunGate,
         concurrency: int,
     ) -> None:
         self._remove = remove
@@ -132,12 +138,14 @@ class Maintainer:
         """Look at the pools again soon (a run took a container, or one was used)."""
         self._wake.set()
 
-    def remove_later(self, container_id: str) -> None:
-        """Remove ``container_id`` in the background, behind the pooled runs in progress.
-        Wakes the sizing: its pool may want another."""
+    def remove_later(self, container_id: str, *, wake: bool = True) -> None:
+        """Remove ``container_id`` (an id or a name) in the background, behind the runs in
+        progress. With ``wake``, the sizing looks at the pools again: its pool may want
+        another."""
         self._removals.put(container_id)
         self.start()
-        self.wake()
+        if wake:
+            self.wake()
 
     def stop(self, wait_seconds: float = 30) -> None:
         """Stop the threads (the round or removal in progress finishes) and stop sizing."""
@@ -154,24 +162,28 @@ class Maintainer:
 
     def remove_pending(self) -> int:
         """Remove the containers waiting for removal now; returns how many there were."""
-        pending: list[str] = []
+        pending = self._pending()
+        self.run_all(self._remove, pending, behind_runs=False)
+        return len(pending)
+
+    def _pending(self, first: str | None = None) -> list[str]:
+        """``first`` (if any) and every container queued for removal after it."""
+        pending = [first] if first is not None else []
         while True:
             try:
                 item = self._removals.get_nowait()
             except queue.Empty:
-                break
+                return pending
             if item is not None:
                 pending.append(item)
-        self.run_all(self._remove, pending, behind_hits=False)
-        return len(pending)
 
     def run_all(
-        self, work: Callable[[str], Any], items: Iterable[str], *, behind_hits: bool = True
+        self, work: Callable[[str], Any], items: Iterable[str], *, behind_runs: bool = True
     ) -> list[Any]:
-        """``work`` on each item, ``concurrency`` at a time, each behind the pooled runs."""
+        """``work`` on each item, ``concurrency`` at a time, each behind the runs in progress."""
 
         def one(item: str) -> Any:
-            if behind_hits:
+            if behind_runs:
                 self.gate.wait_clear()
             return work(item)
 
@@ -194,15 +206,18 @@ class Maintainer:
                 log.exception("warm pool maintenance failed; retrying")
 
     def _remove_loop(self) -> None:
+        # Once clear (or after the longest deferral), everything queued by then goes: under
+        # a steady load, removals keep up with the runs instead of one per deferral.
         while not self._stop.is_set():
             ref = self._removals.get()
             if ref is None:
                 continue
-            try:
-                self.gate.wait_clear()
-                self._remove(ref)
-            except Exception:  # noqa: BLE001 - the janitor reaps what is left
-                log.exception("could not remove pool container %s", ref)
+            self.gate.wait_clear()
+            for item in self._pending(ref):
+                try:
+                    self._remove(item)
+                except Exception:  # noqa: BLE001 - the janitor reaps what is left
+                    log.exception("could not remove container %s", item)
 
 
 def _alive(thread: threading.Thread | None) -> bool:

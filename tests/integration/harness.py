@@ -14,11 +14,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import pytest
@@ -31,6 +31,8 @@ REDIS_URL = os.environ.get("ORCHESTRATOR_TEST_REDIS_URL", "redis://127.0.0.1:637
 # The broker of the workers and clients under test: Redis unless a pass sets another
 # (scripts/test.sh runs part of the suite again on RabbitMQ); REDIS_URL stays the backend.
 BROKER_URL = os.environ.get("ORCHESTRATOR_TEST_BROKER_URL") or REDIS_URL
+T = TypeVar("T")
+
 TEST_IMAGE = "orchestrator-test/busybox:latest"
 #: The Fernet key workers and clients share in the tests (secret_parameters travel encrypted).
 TEST_SECRET_KEY = "x8kY2s1b0dXpQm9aXG0tqB6o3mQh1kQWm2m4T9cFv1E="
@@ -203,6 +205,18 @@ def listed(client: Any, filters: dict[str, Any], *, all: bool = True) -> list[Li
         )
         for entry in client.api.containers(all=all, filters=filters)
     ]
+
+
+def gone(probe: Callable[[], list[T]], timeout: float = 10) -> list[T]:
+    """What ``probe`` lists once it lists nothing, or after ``timeout`` seconds.
+
+    A finished tool run's container is removed right after its result, in the background
+    behind the worker's other runs: a check that it is gone waits for that moment.
+    """
+    deadline = time.monotonic() + timeout
+    while (found := probe()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
 
 
 def managed_leftovers(

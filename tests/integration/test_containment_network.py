@@ -41,6 +41,7 @@ from tests.integration.harness import (
     bridge_gateway,
     force_remove_managed,
     gateway_listener,
+    gone,
     listed,
     listener_on,
     no_network_probe,
@@ -131,7 +132,7 @@ def test_a_tool_asking_the_default_bridge_is_refused_and_reaches_nothing(
         client.app.send_task(EXECUTE, args=[attack]).get(timeout=60)
     time.sleep(1)
     assert b"attack-tool\n" not in gateway.received
-    assert session_containers(docker_client, session_id) == []  # nothing started
+    assert gone(lambda: session_containers(docker_client, session_id)) == []  # nothing started
 
 
 def test_a_tool_without_a_network_has_only_its_own_loopback(
@@ -208,7 +209,7 @@ def test_a_relic_without_its_private_network_is_refused_and_reaches_nothing(
 
     time.sleep(1)
     assert b"attack-relic\n" not in gateway.received
-    assert session_containers(docker_client, session_id) == []
+    assert gone(lambda: session_containers(docker_client, session_id)) == []
     client.cleanup_session(session_id)
 
 
@@ -288,7 +289,7 @@ def test_published_ports_outside_the_policy_are_refused_and_nothing_listens(
     listening_before = {p for p in ports.values() if answers("127.0.0.1", p)}
     with pytest.raises(error, match=field):
         client.app.send_task(START, args=[relic(session_id, "web", ports=ports)]).get(timeout=60)
-    assert session_containers(docker_client, session_id) == []
+    assert gone(lambda: session_containers(docker_client, session_id)) == []
     assert {p for p in ports.values() if answers("127.0.0.1", p)} == listening_before
     client.cleanup_session(session_id)
 
@@ -305,7 +306,7 @@ def test_a_ten_megabyte_environment_value_is_refused_and_starts_nothing(
     with pytest.raises(LimitExceeded, match=r"ORCHESTRATOR_MAX_REQUEST_BYTES"):
         client.app.send_task(EXECUTE, args=[huge]).get(timeout=120)
 
-    assert session_containers(docker_client, session_id) == []
+    assert gone(lambda: session_containers(docker_client, session_id)) == []
     fine = tool(session_id, "echo $SMALL", environment={"SMALL": "x" * 1000})
     assert client.run_tool(fine, timeout=60).stdout == "x" * 1000 + "\n"
 
@@ -451,7 +452,7 @@ def test_a_host_commits_at_most_its_memory(
 
     assert refused.startswith("QuotaExceeded: resource_limits.memory_mb: 350 MB more would")
     assert "ORCHESTRATOR_HOST_MAX_MEMORY_MB" in refused
-    assert session_containers(docker_client, third) == []
+    assert gone(lambda: session_containers(docker_client, third)) == []
     assert sender.quick(third, memory_mb=200)["status"] == "succeeded"  # what fits runs
     for session_id in (first, second):
         sender.client.cleanup_session(session_id, timeout=120)

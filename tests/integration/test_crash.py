@@ -22,6 +22,7 @@ from tests.integration.harness import (
     WorkerProcess,
     deliveries,
     force_remove_managed,
+    gone,
     listed,
     wait_log,
     wait_running,
@@ -60,7 +61,7 @@ def test_worker_killed_mid_run_resumes_and_runs_the_tool_once(
         first.kill()
     run.assert_ran_once(result)
     label = {"label": f"orchestrator.execution={run.sent.id}"}
-    assert listed(docker_client, label) == []
+    assert gone(lambda: listed(docker_client, label)) == []
 
 
 def test_a_worker_frozen_past_its_lease_keeps_its_run_and_nothing_runs_beside_it(

@@ -33,6 +33,7 @@ from tests.integration.harness import (
     TEST_IMAGE,
     WorkerProcess,
     force_remove_managed,
+    gone,
     listed,
     settings_env,
 )
@@ -535,7 +536,7 @@ def test_tool_files_over_the_caps_are_refused_before_anything_runs(
     with pytest.raises(LimitExceeded, match="ORCHESTRATOR_FILES_MAX_REQUEST_BYTES"):
         fclient.run_tool(request, timeout=60)
     label = {"label": [f"orchestrator.session={session}", "orchestrator.kind=tool"]}
-    assert listed(docker_client, label) == []
+    assert gone(lambda: listed(docker_client, label)) == []
 
 
 # -- the command line -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from tests.integration.harness import (
     ROOT,
     TEST_IMAGE,
     WorkerProcess,
+    gone,
     listed,
     settings_env,
 )
@@ -100,7 +101,7 @@ def test_session_past_its_ttl_is_cleaned_and_the_report_says_which_limit(
     assert report["sessions_ended"][session_id] == "ttl"
     assert any(c["name"] == info.container_name for c in report["containers_removed"])
     label = {"label": f"orchestrator.session={session_id}"}
-    assert listed(docker_client, label) == []
+    assert gone(lambda: listed(docker_client, label)) == []
     assert docker_client.networks.list(filters=label) == []
     assert client.list_relics(session_id) == []
 

@@ -20,7 +20,9 @@ from tests.integration.harness import (
     TEST_IMAGE,
     WorkerProcess,
     force_remove_managed,
+    gone,
     have,
+    listed,
     managed_leftovers,
     require,
 )
@@ -104,6 +106,11 @@ def test_sessions_stick_to_one_host_and_both_hosts_are_used(
             assert "hello from api" in outcome["probe"].stdout
             assert outcome["probe"].host in outcome["hosts"]  # the tool ran on the session's host
         assert used == {client.settings.host_name, worker_b.host_name}, used
+        for outcome in outcomes:  # each probe's container goes right after its result
+            probe = outcome["probe"]
+            engine = engine_b if probe.host == worker_b.host_name else docker_client
+            name = {"name": f"orch-tool-{probe.execution_id}"}
+            assert gone(lambda: listed(engine, name)) == []  # noqa: B023
         # Stats of every managed container on both hosts, merged into one report.
         stats = client.stats(timeout=120)
         assert used <= set(stats.hosts)

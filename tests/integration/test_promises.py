@@ -27,6 +27,7 @@ from tests.integration.harness import (
     CountedRun,
     WorkerProcess,
     force_remove_managed,
+    gone,
     listed,
     managed_leftovers,
     tool,
@@ -93,7 +94,7 @@ def test_cancel_sent_to_another_host_stops_the_run(
     assert result["host"] == a.host_name
     assert time.monotonic() - started < 10
     label = {"label": f"orchestrator.execution={sent.id}"}
-    assert listed(docker_client, label) == []
+    assert gone(lambda: listed(docker_client, label)) == []
 
 
 def test_a_run_cancelled_before_any_worker_took_it_never_starts(

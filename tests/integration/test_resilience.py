@@ -39,6 +39,7 @@ from tests.integration.harness import (
     RedisServer,
     WorkerProcess,
     force_remove_managed,
+    gone,
     have,
     listed,
     managed_leftovers,
@@ -257,7 +258,7 @@ def test_redis_restarted_under_load_loses_and_duplicates_nothing(
         again = client.run_tool(tool(session_id, "echo again"), timeout=60)
         assert again.stdout == "again\n" and again.host == name
         assert redis.Redis.from_url(own_redis.url).exists(f"orch:host:{name}")
-        assert listed(docker_client, session_filter) == []
+        assert gone(lambda: listed(docker_client, session_filter)) == []
         # A delivery whose ack was lost with the connection stays unacknowledged until the
         # visibility timeout; redelivered then, it finds its stored result and runs nothing.
         for task_id in unacked_task_ids(own_redis.url):

@@ -23,6 +23,7 @@ from tests.integration.harness import (
     TEST_IMAGE,
     WorkerProcess,
     force_remove_managed,
+    gone,
     listed,
     remove_built_images,
 )
@@ -389,7 +390,7 @@ def test_a_build_where_builds_are_off_creates_and_charges_nothing(
     assert store.hlen(f"orch:quota:host:{worker.host_name}") == 0
     label = {"label": f"orchestrator.session={session_id}"}
     assert docker_client.networks.list(filters=label) == []
-    assert listed(docker_client, label) == []
+    assert gone(lambda: listed(docker_client, label)) == []
     assert (
         docker_client.images.list(filters={"label": f"orchestrator.requested-tag={session_id}"})
         == []

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator import ContainerStats, ExecutionHandle, OrchestratorClient
 from orchestrator.errors import ContainerNotFound, InvalidRequest
-from tests.integration.harness import MANAGED, TEST_IMAGE, have, listed, require, tool
+from tests.integration.harness import MANAGED, TEST_IMAGE, gone, have, listed, require, tool
 
 HTTPD = "mkdir -p /www && echo ok > /www/health && exec httpd -f -p 8000 -h /www"
 BUSY_LOOP = "while :; do :; done"
@@ -47,7 +47,7 @@ def probe(session_id: str, script: str, **limits: Any) -> dict[str, Any]:
 def nothing_left_behind(docker_client: docker.DockerClient, session_id: str) -> Iterator[None]:
     yield
     label = {"label": [MANAGED, f"orchestrator.session={session_id}"]}
-    assert listed(docker_client, label) == []
+    assert gone(lambda: listed(docker_client, label)) == []
     assert docker_client.networks.list(filters=label) == []
     assert docker_client.volumes.list(filters=label) == []
 
@@ -156,12 +156,17 @@ def test_memory_of_a_running_tool_matches_docker_stats(
 
 
 def test_aggregate_stats_sum_per_session_and_count_runs(
-    client: OrchestratorClient, session_id: str, running: Callable[..., ExecutionHandle]
+    client: OrchestratorClient,
+    session_id: str,
+    running: Callable[..., ExecutionHandle],
+    docker_client: docker.DockerClient,
 ) -> None:
     done = client.run_tool(probe(session_id, "echo '{}'"), timeout=60)
     assert done.status == "succeeded"
     handles = [running(probe(session_id, hold_memory(10, 30))) for _ in range(2)]
     poll_stats(client, handles[-1].id, lambda s: s.memory_used_mb > 9, seconds=15)
+    # The finished run's container goes behind the runs in progress (2 s at most).
+    assert gone(lambda: listed(docker_client, {"name": f"orch-tool-{done.execution_id}"})) == []
 
     overview = client.stats()
 

@@ -22,6 +22,7 @@ from tests.integration.harness import (
     Listed,
     WorkerProcess,
     deliveries,
+    gone,
     listed,
     remove_built_images,
     tool,
@@ -90,7 +91,7 @@ def test_timeout_kills_and_removes_container(
     assert result.status == "timed_out"
     assert result.stdout == "begun\n"
     assert time.monotonic() - started < 20
-    assert containers_of(docker_client, handle.id) == []
+    assert gone(lambda: containers_of(docker_client, handle.id)) == []
 
 
 def test_memory_limit_gives_oom_killed(client: OrchestratorClient, session_id: str) -> None:
@@ -111,7 +112,7 @@ def test_cancel_of_a_running_tool(
     result = handle.result(timeout=30)
     assert result.status == "cancelled"
     assert time.monotonic() - asked < 15  # the run sleeps 300 s: the cancel cut it short
-    assert containers_of(docker_client, handle.id) == []
+    assert gone(lambda: containers_of(docker_client, handle.id)) == []
 
 
 def test_cancel_of_a_finished_tool_says_so(client: OrchestratorClient, session_id: str) -> None:
@@ -268,7 +269,7 @@ def test_over_cap_limit_is_rejected_by_the_worker_and_starts_nothing(
     outcome = client.app.send_task("orchestrator.tools.execute", args=[request], queue="tools")
     with pytest.raises(LimitExceeded, match="resource_limits.memory_mb"):
         outcome.get(timeout=60)
-    assert containers_of(docker_client, outcome.id) == []
+    assert gone(lambda: containers_of(docker_client, outcome.id)) == []
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from orchestrator.core.pool_policy import (
     allocate,
     burst_size,
     keep_warm_seconds,
+    served_size,
     wanted_size,
 )
 from orchestrator.engine.fake import FakeEngine, FakeExec, FakeProgram
@@ -37,6 +38,32 @@ def test_a_burst_is_the_most_arrivals_within_the_window():
     assert burst_size(arrivals, 1.0) == 4
     assert burst_size(arrivals, 0.01) == 1
     assert burst_size([], 1.0) == 0
+
+
+def test_the_served_size_is_the_fewest_containers_that_serve_the_fraction():
+    bursts = [float(b * 10) + i * 0.01 for b in range(10) for i in range(3)]  # ten of 3
+    rare = bursts + [200.0 + i * 0.01 for i in range(8)]  # then one of 8
+
+    assert served_size(bursts, 1.0, 1.0) == 3
+    assert served_size(bursts, 1.0, 0.95) == 3  # 2 would serve only 20 of 30
+    assert served_size(rare, 1.0, 1.0) == 8 == burst_size(rare, 1.0)
+    # 6 serve 36 of the 38 arrivals (94.7%), 7 serve 37 (97.4%): the peak's last goes cold.
+    assert served_size(rare, 1.0, 0.95) == 7
+    assert served_size([], 1.0, 0.95) == 0
+
+
+def test_a_demand_too_small_for_the_fraction_is_served_whole():
+    arrivals = [0.0, 0.01, 0.02, 0.03, 0.04, 0.05]  # one burst of 6: 6 < 1 / (1 - 0.95)
+
+    assert served_size(arrivals, 1.0, 0.95) == 6
+
+
+def test_one_rare_peak_does_not_hold_its_size_for_the_whole_horizon():
+    steps = [float(b * 5) + i * 0.05 for b in range(40) for i in range(2)]  # 40 steps of 2
+    arrivals = sorted(steps + [201.0 + i * 0.05 for i in range(10)])  # and one burst of 10
+
+    assert wanted_size(arrivals, now=210.0, refill_seconds=0.3, config=CONFIG) < 10
+    assert wanted_size(arrivals, 210.0, 0.3, PolicyConfig(served_fraction=1.0)) == 10
 
 
 def test_a_pool_grows_to_the_largest_recent_burst():

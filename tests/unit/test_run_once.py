@@ -68,11 +68,13 @@ def test_a_worker_killed_before_it_stored_the_result_leaves_the_container_for_th
     monkeypatch.undo()
     redis.delete(keys.lease("e1"))  # the dead worker's lease expired
 
-    result = run_execution(worker(redis, engine), REQUEST, "e1", requeued=True)
+    second = worker(redis, engine)
+    result = run_execution(second, REQUEST, "e1", requeued=True)
 
     assert result.status == "succeeded" and result.stdout == "once\n"
     assert tool_creations(engine) == 1
     assert tool_starts(engine) == 1  # the second delivery collected the first run
+    second.pool.drain()  # the removal queued behind the run
     assert engine.find_container(NAME) is None  # and removed its container
 
 

@@ -161,6 +161,7 @@ def test_a_tool_uses_the_sessions_volume_of_the_old_naming(rt, engine):
 def test_session_cleanup_and_the_janitor_remove_tool_volumes(rt, engine, redis):
     run_execution(rt, tool("s1", {"source": "data", "target": "/d"}), "e1")
     run_execution(rt, tool("s2", {"source": "data", "target": "/d"}), "e2")
+    rt.pool.drain()  # the removal queued behind the run
 
     report = cleanup.remove_volumes(rt, cleanup.new_host_report(rt, "s1", True, False))
     assert report["volumes_removed"] == 1
@@ -230,6 +231,7 @@ def test_a_tool_path_swapped_after_create_is_refused_before_start(rt, engine, al
         run_execution(rt, tool("s1", {"source": str(work), "target": "/w"}), "e1")
 
     assert engine.called("start_container") == []
+    rt.pool.drain()  # the removal queued behind the run
     assert engine.list_containers() == []  # removed, never started
 
 

@@ -57,6 +57,7 @@ def test_a_tool_run_returns_the_result_of_the_execution(rt: Runtime, engine: Fak
     assert result["execution_id"] == "e1"
     assert result["status"] == "succeeded"
     assert result["host"] == "h1"
+    rt.pool.drain()  # the removal queued behind the run
     assert engine.containers == {}  # removed after the run (cleanup defaults to true)
 
 
