@@ -10,7 +10,10 @@ Celery beat runs ``orchestrator.janitor.run`` periodically; it fans out
   relic that is about to start survives) and session volumes of sessions that are gone;
 - images the orchestrator built or pulled that no container uses: built ones past their
   maximum age, then the least recently used while the host is over its image disk budget
-  (:func:`orchestrator.worker.images.reap_images`).
+  (:func:`orchestrator.worker.images.reap_images`);
+- the never-started container that writes the engine's shared ``/etc/hosts``
+  (:mod:`orchestrator.engine.hosts_file`), when a worker killed in its few milliseconds
+  left it behind.
 
 It also fails the messages waiting on the queue of a host that is gone, so callers get a
 clear ``HostUnavailable`` instead of waiting forever.
@@ -23,6 +26,7 @@ import time
 from typing import Any
 
 from orchestrator.core.types import Container
+from orchestrator.engine import hosts_file
 from orchestrator.errors import OrchestratorError, VolumeInUse, VolumeNotFound
 from orchestrator.protocol import MANAGED_FILTER, Kind, host_queue, parse_labels
 from orchestrator.state import keys, redis_broker, sessions
@@ -33,6 +37,10 @@ from orchestrator.worker.runtime import Runtime
 __all__ = ["reap_host", "expired_sessions", "drain_dead_host_queues"]
 
 log = logging.getLogger(__name__)
+
+#: The container that writes the shared ``/etc/hosts`` is created and removed within
+#: milliseconds, never started: one older than this was left by a worker killed meanwhile.
+HOSTS_WRITER_GRACE_SECONDS = 300.0
 
 
 def expired_sessions(redis: Any, now: float, max_lifetime_seconds: float) -> dict[str, str]:
@@ -131,12 +139,27 @@ def reap_host(
         report["volumes_removed"] += host_report["volumes_removed"]
         report["networks_removed"] += host_report["networks_removed"]
         report["errors"].extend(host_report["errors"])
+    _reap_hosts_writers(rt, now, report)
     empty = cleanup.remove_empty_networks(rt, network_grace_seconds, now)
     report["networks_removed"] += empty["removed"]
     report["errors"].extend(empty["errors"])
     report["volumes_removed"] += _reap_volumes(rt)
     _reap_images(rt, now, report)
     return report
+
+
+def _reap_hosts_writers(rt: Runtime, now: float, report: dict[str, Any]) -> None:
+    """Remove writers of the shared ``/etc/hosts`` that a killed worker left (not managed:
+    no other rule finds them)."""
+    try:
+        found = rt.engine.list_containers([f"{hosts_file.LABEL}=true"])
+    except OrchestratorError as exc:
+        report["errors"].append(f"{rt.host_name}: /etc/hosts writers: {exc}")
+        return
+    for container in found:
+        created = container.created_at.timestamp() if container.created_at else now
+        if container.status == "created" and now - created > HOSTS_WRITER_GRACE_SECONDS:
+            _reap_container(rt, container, "an /etc/hosts writer left behind", report)
 
 
 def _reap_images(rt: Runtime, now: float, report: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from orchestrator.core.specs import labels
 from orchestrator.core.types import Container, ContainerSpec, Mount, NetworkSpec
+from orchestrator.engine import hosts_file
 from orchestrator.engine.fake import FakeEngine, FakeProgram
 from orchestrator.errors import DockerError, DockerUnavailable
 from orchestrator.models import ToolExecutionResult
@@ -464,3 +465,29 @@ def test_a_second_janitor_pass_finds_nothing_more_to_do(rt, day_of_work):
     assert again["containers_removed"] == []
     assert again["volumes_removed"] == 0
     assert again["networks_removed"] == 0
+
+
+def hosts_writer(engine: FakeEngine, name: str) -> Container:
+    """What :mod:`orchestrator.engine.hosts_file` creates (and never starts)."""
+    spec = ContainerSpec(name=name, image=SLEEPER, labels={hosts_file.LABEL: "true"})
+    return engine.create_container(spec)
+
+
+def test_an_etc_hosts_writer_a_killed_worker_left_goes(rt, engine):
+    hosts_writer(engine, "left-behind")
+
+    report = reap_host(rt, now=NOW)  # long after it was made
+
+    assert report["containers_removed"] == [
+        {"name": "left-behind", "reason": "an /etc/hosts writer left behind"}
+    ]
+    assert engine.list_containers() == []
+
+
+def test_an_etc_hosts_writer_at_work_stays(rt, engine):
+    hosts_writer(engine, "writing")
+
+    report = reap_host(rt, now=time.time())  # made a moment ago: a worker writes through it
+
+    assert report["containers_removed"] == []
+    assert [c.name for c in engine.list_containers()] == ["writing"]
