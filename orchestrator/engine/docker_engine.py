@@ -139,10 +139,9 @@ def network_disabled(spec: ContainerSpec) -> bool:
     ``NetworkDisabled`` the runtime (runc) makes the container's own empty network namespace
     itself, with only its loopback up: the same isolation without the sandbox. The engine
     then writes no ``/etc/hosts``; :meth:`DockerEngine.create_container_id` gives it one
-    (:mod:`orchestrator.engine.hosts_file`), whose fallback upload a read-only root cannot
-    take: such a container keeps the engine's sandbox.
+    (:mod:`orchestrator.engine.hosts_file`).
     """
-    return spec.network == "none" and not spec.read_only
+    return spec.network == "none"
 
 
 def _with_hosts_mount(config: dict[str, Any], source: str) -> dict[str, Any]:
@@ -460,6 +459,8 @@ class DockerEngine(Engine):
                 if hosts not in str(exc):
                     raise
                 self.loopback_hosts.forget(hosts)  # removed since: uploaded this time
+        if spec.read_only:  # no upload into a read-only root: the engine's sandbox writes it
+            return self._create(spec, {k: v for k, v in config.items() if k != "NetworkDisabled"})
         container_id = self._create(spec, config)
         self._upload_loopback_hosts(container_id)
         return container_id

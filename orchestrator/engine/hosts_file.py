@@ -9,7 +9,9 @@ container (an archive upload: on Docker 20.10 the daemon runs its own binary aga
 costs about 60 ms of CPU. A worker process uses the volume it finds, or makes it; it
 writes the file again when the engine refuses to mount it (the volume was pruned). Where
 the file cannot be had (a volume driver without a mountpoint on the engine's host, a
-container that could not write it), the file is uploaded into the container instead.
+container that could not write it), the file is uploaded into the container instead; a
+container with a read-only root, which takes no upload, then gets the engine's network
+sandbox (and its ``/etc/hosts``).
 """
 
 from __future__ import annotations

@@ -314,7 +314,8 @@ def test_read_only_root_with_a_writable_tmp_when_the_operator_asks(
                         "command": [
                             "sh",
                             "-c",
-                            "echo x > /tmp/ok && cat /tmp/ok; echo y > /root-file",
+                            "echo x > /tmp/ok && cat /tmp/ok; grep -c localhost /etc/hosts >&2;"
+                            " echo y > /root-file",
                         ],
                     },
                 )
@@ -329,6 +330,9 @@ def test_read_only_root_with_a_writable_tmp_when_the_operator_asks(
             assert result["stdout"] == "x\n"  # /tmp is writable
             assert "Read-only file system" in result["stderr"]  # the root is not
             assert result["status"] == "failed"
+            # No engine network sandbox: the runtime's own namespace, the shared /etc/hosts.
+            assert container.attrs["Config"].get("NetworkDisabled") is True
+            assert result["stderr"].startswith("2\n")  # its localhost lines
         finally:
             container.remove(force=True)
     finally:

@@ -211,7 +211,7 @@ def test_network_mode_maps_to_none_bridge_or_the_session_network(mode, network, 
     ("mode", "read_only", "disabled"),
     [
         ("none", False, True),  # the runtime makes its empty namespace: no engine sandbox
-        ("none", True, False),  # a read-only root takes no /etc/hosts: the engine's sandbox
+        ("none", True, True),  # a read-only root too: the shared /etc/hosts is a bind mount
         ("bridge", False, False),
         ("session", False, False),
     ],

@@ -193,9 +193,8 @@ def test_without_a_mountpoint_each_container_gets_an_upload_for_a_while(
     [
         spec("b", network="bridge"),
         spec("s", network="orch-net-s1"),
-        spec("r", read_only=True),
     ],
-    ids=["bridge", "session-network", "read-only-root"],
+    ids=["bridge", "session-network"],
 )
 def test_a_container_the_engine_makes_a_sandbox_for_gets_nothing_more(
     engine: Any, made: ContainerSpec
@@ -206,6 +205,31 @@ def test_a_container_the_engine_makes_a_sandbox_for_gets_nothing_more(
 
     assert api.kinds() == ["create"]
     assert "NetworkDisabled" not in api.created(made.name)
+
+
+def test_a_read_only_root_mounts_the_shared_file_too(engine: Any) -> None:
+    api = RecordingApi(engine)
+
+    engine.create_container_id(spec("r", read_only=True))
+
+    config = api.created("r")
+    assert config["NetworkDisabled"] is True
+    assert hosts_mounts(config)[0]["Source"] == SHARED
+
+
+def test_a_read_only_root_without_the_shared_file_gets_the_engines_sandbox(
+    engine: Any,
+) -> None:
+    api = RecordingApi(engine)
+    engine.create_container_id(spec("a"))
+    api.pruned, api.volume_exists, api.calls = True, False, []
+
+    engine.create_container_id(spec("r", read_only=True))  # the mount is refused
+
+    assert api.kinds() == ["create"]  # no upload: a read-only root takes none
+    config = api.created("r")
+    assert "NetworkDisabled" not in config and hosts_mounts(config) == []
+    assert config["HostConfig"]["NetworkMode"] == "none"
 
 
 def test_a_run_that_mounts_its_own_hosts_file_keeps_it(engine: Any) -> None:
