@@ -99,14 +99,23 @@ class Bench:
         self.registry = redis.Redis.from_url(REDIS_URL)
 
     def pooled(self) -> tuple[float, bool]:
-        """One tool call through the client; returns (seconds, whether it hit the pool)."""
+        """One tool call through the client; returns (seconds, whether it took an idle
+        pool container)."""
+        elapsed, where = self.call()
+        return elapsed, where == "idle"
+
+    def call(self) -> tuple[float, str]:
+        """One tool call through the client; returns (seconds, where it ran: ``idle`` (an
+        idle pool container), ``made`` (a pool container made for it) or ``cold``)."""
         started = time.perf_counter()
         result = self.client.run_tool(tool_request(), timeout=120)
         elapsed = time.perf_counter() - started
         assert result.status == "succeeded", result
         assert result.result == {"ok": True}, result
-        entry = self.registry.hget(keys.execution(result.execution_id), "pooled")
-        return elapsed, bool(entry)
+        pooled, made = self.registry.hmget(
+            keys.execution(result.execution_id), ["pooled", "made_now"]
+        )
+        return elapsed, "made" if made else "idle" if pooled else "cold"
 
     def raw_exec(self) -> float:
         """Raw docker-py ``exec_run`` of the same command in a running container."""
@@ -258,7 +267,7 @@ def concurrently(call: Callable[[], Any], count: int) -> tuple[float, list[Any]]
 def burst(bench: Bench, count: int, rounds: int, pool_size: int, adaptive: bool) -> None:
     """``count`` concurrent pooled calls against ``count`` concurrent raw exec_runs (with
     ``adaptive``, the pool may have grown after the first burst)."""
-    raw_times, orch_times, failures, hits = [], [], 0, 0
+    raw_times, orch_times, failures, hits, made_now = [], [], 0, 0, 0
     for _ in range(rounds):
         # Each burst, raw or not, meets an idle host: the pool refilled and the last
         # burst's containers removed.
@@ -266,10 +275,12 @@ def burst(bench: Bench, count: int, rounds: int, pool_size: int, adaptive: bool)
         bench.wait_settled()
         seconds, _ = concurrently(bench.raw_exec, count)
         raw_times.append(seconds)
-        seconds, outcomes = concurrently(bench.pooled, count)
+        seconds, outcomes = concurrently(bench.call, count)
         orch_times.append(seconds)
         failures += sum(isinstance(o, Exception) for o in outcomes)
-        hits += sum(1 for o in outcomes if not isinstance(o, Exception) and o[1])
+        ran_in = [o[1] for o in outcomes if not isinstance(o, Exception)]
+        hits += ran_in.count("idle")
+        made_now += ran_in.count("made")
         for outcome in outcomes:
             if isinstance(outcome, Exception):
                 print(f"  failed: {outcome!r}")
@@ -278,7 +289,12 @@ def burst(bench: Bench, count: int, rounds: int, pool_size: int, adaptive: bool)
     print(f"burst, {count} concurrent calls, pool of {pool_size} ({sizing}), {rounds} rounds")
     print(f"  raw docker-py exec_run x{count}   median wall {raw_p50 * 1000:7.1f} ms")
     print(f"  orchestrator calls x{count}       median wall {orch_p50 * 1000:7.1f} ms")
-    print(f"  pool hits {hits}/{count * rounds}, failed or timed out {failures}")
+    total = count * rounds
+    cold = total - failures - hits - made_now
+    print(
+        f"  from idle pool containers {hits}/{total}, in containers made for them {made_now}"
+        f" (misses on a busy worker), cold {cold}; failed or timed out {failures}"
+    )
     print(f"  ratio orchestrator/raw = {orch_p50 / raw_p50:.3f} (target <= 1.3)")
 
 
@@ -343,7 +359,9 @@ def real_trace(seconds: float, log_dir: Path) -> None:
         request["resource_limits"]["memory_mb"] = pool_trace.TOOL_MEMORY_MB[tool]
         result = client.run_tool(request, timeout=120)
         assert result.status == "succeeded", result
-        return bool(bench.registry.hget(keys.execution(result.execution_id), "pooled"))
+        fields = keys.execution(result.execution_id)
+        pooled, made = bench.registry.hmget(fields, ["pooled", "made_now"])
+        return bool(pooled) and not made  # an idle container, not one made for it
 
     try:
         with ThreadPoolExecutor(max_workers=16) as threads:

@@ -40,6 +40,8 @@ class ExecutionEntry:
     container_id: str = ""
     #: it ran by exec in a warm-pool container (its output cannot be recovered)
     pooled: bool = False
+    #: that pool container was made for it (a miss on a busy worker), not taken idle
+    made_now: bool = False
     #: the request as JSON, secrets masked (what the reaper re-sends)
     request: str = ""
     #: the task name, when not a tool run (relic starts are in flight work too)
@@ -58,6 +60,7 @@ class ExecutionEntry:
             host=raw.get("host", ""),
             container_id=raw.get("container_id", ""),
             pooled=bool(raw.get("pooled")),
+            made_now=bool(raw.get("made_now")),
             request=raw.get("request", ""),
             task=raw.get("task", ""),
             has_secrets=bool(raw.get("has_secrets")),

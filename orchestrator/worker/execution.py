@@ -185,6 +185,8 @@ class _Run:
         #: the container the run uses (a cold one or a pool one), once there is one
         self.container_id: str | None = None
         self.pooled = False
+        #: its pool container was made for it (a miss on a busy worker)
+        self.made_now = False
         self.exec_started = False
         self.previous = ExecutionEntry()
         self.started_here: datetime | None = None
@@ -303,7 +305,7 @@ class _Run:
                     error="its worker died before the container was made and secret parameters "
                     "are never stored; submit the run again",
                 )
-            pooled = rt.pool.take(self.request) if self.request.cleanup else None
+            pooled, self.made_now = self._pool_container()
             if pooled is not None:
                 try:
                     return self._run_pooled(pooled)
@@ -311,10 +313,25 @@ class _Run:
                     if isinstance(exc, DockerUnavailable) or self.exec_started:
                         raise
                     log.info("pool container unusable (%s); running cold", exc)
+                    if self.made_now:  # just made, and no use: none on demand for a while
+                        rt.pool.back_off(self.request)
                     rt.pool.discard(pooled)
-                    self.container_id, self.pooled = None, False
+                    self.container_id, self.pooled, self.made_now = None, False, False
             container = self._create()
         return self._supervise(container)
+
+    def _pool_container(self) -> tuple[str | None, bool]:
+        """An idle container of the run's pool, if it has one; else, while other runs are in
+        progress on this worker, one made for this run now (True: made now). None: the run
+        goes cold (its request cannot use a pool, or keeps its container)."""
+        rt = self.rt
+        if not self.request.cleanup:
+            return None, False
+        taken = rt.pool.take(self.request)
+        if taken is not None or not rt.pool.busy():
+            return taken, False
+        made = rt.pool.make_for(self.request)
+        return made, made is not None
 
     def _run_pooled(self, container_id: str) -> ToolExecutionResult:
         """Run the tool in a warm-pool container (its agent runs it), then discard the
@@ -373,7 +390,8 @@ class _Run:
         # The container is not renamed (a round trip saved): from here on a redelivery
         # finds the run through the registry and must not run the tool again.
         self.exec_started = True
-        self.rt.executions.update(self.execution_id, container_id=container_id, pooled="1")
+        made = {"made_now": "1"} if self.made_now else {}
+        self.rt.executions.update(self.execution_id, container_id=container_id, pooled="1", **made)
 
     def _live_log(self) -> LiveLog:
         rt = self.rt

@@ -159,6 +159,38 @@ class WarmPool:
         self.maintainer.wake()
         return container_id
 
+    def busy(self) -> bool:
+        """True when another run than the caller's is in progress on this worker."""
+        return self.gate.active > 1
+
+    def make_for(self, request: ToolExecutionRequest) -> str | None:
+        """A container of ``request``'s pool made for it now and taken at once: a miss on a
+        busy worker runs through the agent like a hit, so that its container's exit and
+        teardown come after its result, behind the runs in progress, instead of before it.
+
+        Returns:
+            Its id; None when no pool can serve the request, its pool is backing off after
+            a failure, or the container could not be made (the run goes cold).
+        """
+        spec = self.spec_for(request)
+        if spec is None or self._backoff.get(spec.key, 0.0) > time.monotonic():
+            return None
+        try:
+            container_id = self._make(spec)
+        except OrchestratorError as exc:  # an image not here yet (pools never pull) ...
+            log.info("no container made on demand for %s: %s", spec.image, exc)
+            self.back_off(request)
+            return None
+        self.gate.enter(container_id)
+        return container_id
+
+    def back_off(self, request: ToolExecutionRequest) -> None:
+        """A container of ``request``'s pool could not be made or used (its agent never
+        answered): none is made on demand for a while."""
+        spec = self.spec_for(request)
+        if spec is not None:
+            self._backoff[spec.key] = time.monotonic() + FAILURE_BACKOFF_SECONDS
+
     def discard(self, container_id: str) -> None:
         """A pool container taken by a run: removed in the background, behind runs. A used
         one is still running (its agent waits for the end of its input after a clean run,

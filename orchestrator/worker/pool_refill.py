@@ -5,9 +5,9 @@ Making a container (create and start) or removing one costs the engine about as 
 CPU as a cold run. Done while a run executes, it slows that run down. So:
 
 - :class:`RunGate` counts the runs in progress on this worker (pooled and cold);
-  background work waits until none is (and a moment more, for the result to reach its
-  client), or at most :data:`MAX_DEFER_SECONDS`, so that a steady stream of runs never
-  starves it;
+  background work waits until none that started within :data:`MAX_DEFER_SECONDS` is (and
+  a moment more, for the result to reach its client), or at most that long, so that a
+  steady stream of runs never starves it and a long run does not hold it back;
 - :class:`Maintainer` is one daemon thread that, once the worker's housekeeping asked for
   it, sizes the pools again whenever a run took a container (the engine work itself is
   spread over at most ``pool_refill_concurrency`` threads), and a second one that removes
@@ -42,36 +42,42 @@ PERIOD_SECONDS = 1.0
 
 class RunGate:
     """The runs in progress on this worker (pooled or cold), which background work waits
-    behind."""
+    behind while they are young.
+
+    A run holds background work back for its first :data:`MAX_DEFER_SECONDS` only: a
+    burst of short runs keeps the engine to itself, while a tool that runs for minutes
+    does not stall the refill (each piece of background work would otherwise wait the
+    whole deferral behind it).
+    """
 
     def __init__(self, settle_seconds: float = SETTLE_SECONDS) -> None:
         self.settle_seconds = settle_seconds
-        self._active: set[str] = set()
+        #: ref -> when it entered (monotonic)
+        self._active: dict[str, float] = {}
         self._quiet_since = 0.0
         self._changed = threading.Condition()
 
     @property
     def active(self) -> int:
-        """Runs in progress."""
+        """Runs in progress, young or not."""
         with self._changed:
             return len(self._active)
 
     def enter(self, container_id: str) -> None:
         """A run uses ``container_id`` (a pool container it took, or its cold one's name)."""
         with self._changed:
-            self._active.add(container_id)
+            self._active.setdefault(container_id, time.monotonic())
 
     def leave(self, container_id: str) -> None:
         """The run in ``container_id`` is over (a container it never took is ignored)."""
         with self._changed:
-            if container_id in self._active:
-                self._active.discard(container_id)
+            if self._active.pop(container_id, None) is not None:
                 self._quiet_since = time.monotonic()
                 self._changed.notify_all()
 
     def wait_clear(self, max_seconds: float | None = None) -> bool:
-        """Wait until no run is in progress (and has not been for the settle time), at
-        most ``max_seconds`` (:data:`MAX_DEFER_SECONDS` when None).
+        """Wait until no young run is in progress (and none ended within the settle time),
+        at most ``max_seconds`` (:data:`MAX_DEFER_SECONDS` when None).
 
         Returns:
             True when it is clear, False when ``max_seconds`` passed first.
@@ -81,13 +87,17 @@ class RunGate:
         with self._changed:
             while True:
                 now = time.monotonic()
+                young = [t + MAX_DEFER_SECONDS for t in self._active.values()]
+                young = [end for end in young if end > now]
                 quiet = now - self._quiet_since
-                if not self._active and quiet >= self.settle_seconds:
+                if not young and quiet >= self.settle_seconds:
                     return True
                 if now >= deadline:
                     return False
                 wait = deadline - now
-                if not self._active:
+                if young:
+                    wait = min(wait, min(young) - now)
+                else:
                     wait = min(wait, self.settle_seconds - quiet)
                 self._changed.wait(wait)
 

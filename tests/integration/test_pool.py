@@ -17,6 +17,7 @@ import redis
 from orchestrator import OrchestratorClient
 from orchestrator.client import files as file_calls
 from orchestrator.models import FileContent, ToolExecutionRequest, ToolExecutionResult
+from orchestrator.state import keys
 from tests.integration.conftest import USED_HOSTS, make_client
 from tests.integration.harness import (
     REDIS_URL,
@@ -25,6 +26,7 @@ from tests.integration.harness import (
     assert_only_its_loopback,
     force_remove_managed,
     gateway_listener,
+    gone,
     listener_on,
     no_network_probe,
     wait_running,
@@ -47,6 +49,18 @@ def wait_for_pool(engine: docker.DockerClient, host: str, size: int, timeout: fl
             return
         time.sleep(0.2)
     raise AssertionError(f"pool never reached {size}: {pool_containers(engine, host)}")
+
+
+def wait_idle(host: str, count: int = POOL_SIZE, timeout: float = 30) -> None:
+    """Wait until the pool's idle set holds ``count`` containers (used ones not counted)."""
+    registry = redis.Redis.from_url(REDIS_URL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = registry.keys(f"{keys.PREFIX}pool:{host}:*")
+        if sum(int(registry.scard(k)) for k in found) >= count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the pool of {host} never held {count} idle containers")
 
 
 def full_pool(engine: docker.DockerClient, host: str) -> set[str]:
@@ -138,13 +152,16 @@ def test_pooled_runs_report_failures_and_timeouts_like_cold_runs(
     pooled: tuple[OrchestratorClient, str],
 ) -> None:
     client, host = pooled
+    wait_idle(host)
     failed = send(client, host, pooled_tool("echo bad >&2; exit 5"))
     assert (failed["status"], failed["exit_code"], failed["stderr"]) == ("failed", 5, "bad\n")
     limits = {**LIMITS, "timeout_seconds": 2}
+    wait_idle(host)  # refilled behind the run (a run in progress holds it back up to 2 s)
     slow = send(client, host, pooled_tool("echo begun; sleep 60", resource_limits=limits))
     assert slow["status"] == "timed_out"
     assert slow["stdout"] == "begun\n"
     hog = 'x=$(head -c 200000000 /dev/zero | tr "\\0" a); echo "${#x}"'
+    wait_idle(host)
     oom = send(client, host, pooled_tool(hog))
     assert (oom["status"], oom["exit_code"]) == ("oom_killed", 137)
     registry = redis.Redis.from_url(REDIS_URL)
@@ -330,7 +347,14 @@ def test_a_burst_larger_than_the_pool_runs_cold_past_it_and_never_times_out(
         used = [r["container_id"] for r in results]
         assert len(set(used)) == 20  # one container per run, warm or cold
         assert 1 <= len(idle & set(used)) <= 5  # the pool served what it held
+        registry = redis.Redis.from_url(REDIS_URL)
+        entries = [registry.hgetall(f"orch:exec:{r['execution_id']}") for r in results]
+        made = [r for r, e in zip(results, entries, strict=True) if e.get(b"made_now")]
+        # Misses while the other runs went on: containers made for them, run by their agent.
+        assert made and all(r["container_id"] not in idle for r in made)
+        assert all(entries[results.index(r)].get(b"pooled") == b"1" for r in made)
         wait_for_pool(docker_client, host, 5)  # and refilled behind the burst
+        assert gone(lambda: [c for c in pool_containers(docker_client, host) if c.id in used]) == []
     finally:
         stop_pool_worker(process, client, host, docker_client)
 

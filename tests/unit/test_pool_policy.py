@@ -19,6 +19,7 @@ from orchestrator.core.pool_policy import (
     wanted_size,
 )
 from orchestrator.engine.fake import FakeEngine, FakeExec, FakeProgram
+from orchestrator.errors import DockerError
 from orchestrator.models import ToolExecutionRequest
 from orchestrator.settings import Settings
 from orchestrator.state import keys
@@ -343,6 +344,65 @@ def test_a_run_served_by_a_grown_pool_runs_there_once(make_pool, engine, clock):
     assert cold.status == warm.status == "succeeded"
     assert warm.container_id == warm_id
     assert pool.rt.executions.get("e2").pooled
+    assert not pool.rt.executions.get("e2").made_now  # taken idle
     assert not pool.rt.executions.get("e1").pooled
     pool.drain()  # waits for the background removals
     assert engine.find_container(warm_id) is None  # used once, then discarded
+
+
+# -- a miss on a busy worker: a container made for it, run through its agent ------------
+
+
+def test_a_miss_on_a_busy_worker_runs_in_a_container_made_for_it(make_pool, engine):
+    pool = make_pool()
+    req = request()
+    pool.run_started("orch-tool-other")  # another run of this worker goes on
+
+    result = run_execution(pool.rt, req, "e1")
+
+    assert result.status == "succeeded"
+    entry = pool.rt.executions.get("e1")
+    assert entry.pooled and entry.made_now  # through the agent (at most once), made for it
+    made = engine.find_container(result.container_id or "")
+    assert made is not None and made.labels["orchestrator.kind"] == "pool"
+    assert engine.find_container("orch-tool-e1") is None  # no cold container
+    assert idle(pool, req) == set()  # taken at once, never idle
+    pool.run_ended("orch-tool-other")
+    pool.drain()
+    assert engine.find_container(result.container_id or "") is None  # used once
+
+
+def test_a_miss_on_an_idle_worker_runs_cold(make_pool, engine):
+    pool = make_pool()
+    engine.add_image(IMAGE, FakeProgram(stdout=b"hi\n"))  # a cold container ends
+
+    result = run_execution(pool.rt, request(), "e1")
+
+    assert result.status == "succeeded" and result.stdout == "hi\n"
+    assert not pool.rt.executions.get("e1").pooled
+    assert [spec.name for (spec,) in engine.called("create_container")] == ["orch-tool-e1"]
+
+
+def test_a_container_that_cannot_be_made_on_demand_sends_the_run_cold_and_backs_off(
+    make_pool, engine, monkeypatch
+):
+    pool = make_pool()
+    pool.run_started("orch-tool-other")
+    made: list[str] = []
+    real_make = pool._make
+
+    def failing(spec):
+        made.append(spec.key)
+        raise DockerError("no room")
+
+    monkeypatch.setattr(pool, "_make", failing)
+    engine.add_image(IMAGE, FakeProgram(stdout=b"hi\n"))
+
+    first = run_execution(pool.rt, request(), "e1")
+    second = run_execution(pool.rt, request(), "e2")
+
+    assert first.status == second.status == "succeeded"
+    assert not pool.rt.executions.get("e1").pooled and not pool.rt.executions.get("e2").pooled
+    assert len(made) == 1  # the second run did not try again: backing off
+    monkeypatch.setattr(pool, "_make", real_make)
+    pool.run_ended("orch-tool-other")

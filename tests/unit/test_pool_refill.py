@@ -93,3 +93,21 @@ def test_removals_keep_up_with_a_load_that_never_lets_the_gate_clear(
     finally:
         gate.leave("always-running")
         maintainer.stop(5)
+
+
+def test_a_long_run_holds_background_work_back_only_while_it_is_young(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pool_refill, "MAX_DEFER_SECONDS", 0.3)
+    gate = RunGate(settle_seconds=0.0)
+    gate.enter("long-tool")
+    assert not gate.wait_clear(0.1)  # young: held back
+
+    time.sleep(0.3)
+
+    started = time.monotonic()
+    assert gate.wait_clear(1.0)  # still running, but no longer young: clear at once
+    assert time.monotonic() - started < 0.1
+    assert gate.active == 1
+    gate.enter("burst-run")
+    assert not gate.wait_clear(0.1)  # a new run is young again
