@@ -157,8 +157,12 @@ class Engine(abc.ABC):
     def remove_container(self, ref: str) -> bool:
         """Force-remove a container and its anonymous volumes.
 
+        A container another caller is removing at the same moment is waited for: once
+        this returns, the container is gone either way.
+
         Returns:
-            True if a container was removed, False if there was none.
+            True if a container was removed here, False if there was none (or another
+            removal took it).
         """
 
     @abc.abstractmethod

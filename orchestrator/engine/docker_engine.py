@@ -46,6 +46,7 @@ from orchestrator.engine.base import Engine
 from orchestrator.engine.hosts_file import LoopbackHosts, hosts_tar
 from orchestrator.engine.translate import docker_errors, is_read_timeout
 from orchestrator.errors import (
+    ContainerConflict,
     ContainerNotFound,
     DockerError,
     ImageBuildFailed,
@@ -74,6 +75,8 @@ STOPPED_SAMPLE_TIME = "0001-01-01T00:00:00Z"
 _EXIT_RECORD_SECONDS = 2.0
 #: The key of the one connection pool a local engine socket's calls share.
 _ONE_POOL_URL = "http+docker://localhost"
+#: How long a removal waits for another removal of the same container to end.
+_REMOVAL_WAIT_SECONDS = 30.0
 #: How long a pool container may take to end after its agent's end trailers.
 _TRAILER_EXIT_SECONDS = 2.0
 #: How long, of that, a container whose agent waits for its standard input after a clean
@@ -541,6 +544,17 @@ class DockerEngine(Engine):
             return True
         except ContainerNotFound:
             return False
+        except ContainerConflict as exc:
+            if "already in progress" not in str(exc):
+                raise
+        # Another caller removes it (a worker's remover, a cleanup, the janitor): gone
+        # once that removal is done, as for the caller that asked first.
+        deadline = time.monotonic() + _REMOVAL_WAIT_SECONDS
+        while self.find_container(ref) is not None:
+            if time.monotonic() > deadline:
+                raise DockerError(f"remove container {ref}: another removal of it never ended")
+            time.sleep(0.05)
+        return False
 
     def container_logs(
         self,

@@ -214,6 +214,7 @@ def test_janitor_removes_a_session_volume_whose_session_is_gone(
     assert run.get(timeout=60)["status"] == "succeeded"
     label = {"label": f"orchestrator.session={session_id}"}
     assert len(docker_client.volumes.list(filters=label)) == 1
+    assert gone(lambda: listed(docker_client, label)) == []  # its tool's container went
     try:
         # The registry forgets the session (its end was recorded, its host was not visited).
         registry = redis.Redis.from_url(REDIS_URL)
