@@ -63,6 +63,17 @@ class PolicyConfig:
     max_size: int = 16
 
 
+def _window_ranks(arrivals: Sequence[float], window: float) -> list[int]:
+    """For each arrival, how many arrivals (itself included) fall within the ``window``
+    seconds that end with it."""
+    ranks, first = [], 0
+    for last, at in enumerate(arrivals):
+        while at - arrivals[first] > window:
+            first += 1
+        ranks.append(last - first + 1)
+    return ranks
+
+
 def burst_size(arrivals: Sequence[float], window: float) -> int:
     """The most arrivals within any ``window`` seconds.
 
@@ -70,12 +81,7 @@ def burst_size(arrivals: Sequence[float], window: float) -> int:
         arrivals: arrival times, in ascending order.
         window: the window's length in seconds.
     """
-    best, first = 0, 0
-    for last, at in enumerate(arrivals):
-        while at - arrivals[first] > window:
-            first += 1
-        best = max(best, last - first + 1)
-    return best
+    return max(_window_ranks(arrivals, window), default=0)
 
 
 def served_size(arrivals: Sequence[float], window: float, fraction: float) -> int:
@@ -90,14 +96,9 @@ def served_size(arrivals: Sequence[float], window: float, fraction: float) -> in
         window: the window's length in seconds.
         fraction: the share of the arrivals to serve, in (0, 1].
     """
-    ranks, first = [], 0
-    for last, at in enumerate(arrivals):
-        while at - arrivals[first] > window:
-            first += 1
-        ranks.append(last - first + 1)
+    ranks = sorted(_window_ranks(arrivals, window))
     if not ranks:
         return 0
-    ranks.sort()
     return ranks[max(1, math.ceil(fraction * len(ranks) - 1e-9)) - 1]
 
 

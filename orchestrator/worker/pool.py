@@ -173,13 +173,13 @@ class WarmPool:
             a failure, or the container could not be made (the run goes cold).
         """
         spec = self.spec_for(request)
-        if spec is None or self._backoff.get(spec.key, 0.0) > time.monotonic():
+        if spec is None or self._backing_off(spec):
             return None
         try:
             container_id = self._make(spec)
         except OrchestratorError as exc:  # an image not here yet (pools never pull) ...
             log.info("no container made on demand for %s: %s", spec.image, exc)
-            self.back_off(request)
+            self._back_off(spec)
             return None
         self.gate.enter(container_id)
         return container_id
@@ -189,7 +189,14 @@ class WarmPool:
         answered): none is made on demand for a while."""
         spec = self.spec_for(request)
         if spec is not None:
-            self._backoff[spec.key] = time.monotonic() + FAILURE_BACKOFF_SECONDS
+            self._back_off(spec)
+
+    def _back_off(self, spec: PoolSpec) -> None:
+        """Make no container of ``spec`` for :data:`FAILURE_BACKOFF_SECONDS`."""
+        self._backoff[spec.key] = time.monotonic() + FAILURE_BACKOFF_SECONDS
+
+    def _backing_off(self, spec: PoolSpec) -> bool:
+        return self._backoff.get(spec.key, 0.0) > time.monotonic()
 
     def discard(self, container_id: str) -> None:
         """A pool container taken by a run: removed in the background, behind runs. A used
@@ -315,7 +322,7 @@ class WarmPool:
                     )
                     self.maintainer.remove_later(container_id)
                     if code in NO_AGENT_EXIT_CODES:  # e.g. no sh: remaking it at once fails too
-                        self._backoff[spec.key] = time.monotonic() + FAILURE_BACKOFF_SECONDS
+                        self._back_off(spec)
                     dropped += 1
         return dropped
 
@@ -325,7 +332,7 @@ class WarmPool:
         return len(taken)
 
     def _grow(self, spec: PoolSpec, count: int) -> int:
-        if self._backoff.get(spec.key, 0.0) > time.monotonic():
+        if self._backing_off(spec):
             return 0
 
         def make(_: str) -> bool:
@@ -333,7 +340,7 @@ class WarmPool:
                 container_id = self._make(spec)
             except OrchestratorError as exc:  # an image not here (pools never pull) ...
                 log.warning("could not make a pool container of %s: %s", spec.image, exc)
-                self._backoff[spec.key] = time.monotonic() + FAILURE_BACKOFF_SECONDS
+                self._back_off(spec)
                 return False
             self.rt.redis.sadd(self._key(spec), container_id)
             return True
